@@ -1,0 +1,3 @@
+from kwsbatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Audio decoding and resampling: any file soundfile reads -> mono float32 at the model's rate.
+
+Decoding is numpy and soundfile only, so decode workers start fast and never spawn torch
+threads; torch is imported lazily by the resampler, which runs next to the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from kwsbatch.errors import AudioError
+
+# Extensions picked up when a folder is scanned; a file named explicitly is tried whatever its name.
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
+
+# A clip longer than this is refused rather than labelled from its first seconds: keyword
+# clips are short, and a long recording needs window mode, not truncation.
+DEFAULT_MAX_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """A file's audio mixed to mono, at the file's own sample rate."""
+
+    samples: np.ndarray  # (n_samples,) float32
+    sample_rate: int  # the file's own rate, before resampling
+    channels: int  # the file's own channel count, before mixing
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def is_audio_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in AUDIO_EXTENSIONS
+
+
+def decode_audio(path: str | os.PathLike, *, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> DecodedClip:
+    """Read a file and mix it to mono; raise AudioError with a one-line reason on any failure."""
+    try:
+        with sf.SoundFile(path) as f:
+            if max_seconds is not None and f.frames > max_seconds * f.samplerate:
+                raise AudioError(
+                    f"{path}: {f.frames / f.samplerate:.1f} s is longer than the {max_seconds:g} s limit for a clip"
+                )
+            data = f.read(dtype="float32", always_2d=True)
+            sample_rate, channels = f.samplerate, f.channels
+    except AudioError:
+        raise
+    except sf.LibsndfileError as e:
+        raise AudioError(f"{path}: cannot decode audio ({_first_line(e.error_string)})") from None
+    except FileNotFoundError:
+        raise AudioError(f"{path}: file not found") from None
+    except OSError as e:
+        raise AudioError(f"{path}: {e.strerror or e}") from None
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(f"{path}: cannot decode audio ({_first_line(str(e))})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: contains no samples")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+    mono = data[:, 0] if channels == 1 else data.mean(axis=1, dtype=np.float32)
+    return DecodedClip(np.ascontiguousarray(mono), sample_rate, channels)
+
+
+class Resampler:
+    """Resamples to one target rate, keeping one torchaudio kernel per source rate."""
+
+    def __init__(self, target_rate: int):
+        self.target_rate = target_rate
+        self._kernels: dict[int, object] = {}
+
+    def __call__(self, samples: np.ndarray, sample_rate: int):
+        """(n_samples,) float32 at sample_rate -> (n_resampled,) float32 torch tensor at target_rate."""
+        import torch
+        import torchaudio
+
+        wave = torch.from_numpy(samples)
+        if sample_rate == self.target_rate:
+            return wave
+        kernel = self._kernels.get(sample_rate)
+        if kernel is None:
+            kernel = torchaudio.transforms.Resample(sample_rate, self.target_rate)
+            self._kernels[sample_rate] = kernel
+        with torch.no_grad():
+            return kernel(wave)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float | None = DEFAULT_MAX_SECONDS):
+    """Decode, mix to mono and resample one file: (n_samples,) float32 tensor at sample_rate."""
+    clip = decode_audio(path, max_seconds=max_seconds)
+    return Resampler(sample_rate)(clip.samples, clip.sample_rate)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def decode_many(paths: list[str | None], max_seconds: float | None = DEFAULT_MAX_SECONDS) -> list[DecodedClip | str]:
+    """Decode a chunk of files; a failure becomes its one-line message, so one bad file spoils nothing.
+
+    This is the unit of work sent to decode workers: plain paths in, arrays or strings out.
+    A None path (a row already known to be unreadable) stays an empty message.
+    """
+    results: list[DecodedClip | str] = []
+    for path in paths:
+        if path is None:
+            results.append("")
+            continue
+        try:
+            results.append(decode_audio(path, max_seconds=max_seconds))
+        except AudioError as e:
+            results.append(str(e))
+    return results

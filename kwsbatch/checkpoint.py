@@ -1,0 +1,136 @@
+"""One-file checkpoints that rebuild their own model and never run code when loaded.
+
+A checkpoint is a dict of plain Python values and tensors, read with
+``torch.load(weights_only=True)``: configs are stored as dicts, not pickled classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from kwsbatch.atomic import atomic_write
+from kwsbatch.errors import CheckpointError
+from kwsbatch.features import FeatureConfig
+from kwsbatch.model import KeywordSpotter, ModelConfig
+
+FORMAT = "kwsbatch-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    classes: tuple[str, ...]
+    feature_config: FeatureConfig
+    model_config: ModelConfig
+    state_dict: dict[str, torch.Tensor]  # a KeywordSpotter's, normalisation buffers included
+    provenance: dict = field(default_factory=dict)  # version, training manifest hash, date, metrics
+    training_state: dict | None = None  # optimizer, scheduler, epoch, RNG: only in last.pt, for --resume
+    temperature: float = 1.0  # softmax temperature; 1.0 until calibrated
+
+    def build(self, device: torch.device | str = "cpu") -> KeywordSpotter:
+        """The model in eval mode on device, with this checkpoint's weights."""
+        spotter = KeywordSpotter(self.feature_config, self.model_config)
+        try:
+            spotter.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            detail = str(e).strip().splitlines()
+            raise CheckpointError(f"weights do not match the stored model settings ({detail[-1].strip()})") from None
+        return spotter.to(device).eval()
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "classes": list(self.classes),
+            "feature_config": self.feature_config.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()},
+            "provenance": self.provenance,
+            "training_state": self.training_state,
+            "temperature": float(self.temperature),
+        }
+
+
+def default_model_path() -> Path:
+    """The model bundled with the package, used when no --model is given."""
+    return Path(str(resources.files("kwsbatch") / "assets" / "default.pt"))
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    with atomic_write(path, "wb") as f:
+        torch.save(checkpoint.to_dict(), f)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and validate a checkpoint; any problem is one CheckpointError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model file not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds objects other than plain data and tensors "
+                "(it may run code); kwsbatch loads only its own checkpoint format"
+            ) from None
+        raise CheckpointError(f"{path}: not a kwsbatch model (corrupt or foreign file)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        reason = "truncated or corrupt" if _looks_truncated(e) else "corrupt or foreign file"
+        raise CheckpointError(f"{path}: not a readable kwsbatch model ({reason})") from None
+    return _from_dict(raw, path)
+
+
+def checkpoint_id(path: str | os.PathLike) -> str:
+    """A short content hash that names a model in output rows and reports."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _from_dict(raw: object, path: Path) -> Checkpoint:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a kwsbatch model (no kwsbatch checkpoint header)")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} is not supported by this kwsbatch "
+            f"(it reads version {FORMAT_VERSION}); use the kwsbatch release that wrote it"
+        )
+    try:
+        classes = tuple(str(c) for c in raw["classes"])
+        feature_config = FeatureConfig(**raw["feature_config"])
+        model_config = ModelConfig(**raw["model_config"])
+        state_dict = dict(raw["state_dict"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: checkpoint is missing or has invalid fields ({e})") from None
+    if len(classes) != model_config.n_classes:
+        raise CheckpointError(
+            f"{path}: {len(classes)} class names but the model has {model_config.n_classes} outputs"
+        )
+    return Checkpoint(
+        classes=classes,
+        feature_config=feature_config,
+        model_config=model_config,
+        state_dict=state_dict,
+        provenance=dict(raw.get("provenance") or {}),
+        training_state=raw.get("training_state"),
+        temperature=float(raw.get("temperature", 1.0)),
+    )
+
+
+def _looks_truncated(error: Exception) -> bool:
+    text = str(error).lower()
+    return isinstance(error, EOFError) or "central directory" in text or "failed finding" in text

@@ -1,0 +1,214 @@
+"""The command line: parse flags, make one library call, turn KwsError into one `error:` line.
+
+Exit codes (documented in README):
+  0  success
+  1  error: nothing (more) was done; the message says why
+  2  usage error (bad flags)
+  3  finished, with problems: some files could not be read (their rows carry the error),
+     or evaluate's accuracy is below --min-accuracy
+  130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    from kwsbatch.errors import KwsError
+
+    try:
+        return args.run(args)
+    except KwsError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kwsbatch import __version__
+
+    parser = argparse.ArgumentParser(prog="kwsbatch", description="Tag audio corpora with spoken keywords, in batch.")
+    parser.add_argument("--version", action="version", version=f"kwsbatch {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", parents=[common], help="train a keyword model on a labelled manifest")
+    p.add_argument("manifest", help="CSV with path,label columns (paths relative to the CSV)")
+    p.add_argument("--val", help="validation manifest (default: a held-out slice of the train manifest)")
+    p.add_argument("-o", "--out", default=None, help="run folder for best.pt, last.pt, history.csv (default: runs/<manifest name>)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr-step", type=int, default=5, help="epochs between learning-rate decays")
+    p.add_argument("--lr-gamma", type=float, default=0.5, help="factor applied at each decay")
+    p.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step (gradient accumulation)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share held out when --val is not given")
+    p.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, default=64, help="LSTM units per layer")
+    p.add_argument("--layers", type=int, default=3, help="stacked LSTM layers")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers")
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--pooling", choices=["last", "mean"], default="last", help="last hidden state, or mean over valid frames")
+    p.add_argument("--n-mfcc", type=int, default=12, help="MFCC coefficients per frame")
+    p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    _add_runtime_flags(p, inference=False)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("label", parents=[common], help="label audio files, folders or manifests")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or CSV manifests")
+    p.add_argument("-o", "--out", default="-", help="output CSV (default: standard output)")
+    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="files longer than this get an error row")
+    _add_runtime_flags(p)
+    p.set_defaults(run=cmd_label)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score a model on a labelled manifest")
+    p.add_argument("manifest", help="CSV with path,label columns")
+    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--predictions", default=None, help="score this predictions CSV (from `label`) instead of running a model")
+    p.add_argument("-o", "--out", default=None, help="report folder (default: reports/<manifest name>)")
+    p.add_argument("--min-accuracy", type=float, default=None, help="exit with status 3 when accuracy is below this (0-1)")
+    _add_runtime_flags(p)
+    p.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser, *, inference: bool = True) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
+    if inference:
+        p.add_argument("--batch-size", type=int, default=64, help="clips per model batch")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="decode processes (default 1: decode in the main process)")
+
+
+def _reporter(args, unit: str = "files"):
+    from kwsbatch.progress import RichReporter
+
+    return RichReporter(unit=unit, quiet=args.quiet)
+
+
+def cmd_train(args) -> int:
+    from kwsbatch.errors import KwsError
+    from kwsbatch.features import FeatureConfig
+    from kwsbatch.train import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            lr_step=args.lr_step,
+            lr_gamma=args.lr_gamma,
+            accumulate=args.accumulate,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            patience=args.patience,
+            jobs=args.jobs,
+            hidden=args.hidden,
+            layers=args.layers,
+            dropout=args.dropout,
+            bidirectional=args.bidirectional,
+            pooling=args.pooling,
+        )
+        features = FeatureConfig(sample_rate=args.sample_rate, n_mfcc=args.n_mfcc, n_mels=args.n_mels, f_max=min(7600.0, args.sample_rate / 2))
+    except ValueError as e:
+        raise KwsError(f"invalid training settings: {e}") from None
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.manifest).stem
+    reporter = _reporter(args, unit="clips")
+    result = train(
+        args.manifest,
+        run_dir,
+        config=config,
+        features=features,
+        val_manifest=args.val,
+        device=args.device,
+        resume=args.resume,
+        reporter=reporter,
+    )
+    print(
+        f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.2%}; "
+        f"wrote {run_dir / 'best.pt'}, {run_dir / 'last.pt'}, {run_dir / 'history.csv'}"
+        + (f"; skipped {result.skipped} unreadable clips" if result.skipped else ""),
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_label(args) -> int:
+    from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
+    from kwsbatch.label import Labeler, write_label_csv
+    from kwsbatch.manifest import input_extra_columns, iter_inputs
+
+    model = Path(args.model) if args.model else default_model_path()
+    labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model))
+    columns = labeler.columns(input_extra_columns(args.inputs))
+    reporter = _reporter(args)
+    failed = 0
+
+    def on_row(row: dict) -> None:
+        nonlocal failed
+        failed += bool(row["error"])
+        reporter.advance(1, failed=failed) if failed else reporter.advance(1)
+
+    started = time.perf_counter()
+    reporter.start("labelling", None)
+    try:
+        rows = labeler.label_rows(iter_inputs(args.inputs), batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds)
+        write_label_csv(rows, args.out, columns, on_row=on_row)
+    finally:
+        reporter.stop()
+    elapsed = time.perf_counter() - started
+    n = reporter.done
+    where = "standard output" if args.out == "-" else args.out
+    print(
+        f"labelled {n - failed} of {n} files ({failed} failed) in {elapsed:.1f} s, {n / max(elapsed, 1e-9):,.0f} files/s -> {where}",
+        file=sys.stderr,
+    )
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from rich.console import Console
+
+    from kwsbatch.checkpoint import default_model_path
+    from kwsbatch.evaluate import default_report_dir, predict_manifest, read_predictions
+    from kwsbatch.metrics import evaluate_predictions
+    from kwsbatch.report import render_report, write_report
+
+    if args.predictions:
+        predictions, classes, info = read_predictions(args.manifest, args.predictions)
+    else:
+        model = Path(args.model) if args.model else default_model_path()
+        predictions, classes, info = predict_manifest(
+            args.manifest, model, device=args.device, batch_size=args.batch_size, jobs=args.jobs, reporter=_reporter(args)
+        )
+    evaluation = evaluate_predictions(predictions, classes)
+    out_dir = Path(args.out) if args.out else default_report_dir(args.manifest)
+    write_report(evaluation, predictions, out_dir, model_info=info)
+    render_report(evaluation, Console())
+    print(f"report written to {out_dir}", file=sys.stderr)
+    if args.min_accuracy is not None and evaluation.accuracy < args.min_accuracy:
+        print(f"accuracy {evaluation.accuracy:.2%} is below --min-accuracy {args.min_accuracy:.2%}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK

@@ -1,0 +1,86 @@
+"""Evaluation: a labelled manifest, scored by a model or against an existing predictions CSV."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from kwsbatch.checkpoint import checkpoint_id, load_checkpoint
+from kwsbatch.errors import KwsError, ManifestError
+from kwsbatch.label import Labeler
+from kwsbatch.manifest import check_known_labels, read_manifest
+from kwsbatch.progress import Reporter
+
+
+def predict_manifest(
+    manifest: str | os.PathLike,
+    model: str | os.PathLike,
+    *,
+    device: str = "auto",
+    batch_size: int = 64,
+    jobs: int = 1,
+    reporter: Reporter | None = None,
+) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
+    """Label every row of a labelled manifest: (predictions, classes, model info)."""
+    reporter = reporter or Reporter()
+    rows = read_manifest(manifest, require_label=True)
+    checkpoint = load_checkpoint(model)
+    check_known_labels(rows, checkpoint.classes)
+    labeler = Labeler(checkpoint, device=device, model_id=checkpoint_id(model))
+    extras = list(dict.fromkeys(k for row in rows for k in row.extras))
+    columns = labeler.columns(["label", *extras])
+    results = []
+    reporter.start("evaluating", len(rows))
+    for result in labeler.label_rows(rows, batch_size=batch_size, jobs=jobs):
+        results.append(result)
+        reporter.advance()
+    reporter.stop()
+    predictions = pd.DataFrame(results).reindex(columns=columns).fillna("")
+    info = {"model": str(model), "model_id": labeler.model_id, "classes": list(checkpoint.classes), **checkpoint.provenance}
+    return _typed(predictions, checkpoint.classes), checkpoint.classes, info
+
+
+def read_predictions(manifest: str | os.PathLike, predictions_csv: str | os.PathLike) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
+    """Join a labelled manifest with a predictions CSV written earlier by `kwsbatch label`."""
+    rows = read_manifest(manifest, require_label=True, check_exists=False)
+    try:
+        table = pd.read_csv(predictions_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise KwsError(f"{predictions_csv}: predictions file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise KwsError(f"{predictions_csv}: not a readable predictions CSV ({str(e).splitlines()[0]})") from None
+    missing = [c for c in ("path", "label") if c not in table.columns]
+    classes = tuple(c[2:] for c in table.columns if c.startswith("p_"))
+    if missing or not classes:
+        raise KwsError(f"{predictions_csv}: not a kwsbatch predictions CSV (needs path, label and p_<class> columns)")
+    by_path = table.drop_duplicates("path", keep="last").set_index("path")
+    check_known_labels(rows, classes)
+    records = []
+    for row in rows:
+        if row.path not in by_path.index:
+            raise ManifestError(f"{row.source}: no prediction for {row.path} in {predictions_csv}")
+        record = by_path.loc[row.path].to_dict()
+        record.update(path=row.path, true_label=row.label)
+        records.append(record)
+    predictions = pd.DataFrame(records)
+    predictions = predictions[["path", "true_label", *[c for c in predictions.columns if c not in ("path", "true_label")]]]
+    if "error" not in predictions.columns:
+        predictions["error"] = ""
+    info = {"predictions": str(predictions_csv), "classes": list(classes)}
+    return _typed(predictions, classes), classes, info
+
+
+def _typed(predictions: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Probabilities and confidence as floats (NaN for failed rows), everything else as text."""
+    predictions = predictions.copy()
+    for column in ["confidence", *(f"p_{c}" for c in classes)]:
+        predictions[column] = pd.to_numeric(predictions[column], errors="coerce")
+    predictions["error"] = predictions["error"].fillna("").astype(str)
+    predictions["label"] = predictions["label"].fillna("").astype(str)
+    return predictions
+
+
+def default_report_dir(manifest: str | os.PathLike) -> Path:
+    return Path("reports") / Path(manifest).stem

@@ -1,0 +1,119 @@
+"""MFCC features on padded batches, with frame counts that padding cannot change.
+
+Why frames never see padding: the STFT runs with ``center=False``, so frame ``t`` covers samples
+``[t * hop, t * hop + n_fft)`` of the clip itself and a clip of ``n`` samples has exactly
+``1 + (n - n_fft) // hop`` frames whose windows end inside it. Later frames of a padded batch overlap
+the zero padding and are cut off by the frame lengths. Log-mel energies use a fixed offset
+(``log_mels=True``) rather than a decibel floor relative to the loudest value, which torchaudio
+would take over the whole batch. Together these make a clip's features independent of its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torchaudio
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16000  # clips are resampled to this rate before anything else
+    n_mfcc: int = 12  # cepstral coefficients per frame (the notebook's 12)
+    n_mels: int = 40  # mel bands the coefficients are computed from
+    n_fft: int = 400  # 25 ms analysis window at 16 kHz
+    hop_length: int = 160  # 10 ms between frames
+    f_min: float = 20.0
+    f_max: float = 7600.0
+
+    def __post_init__(self):
+        if self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def frame_count(self, n_samples: torch.Tensor) -> torch.Tensor:
+        """Frames whose window lies inside a clip of n_samples (clips are padded to >= n_fft first)."""
+        n_samples = torch.clamp(n_samples, min=self.n_fft)
+        return 1 + torch.div(n_samples - self.n_fft, self.hop_length, rounding_mode="floor")
+
+
+def pad_waveforms(waveforms: list[torch.Tensor], *, min_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D waveforms into a zero-padded (batch, samples) tensor plus each clip's own length.
+
+    A clip shorter than one analysis window is zero-padded to min_samples, and its length says so:
+    the padding is a property of the clip, not of the batch it lands in.
+    """
+    lengths = torch.tensor([max(len(w), min_samples) for w in waveforms], dtype=torch.long)
+    batch = torch.zeros(len(waveforms), int(lengths.max()), dtype=torch.float32)
+    for row, wave in enumerate(waveforms):
+        batch[row, : len(wave)] = wave
+    return batch, lengths
+
+
+class MfccFrontend(nn.Module):
+    """(batch, samples) waveforms + lengths -> normalised (batch, frames, n_mfcc) features + frame lengths.
+
+    The per-coefficient mean and std come from the training set and travel in the checkpoint.
+    """
+
+    def __init__(self, config: FeatureConfig):
+        super().__init__()
+        self.config = config
+        self.mfcc = torchaudio.transforms.MFCC(
+            sample_rate=config.sample_rate,
+            n_mfcc=config.n_mfcc,
+            log_mels=True,
+            melkwargs=dict(
+                n_fft=config.n_fft,
+                hop_length=config.hop_length,
+                n_mels=config.n_mels,
+                f_min=config.f_min,
+                f_max=config.f_max,
+                center=False,
+            ),
+        )
+        self.register_buffer("mean", torch.zeros(config.n_mfcc))
+        self.register_buffer("std", torch.ones(config.n_mfcc))
+
+    def raw(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised MFCCs: (batch, frames, n_mfcc) and (batch,) frame lengths (on the CPU)."""
+        if waveforms.shape[-1] < self.config.n_fft:
+            waveforms = nn.functional.pad(waveforms, (0, self.config.n_fft - waveforms.shape[-1]))
+        features = self.mfcc(waveforms).transpose(1, 2)
+        return features, self.config.frame_count(lengths.cpu())
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, frame_lengths = self.raw(waveforms, lengths)
+        return (features - self.mean) / self.std, frame_lengths
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(torch.clamp(std, min=1e-5))
+
+
+class FeatureStats:
+    """Running per-coefficient mean and std over the valid frames of many batches (float64)."""
+
+    def __init__(self, n_features: int):
+        self.count = 0
+        self.total = torch.zeros(n_features, dtype=torch.float64)
+        self.total_sq = torch.zeros(n_features, dtype=torch.float64)
+
+    def update(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> None:
+        mask = torch.arange(features.shape[1]) < frame_lengths[:, None]
+        valid = features.detach().cpu()[mask].double()
+        self.count += valid.shape[0]
+        self.total += valid.sum(0)
+        self.total_sq += (valid * valid).sum(0)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.count == 0:
+            raise ValueError("no frames to compute feature statistics from")
+        mean = self.total / self.count
+        var = torch.clamp(self.total_sq / self.count - mean * mean, min=0.0)
+        return mean.float(), var.sqrt().float()

@@ -1,0 +1,79 @@
+"""Progress display: the one module that draws bars. Library code reports through these hooks."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Reporter:
+    """Silent hooks; the CLI passes a RichReporter. Library functions accept either."""
+
+    def start(self, description: str, total: int | None) -> None: ...
+
+    def advance(self, n: int = 1, **fields) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+
+class RichReporter(Reporter):
+    """A rich progress bar with a rate column, plus log lines printed above it (to stderr)."""
+
+    def __init__(self, console: Console | None = None, *, unit: str = "files", quiet: bool = False):
+        self.console = console or Console(stderr=True)
+        self.unit = unit
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        self._task = None
+        self._started = 0.0
+        self.done = 0
+
+    def start(self, description: str, total: int | None) -> None:
+        self.stop()
+        self.done = 0
+        self._started = time.perf_counter()
+        if self.quiet:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} {task.fields[unit]}/s"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total, rate="-", unit=self.unit, status="")
+
+    def advance(self, n: int = 1, **fields) -> None:
+        self.done += n
+        if self._progress is None:
+            return
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        status = "  ".join(f"{k} {v}" for k, v in fields.items())
+        self._progress.update(self._task, advance=n, rate=f"{self.done / elapsed:,.0f}", status=status)
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.perf_counter() - self._started, 1e-9)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"warning: {message}", style="yellow", highlight=False, markup=False, soft_wrap=True)
