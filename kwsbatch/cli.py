@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-accuracy", type=float, default=None, help="exit with status 3 when accuracy is below this (0-1)")
     _add_runtime_flags(p)
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("synth", parents=[common], help="make a labelled keyword corpus with text-to-speech")
+    p.add_argument("--words", required=True, help="comma-separated keywords, e.g. yes,no,up,down")
+    p.add_argument("-o", "--out", required=True, help="new (or empty) corpus folder")
+    p.add_argument("--per-word", type=int, default=300, help="clips per keyword")
+    p.add_argument("--unknown", type=int, default=None, help="_unknown_ clips (default: 2 x per-word)")
+    p.add_argument("--silence", type=int, default=None, help="_silence_ clips (default: per-word)")
+    p.add_argument("--speakers", type=int, default=None, help="voice settings to sample (default: per-word)")
+    p.add_argument("--engines", default=None, help="comma-separated engines (default: every installed one: espeak-ng, flite)")
+    p.add_argument("--unknown-words", default=None, help="word list file for _unknown_ (one word per line)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-j", "--jobs", type=int, default=2, help="clips synthesized at once")
+    p.set_defaults(run=cmd_synth)
     return parser
 
 
@@ -211,4 +224,36 @@ def cmd_evaluate(args) -> int:
     if args.min_accuracy is not None and evaluation.accuracy < args.min_accuracy:
         print(f"accuracy {evaluation.accuracy:.2%} is below --min-accuracy {args.min_accuracy:.2%}", file=sys.stderr)
         return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def cmd_synth(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kwsbatch.synth import SynthConfig, read_word_list, summarize, synthesize_corpus
+
+    config = SynthConfig(
+        words=tuple(w for w in args.words.split(",") if w.strip()),
+        per_word=args.per_word,
+        unknown=args.unknown,
+        silence=args.silence,
+        unknown_words=read_word_list(args.unknown_words) if args.unknown_words else None,
+        speakers=args.speakers,
+        engines=tuple(args.engines.split(",")) if args.engines else None,
+        seed=args.seed,
+    )
+    reporter = _reporter(args, unit="clips")
+    reporter.start("synthesizing", config.n_clips)
+    try:
+        manifest = synthesize_corpus(config, args.out, jobs=args.jobs, progress=reporter.advance)
+    finally:
+        reporter.stop()
+    counts = summarize(manifest).reset_index()
+    table = Table(title=f"{len(manifest)} clips in {args.out}")
+    for column in counts.columns:
+        table.add_column(str(column), justify="left" if column in ("label", "engine") else "right")
+    for row in counts.itertuples(index=False):
+        table.add_row(*map(str, row))
+    Console().print(table)
     return EXIT_OK

@@ -11,9 +11,14 @@ clips out the way Google Speech Commands does::
     out_dir/voices.csv                     speaker,engine,voice,params,split: what each speaker is
 
 Labels are the keywords, `_unknown_` (other English words and a few two-word phrases, minus the
-keywords and their homophones) and `_silence_` (near-silence and coloured noise). A *speaker* is
-one engine voice setting (engine + voice + variant + rate + pitch ...); splits are drawn by
-speaker, so no voice setting straddles two splits.
+keywords and their homophones) and `_silence_` (near-silence and coloured noise; its `text` is the
+noise kind and its engine `noise`). A *speaker* is one engine voice setting (engine + voice +
+variant + rate + pitch ...); splits are drawn by speaker, so no voice setting straddles two
+splits, and every split gets every class and engine whenever the counts allow.
+
+The default unknown vocabulary is the bundled assets/unknown_words.txt (5000 common words), not
+/usr/share/dict/words, so a seed gives the same corpus on machines with and without wamerican;
+pass `read_word_list("/usr/share/dict/words")` as unknown_words for the larger, rarer vocabulary.
 
 Public API::
 
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import re
 import shutil
 import subprocess
@@ -61,7 +67,7 @@ DEFAULT_WORDS_FILE = Path(__file__).parent / "assets" / "unknown_words.txt"
 
 # Streams keep the draws for different purposes independent, so e.g. changing --silence does not
 # change which voices speak the keywords.
-_VOICES, _PLAN, _CLIP, _BACKGROUND = range(4)
+_VOICES, _PLAN, _TEXTS, _CLIP, _BACKGROUND = range(5)
 _PHRASE_FRACTION = 0.1      # share of _unknown_ clips that are two-word phrases
 _MAX_SPEECH = 0.9           # speech may fill at most this share of a clip, so its offset varies
 _MAX_TEMPO = 2.0            # beyond 2x faster TTS becomes unintelligible; truncate instead
@@ -70,17 +76,18 @@ _BACKGROUND_SECONDS = 20.0
 
 # Words that sound (nearly) like a keyword but that espeak-ng phonemizes differently; the phoneme
 # rule in filter_unknown_words catches the exact homophones (know/no, write/right, ...).
+# Kept small on purpose: words that merely rhyme or share a sound (town/down is the limit) are
+# the hard negatives _unknown_ is for.
 NEAR_HOMOPHONES: dict[str, tuple[str, ...]] = {
-    "yes": ("yeah", "yea", "yep", "yet", "yess"),
-    "no": ("know", "now", "noh", "nah", "knew"),
-    "up": ("op", "yup", "pup"),
-    "down": ("dawn", "town", "gown", "don"),
-    "left": ("lift", "loft", "lest"),
-    "right": ("write", "rite", "wright", "ride", "rate"),
-    "on": ("an", "own", "in"),
-    "off": ("of", "oft", "oath"),
-    "stop": ("stoop", "step", "stopped"),
-    "go": ("goa", "ago", "goo"),
+    "yes": ("yeah", "yea", "yep", "yet"),
+    "no": ("know", "now", "nah", "noh"),
+    "up": ("op",),
+    "down": ("dawn", "town"),
+    "left": ("lift", "loft"),
+    "right": ("write", "rite", "wright"),
+    "on": ("an",),
+    "off": ("of", "oft"),
+    "stop": ("stoop", "step"),
 }
 
 
@@ -99,7 +106,8 @@ class SynthConfig:
     # None -> per_word: one more class of the same size as a keyword.
     silence: int | None = None
     unknown_words: tuple[str, ...] | None = None  # None -> the bundled common-word list
-    # Voice settings (pseudo-speakers). None -> per_word, so each says each keyword about once.
+    # Voice settings (pseudo-speakers). None -> per_word (at least one per split per engine), so
+    # each says each keyword about once.
     speakers: int | None = None
     engines: tuple[str, ...] | None = None  # None -> every installed engine
     seed: int = 0
@@ -196,7 +204,7 @@ def _run(cmd: Sequence[str], what: str, stdin: str | None = None) -> bytes:
 def _decode_wav(data: bytes, what: str) -> tuple[np.ndarray, int]:
     try:
         audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as e:
+    except RuntimeError as e:
         raise SynthError(f"{what} wrote unreadable audio: {e}") from None
     return audio.mean(axis=1), sr
 
@@ -320,13 +328,13 @@ _ENGINE_TYPES = {EspeakEngine.name: EspeakEngine, FliteEngine.name: FliteEngine}
 
 def available_engines(names: Sequence[str] | None = None) -> list[Engine]:
     """The named engines (all installed ones when None); espeak-ng must be installed either way."""
-    EspeakEngine()  # required: it also phonemizes the homophone filter
+    espeak = EspeakEngine()  # required even when unused: it phonemizes the homophone filter
     if names is None:
         names = [n for n in _ENGINE_TYPES if shutil.which(n)]
     unknown = [n for n in names if n not in _ENGINE_TYPES]
     if unknown or not names:
-        raise SynthError(f"unknown engine {','.join(unknown) or '(none)'}: choose from {','.join(_ENGINE_TYPES)}")
-    return [_ENGINE_TYPES[n]() for n in dict.fromkeys(names)]
+        raise SynthError(f"unknown engine {','.join(unknown) or '(none given)'}: choose from {','.join(_ENGINE_TYPES)}")
+    return [espeak if n == espeak.name else _ENGINE_TYPES[n]() for n in dict.fromkeys(names)]
 
 
 # ---------------------------------------------------------------------------- vocabulary
@@ -373,10 +381,11 @@ def filter_unknown_words(words: Sequence[str], keywords: Sequence[str]) -> tuple
     for keyword in keywords:
         drop.update(NEAR_HOMOPHONES.get(keyword, ()))
     kept = [w for w in dict.fromkeys(words) if w not in drop]
-    for voice in ("en-us", "en-gb"):
-        sounds = set(phonemize(list(keywords), voice))
-        kept = [w for w, p in zip(kept, phonemize(kept, voice)) if p not in sounds]
-    return tuple(kept)
+    accents = ("en-us", "en-gb")
+    with ThreadPoolExecutor(len(accents)) as pool:  # one espeak-ng process per accent
+        spoken = list(pool.map(lambda voice: phonemize(kept, voice), accents))
+    sounds = [set(phonemize(list(keywords), voice)) for voice in accents]
+    return tuple(w for i, w in enumerate(kept) if all(ph[i] not in snd for ph, snd in zip(spoken, sounds)))
 
 
 # ---------------------------------------------------------------------------------- audio
@@ -495,10 +504,12 @@ def _plan(config: SynthConfig, engines: Sequence[Engine], vocabulary: Sequence[s
             split_speakers[split] += ids[start:start + count]
             start += count
 
+    if config.n_unknown and not vocabulary:
+        raise SynthError("no unknown words left after removing the keywords and their homophones")
+    # A shuffled pass through the vocabulary, so no word repeats before all have been spoken.
+    texts_rng = np.random.default_rng([config.seed, _TEXTS])
+    next_word = itertools.cycle([vocabulary[i] for i in texts_rng.permutation(len(vocabulary))])
     labels = [(w, config.per_word) for w in config.words] + [(UNKNOWN, config.n_unknown), (SILENCE, config.n_silence)]
-    texts_rng = np.random.default_rng([config.seed, _PLAN, len(labels)])
-    words = [vocabulary[i] for i in texts_rng.permutation(len(vocabulary))] if vocabulary else []
-    next_word = iter(words[i % len(words)] for i in range(10**9)) if words else None
 
     clips: list[_Clip] = []
     per_file: Counter = Counter()
@@ -509,7 +520,7 @@ def _plan(config: SynthConfig, engines: Sequence[Engine], vocabulary: Sequence[s
             for k in range(n_split):
                 index = len(clips)
                 if label == SILENCE:
-                    noise = _NOISE_KINDS[k % len(_NOISE_KINDS)]
+                    noise = _NOISE_KINDS[rng.integers(len(_NOISE_KINDS))]
                     speaker = "noise_" + hashlib.sha1(f"{config.seed}:{index}".encode()).hexdigest()[:8]
                     setting, engine, text = None, "noise", noise
                 else:
@@ -518,8 +529,6 @@ def _plan(config: SynthConfig, engines: Sequence[Engine], vocabulary: Sequence[s
                     engine = setting.engine
                     text = label
                     if label == UNKNOWN:
-                        if next_word is None:
-                            raise SynthError("no unknown words left after removing the keywords and their homophones")
                         n_words = 2 if rng.random() < _PHRASE_FRACTION else 1
                         text = " ".join(next(next_word) for _ in range(n_words))
                 path = f"{label}/{speaker}_{per_file[label, speaker]}.wav"
@@ -599,24 +608,32 @@ def synthesize_corpus(config: SynthConfig, out_dir: str | Path, *, jobs: int = 1
         raise SynthError(f"{out_dir} exists and is not an empty directory: choose a new -o")
     engines = available_engines(config.engines)
     words = config.unknown_words if config.unknown_words is not None else read_word_list(DEFAULT_WORDS_FILE)
-    vocabulary = filter_unknown_words(words, config.words) if config.n_unknown or words else ()
+    vocabulary = filter_unknown_words(words, config.words)
     clips = _plan(config, engines, vocabulary)
 
     by_name = {e.name: e for e in engines}
     for label in dict.fromkeys(c.label for c in clips):
         (out_dir / label).mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     def work(clip: _Clip) -> None:
         _write_wav(out_dir / clip.path, _render(clip, config, by_name), config.sample_rate)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for _ in pool.map(work, clips):
-            if progress is not None:
-                progress(1)
+        try:
+            for _ in pool.map(work, clips):
+                if progress is not None:
+                    progress(1)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # fail now, not after rendering every other clip
+            raise
 
     settings = list({c.speaker: c.setting for c in clips if c.setting is not None}.values())
     _write_background(out_dir, config, by_name, settings, vocabulary)
+    return _write_tables(out_dir, clips, settings)
+
+
+def _write_tables(out_dir: Path, clips: Sequence[_Clip], settings: Sequence[VoiceSetting]) -> pd.DataFrame:
+    """manifest.csv, one CSV per split and voices.csv; returns the manifest."""
     manifest = pd.DataFrame([[getattr(c, k) for k in COLUMNS] for c in clips], columns=list(COLUMNS))
     manifest.to_csv(out_dir / "manifest.csv", index=False, lineterminator="\n")
     for split in SPLITS:
