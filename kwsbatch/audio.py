@@ -53,9 +53,12 @@ def decode_audio(path: str | os.PathLike, *, max_seconds: float | None = DEFAULT
     except AudioError:
         raise
     except sf.LibsndfileError as e:
+        # libsndfile reports a missing file or a folder as "System error."; say which it was.
+        if not os.path.exists(path):
+            raise AudioError(f"{path}: file not found") from None
+        if os.path.isdir(path):
+            raise AudioError(f"{path}: is a folder, not an audio file") from None
         raise AudioError(f"{path}: cannot decode audio ({_first_line(e.error_string)})") from None
-    except FileNotFoundError:
-        raise AudioError(f"{path}: file not found") from None
     except OSError as e:
         raise AudioError(f"{path}: {e.strerror or e}") from None
     except (RuntimeError, TypeError, ValueError) as e:

@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth):
+        add_command(sub, common)
+    return parser
 
+
+def _add_train(sub, common) -> None:
     p = sub.add_parser("train", parents=[common], help="train a keyword model on a labelled manifest")
     p.add_argument("manifest", help="CSV with path,label columns (paths relative to the CSV)")
     p.add_argument("--val", help="validation manifest (default: a held-out slice of the train manifest)")
@@ -75,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(p, inference=False)
     p.set_defaults(run=cmd_train)
 
+
+def _add_label(sub, common) -> None:
     p = sub.add_parser("label", parents=[common], help="label audio files, folders or manifests")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or CSV manifests")
     p.add_argument("-o", "--out", default="-", help="output CSV (default: standard output)")
@@ -83,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(p)
     p.set_defaults(run=cmd_label)
 
+
+def _add_evaluate(sub, common) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="score a model on a labelled manifest")
     p.add_argument("manifest", help="CSV with path,label columns")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
@@ -92,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(p)
     p.set_defaults(run=cmd_evaluate)
 
+
+def _add_synth(sub, common) -> None:
     p = sub.add_parser("synth", parents=[common], help="make a labelled keyword corpus with text-to-speech")
     p.add_argument("--words", required=True, help="comma-separated keywords, e.g. yes,no,up,down")
     p.add_argument("-o", "--out", required=True, help="new (or empty) corpus folder")
@@ -104,7 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-j", "--jobs", type=int, default=2, help="clips synthesized at once")
     p.set_defaults(run=cmd_synth)
-    return parser
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser, *, inference: bool = True) -> None:

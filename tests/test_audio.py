@@ -1,0 +1,211 @@
+"""audio.py: decoding every format and sample type to mono float32, resampling, one-line errors."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tone
+
+from kwsbatch.audio import DecodedClip, Resampler, decode_audio, decode_many, is_audio_path, load_audio
+from kwsbatch.errors import AudioError
+
+INT16 = np.array([0, 1, -1, 32767, -32768, 16384, -8192], dtype=np.int16)
+INT16_AS_FLOAT = [0.0, 1 / 32768, -1 / 32768, 32767 / 32768, -1.0, 0.5, -0.25]
+# 24-bit samples k travel in the top 24 bits of an int32; they decode to k / 2**23.
+INT24 = np.array([0, 1, -1, 2**23 - 1, -(2**23), 2**22, 12345], dtype=np.int64)
+INT24_AS_FLOAT = [0.0, 2.0**-23, -(2.0**-23), (2**23 - 1) / 2**23, -1.0, 0.5, 12345 / 2**23]
+
+
+def peak_hz(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize(
+    "name, fmt, subtype",
+    [("int16.wav", "WAV", "PCM_16"), ("int16.flac", "FLAC", "PCM_16")],
+)
+def test_int16_decodes_to_exact_floats(tmp_path, name, fmt, subtype):
+    path = tmp_path / name
+    sf.write(path, INT16, 16000, format=fmt, subtype=subtype)
+    clip = decode_audio(path)
+    assert clip.samples.dtype == np.float32
+    np.testing.assert_array_equal(clip.samples, np.array(INT16_AS_FLOAT, dtype=np.float32))
+    assert (clip.sample_rate, clip.channels) == (16000, 1)
+
+
+@pytest.mark.parametrize(
+    "name, fmt",
+    [("int24.wav", "WAV"), ("int24.flac", "FLAC")],
+)
+def test_int24_decodes_to_exact_floats(tmp_path, name, fmt):
+    path = tmp_path / name
+    sf.write(path, (INT24 << 8).astype(np.int32), 16000, format=fmt, subtype="PCM_24")
+    assert sf.info(path).subtype == "PCM_24"
+    clip = decode_audio(path)
+    np.testing.assert_array_equal(clip.samples, np.array(INT24_AS_FLOAT, dtype=np.float32))
+
+
+def test_float32_wav_round_trips_exactly_without_clipping(tmp_path):
+    values = np.array([0.0, 0.1, -0.7, 1.5, -2.25, 1e-7], dtype=np.float32)
+    sf.write(tmp_path / "f.wav", values, 22050, subtype="FLOAT")
+    clip = decode_audio(tmp_path / "f.wav")
+    np.testing.assert_array_equal(clip.samples, values)
+    assert clip.sample_rate == 22050
+
+
+def test_ogg_vorbis_decodes_with_its_rate_length_and_pitch(tmp_path):
+    sf.write(tmp_path / "a.ogg", tone(440, 1.0, rate=44100), 44100, format="OGG", subtype="VORBIS")
+    clip = decode_audio(tmp_path / "a.ogg")
+    assert (clip.sample_rate, clip.channels, len(clip.samples)) == (44100, 1, 44100)
+    assert clip.duration_s == 1.0
+    assert abs(peak_hz(clip.samples, 44100) - 440) <= 1
+
+
+def test_stereo_is_mixed_to_the_mean_of_its_channels(tmp_path):
+    left = [0.5, 0.25, -1.0, 0.0]
+    right = [-0.5, 0.75, -0.5, 0.125]
+    sf.write(tmp_path / "s.wav", np.array([left, right], dtype=np.float32).T, 16000, subtype="FLOAT")
+    clip = decode_audio(tmp_path / "s.wav")
+    np.testing.assert_array_equal(clip.samples, np.array([0.0, 0.5, -0.75, 0.0625], dtype=np.float32))
+    assert clip.channels == 2
+
+
+def test_int16_stereo_in_opposite_phase_mixes_to_silence(tmp_path):
+    wave = (tone(300, 0.5) * 32767).astype(np.int16)
+    sf.write(tmp_path / "s.wav", np.stack([wave, -wave], axis=1), 16000, subtype="PCM_16")
+    clip = decode_audio(tmp_path / "s.wav")
+    assert clip.channels == 2 and len(clip.samples) == 8000
+    np.testing.assert_array_equal(clip.samples, np.zeros(8000, dtype=np.float32))
+
+
+def test_multichannel_flac_is_mixed_to_mono(tmp_path):
+    # Four channels of constant int16 levels 0.5, 0.25, -0.25, 1 - 2**-15: their mean is pinned.
+    levels = np.array([16384, 8192, -8192, 32767], dtype=np.int16)
+    sf.write(tmp_path / "quad.flac", np.tile(levels, (100, 1)), 48000, subtype="PCM_16")
+    clip = decode_audio(tmp_path / "quad.flac")
+    assert (clip.channels, clip.sample_rate) == (4, 48000)
+    np.testing.assert_allclose(clip.samples, np.full(100, (0.5 + 0.25 - 0.25 + 32767 / 32768) / 4), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "rate, n, expected",
+    [(44100, 44100, 16000), (44100, 44101, 16001), (44100, 100, 37), (8000, 8000, 16000), (8000, 6001, 12002), (16000, 999, 999)],
+)
+def test_resampled_length_is_the_ceiling_of_n_times_the_rate_ratio(rate, n, expected):
+    out = Resampler(16000)(np.zeros(n, dtype=np.float32), rate)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert out.shape == (expected,)
+
+
+@pytest.mark.parametrize("rate, freq", [(44100, 1000.0), (8000, 3000.0), (22050, 440.0)])
+def test_resampling_keeps_a_tones_frequency_and_level(tmp_path, rate, freq):
+    sf.write(tmp_path / "t.wav", tone(freq, 1.0, rate=rate), rate, subtype="PCM_16")
+    out = load_audio(tmp_path / "t.wav", 16000).numpy()
+    assert len(out) == 16000
+    assert peak_hz(out, 16000) == freq  # 1 Hz bins: the peak is exactly on the tone
+    inner = out[800:-800]  # away from the filter's edge transients
+    assert np.sqrt(np.mean(inner**2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.02)
+
+
+def test_downsampling_removes_content_above_the_new_nyquist():
+    high = tone(11000, 1.0, rate=44100)  # above 8 kHz: must not alias into the 16 kHz signal
+    out = Resampler(16000)(high, 44100).numpy()
+    assert np.sqrt(np.mean(out[800:-800] ** 2)) < 0.01 * np.sqrt(np.mean(high**2))
+
+
+def test_resampler_at_the_target_rate_returns_the_samples_unchanged():
+    samples = np.random.default_rng(0).standard_normal(1234).astype(np.float32)
+    np.testing.assert_array_equal(Resampler(16000)(samples, 16000).numpy(), samples)
+
+
+def test_load_audio_mixes_and_resamples_a_44k_stereo_file(tmp_path):
+    left, right = tone(500, 0.5, rate=44100), tone(500, 0.5, rate=44100, amplitude=0.1)
+    sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 44100, subtype="PCM_24")
+    out = load_audio(tmp_path / "s.wav", 16000).numpy()
+    assert out.shape == (8000,)
+    assert peak_hz(out, 16000) == pytest.approx(500, abs=2)
+    assert np.abs(out[400:-400]).max() == pytest.approx(0.2, abs=0.005)  # mean of 0.3 and 0.1 peaks
+
+
+def test_max_seconds_is_inclusive(tmp_path):
+    sf.write(tmp_path / "two.wav", np.zeros(16000 * 2, dtype=np.int16), 16000)
+    sf.write(tmp_path / "over.wav", np.zeros(16000 * 2 + 1, dtype=np.int16), 16000)
+    assert decode_audio(tmp_path / "two.wav", max_seconds=2).duration_s == 2.0
+    with pytest.raises(AudioError):
+        decode_audio(tmp_path / "over.wav", max_seconds=2)
+    assert len(decode_audio(tmp_path / "over.wav", max_seconds=None).samples) == 32001
+
+
+def _zero_bytes(path):
+    path.write_bytes(b"")
+
+
+def _random_bytes(path):
+    path.write_bytes(np.random.default_rng(1).bytes(4096))
+
+
+def _text(path):
+    path.write_text("path,label\nyes.wav,yes\n" * 20)
+
+
+def _nan_float(path):
+    sf.write(path, np.array([0.1, np.nan, 0.2] * 100, dtype=np.float32), 16000, subtype="FLOAT")
+
+
+def _inf_float(path):
+    sf.write(path, np.array([0.1, np.inf, 0.2] * 100, dtype=np.float32), 16000, subtype="FLOAT")
+
+
+def _no_frames(path):
+    sf.write(path, np.zeros(0, dtype=np.int16), 16000)
+
+
+def _too_long(path):
+    sf.write(path, np.zeros(int(16000 * 2.5), dtype=np.int16), 16000)
+
+
+@pytest.mark.parametrize(
+    "write, reason",
+    [
+        (_zero_bytes, "cannot decode audio ("),
+        (_random_bytes, "cannot decode audio ("),
+        (_text, "cannot decode audio ("),
+        (None, "file not found"),
+        (_nan_float, "contains NaN or infinite samples"),
+        (_inf_float, "contains NaN or infinite samples"),
+        (_no_frames, "contains no samples"),
+        (_too_long, "2.5 s is longer than the 2 s limit for a clip"),
+    ],
+    ids=["zero-byte", "random-bytes", "text", "missing", "nan", "inf", "no-frames", "too-long"],
+)
+def test_unreadable_files_raise_one_line_naming_the_file(tmp_path, write, reason):
+    path = tmp_path / "clip.wav"
+    if write is not None:
+        write(path)
+    with pytest.raises(AudioError) as raised:
+        decode_audio(path, max_seconds=2)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {reason}")
+    assert "\n" not in message
+
+
+def test_a_folder_is_not_audio(tmp_path):
+    with pytest.raises(AudioError, match=f"^{tmp_path}: "):
+        decode_audio(tmp_path)
+
+
+def test_decode_many_keeps_order_and_turns_failures_into_messages(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(440, 0.1), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF????WAVEjunk")
+    results = decode_many([str(tmp_path / "a.wav"), str(tmp_path / "bad.wav"), None, str(tmp_path / "a.wav")])
+    assert [type(r) for r in results] == [DecodedClip, str, str, DecodedClip]
+    assert results[1].startswith(f"{tmp_path / 'bad.wav'}: cannot decode audio")
+    assert results[2] == ""
+    np.testing.assert_array_equal(results[0].samples, results[3].samples)
+
+
+def test_folder_scans_pick_audio_extensions_in_any_case():
+    assert [is_audio_path(p) for p in ("a.wav", "b.FLAC", "c.Ogg", "d.mp3", "e.csv", "f.txt", "wav")] == [
+        True, True, True, True, False, False, False,
+    ]
