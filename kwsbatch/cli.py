@@ -12,6 +12,7 @@ Exit codes (documented in README):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth):
+    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch):
         add_command(sub, common)
     return parser
 
@@ -110,11 +111,62 @@ def _add_synth(sub, common) -> None:
     p.add_argument("--unknown", type=int, default=None, help="_unknown_ clips (default: 2 x per-word)")
     p.add_argument("--silence", type=int, default=None, help="_silence_ clips (default: per-word)")
     p.add_argument("--speakers", type=int, default=None, help="voice settings to sample (default: per-word)")
-    p.add_argument("--engines", default=None, help="comma-separated engines (default: every installed one: espeak-ng, flite)")
+    p.add_argument("--engines", default=None, help="comma-separated engines (default: every installed one: espeak-ng, flite, festival)")
     p.add_argument("--unknown-words", default=None, help="word list file for _unknown_ (one word per line)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-j", "--jobs", type=int, default=2, help="clips synthesized at once")
     p.set_defaults(run=cmd_synth)
+
+
+def _add_manifest(sub, common) -> None:
+    p = sub.add_parser("manifest", parents=[common], help="train/val/test manifests from a Speech Commands-like folder tree")
+    p.add_argument("data_dir", metavar="DIR", help="folder of <word>/ folders (and _background_noise_/)")
+    p.add_argument("-o", "--out", required=True, help="folder for train.csv, val.csv, test.csv and the _silence_ clips")
+    _add_manifest_flags(p)
+    p.set_defaults(run=cmd_manifest)
+
+
+def _add_manifest_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--words", default=None, help="comma-separated keywords; other words become _unknown_ "
+                   "(default: yes,no,up,down,left,right,on,off,stop,go; 'all': every word is a class)")
+    p.add_argument("--unknown-percent", type=_percent, default=10.0, help="_unknown_ clips per split, %% of its keyword clips ('all': every one)")
+    p.add_argument("--silence-percent", type=_percent, default=10.0, help="_silence_ clips per split, %% of its keyword clips")
+    p.add_argument("--validation-percent", type=_percent, default=10.0, help="hash split only (no validation_list.txt)")
+    p.add_argument("--testing-percent", type=_percent, default=10.0, help="hash split only (no testing_list.txt)")
+    p.add_argument("--seed", type=int, default=0, help="which unknown clips are kept, where silence is cut")
+
+
+def _percent(text: str) -> float:
+    if text == "all":
+        return float("inf")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+
+
+def _add_check(sub, common) -> None:
+    p = sub.add_parser("check", parents=[common], help="audit a corpus before training or labelling")
+    p.add_argument("inputs", nargs="+", metavar="MANIFEST|FOLDER", help="manifests, folders of train/val/test.csv, or audio folders")
+    p.add_argument("-o", "--out", default=None, help="JSON report (default: reports/<first input name>/check.json)")
+    p.add_argument("--strict", action="store_true", help="exit with status 3 when any problem is found")
+    p.add_argument("--max-listed", type=int, default=1000, help="problem files listed in the JSON report, per kind")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="reading processes")
+    p.set_defaults(run=cmd_check)
+
+
+def _add_fetch(sub, common) -> None:
+    p = sub.add_parser("fetch", parents=[common], help="download a public data set and write its manifests")
+    p.add_argument("dataset", metavar="DATASET", help="speech-commands")
+    p.add_argument("data_dir", metavar="DIR", help="folder to unpack it into")
+    p.add_argument("--version", default="0.02", help="data set version (speech-commands: 0.01 or 0.02)")
+    p.add_argument("--url", default=None, help="download from here instead (a mirror); the published checksum then no longer applies")
+    p.add_argument("--sha256", default=None, help="require this checksum ('skip': none); default: the published one")
+    p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
+    p.add_argument("-o", "--out", default=None, help="manifest folder (default: DIR/manifests)")
+    p.add_argument("--no-manifest", action="store_true", help="only download and unpack")
+    _add_manifest_flags(p)
+    p.set_defaults(run=cmd_fetch)
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser, *, inference: bool = True) -> None:
@@ -266,4 +318,59 @@ def cmd_synth(args) -> int:
     for row in counts.itertuples(index=False):
         table.add_row(*map(str, row))
     Console().print(table)
+    return EXIT_OK
+
+
+def cmd_manifest(args) -> int:
+    _write_manifests(args, args.data_dir, args.out)
+    return EXIT_OK
+
+
+def _write_manifests(args, data_dir, out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kwsbatch.speech_commands import SPLITS, STANDARD_WORDS, ManifestConfig, write_manifests
+
+    words = STANDARD_WORDS if args.words is None else None if args.words.strip() == "all" else tuple(args.words.split(","))
+    config = ManifestConfig(words=words, unknown_percent=args.unknown_percent, silence_percent=args.silence_percent,
+                            validation_percent=args.validation_percent, testing_percent=args.testing_percent, seed=args.seed)
+    summary = write_manifests(data_dir, out, config)
+    table = Table(title=f"{summary.total:,} clips, split by {'the list files' if summary.split_by == 'lists' else 'speaker hash'}")
+    table.add_column("label")
+    for split in SPLITS:
+        table.add_column(split, justify="right")
+    for label in sorted({label for counts in summary.counts.values() for label in counts}):
+        table.add_row(label, *(f"{summary.counts[s].get(label, 0):,}" for s in SPLITS))
+    Console(stderr=True).print(table)
+    if summary.listed_missing:
+        print(f"warning: {summary.listed_missing} files named in the split lists are not in {data_dir}", file=sys.stderr)
+    print(f"wrote {', '.join(str(Path(out) / f'{s}.csv') for s in SPLITS)}", file=sys.stderr)
+
+
+def cmd_check(args) -> int:
+    import json
+
+    from rich.console import Console
+
+    from kwsbatch.atomic import atomic_write
+    from kwsbatch.check import check_corpus, render_check
+
+    report = check_corpus(args.inputs, jobs=args.jobs, max_listed=args.max_listed, reporter=_reporter(args))
+    render_check(report, Console())
+    out = Path(args.out) if args.out else Path("reports") / Path(os.path.abspath(args.inputs[0])).stem / "check.json"
+    with atomic_write(out) as f:
+        f.write(json.dumps(report.as_dict(), indent=2) + "\n")
+    print(f"report written to {out}", file=sys.stderr)
+    return EXIT_PARTIAL if args.strict and report.problems else EXIT_OK
+
+
+def cmd_fetch(args) -> int:
+    from kwsbatch.fetch import fetch_dataset
+
+    result = fetch_dataset(args.dataset, args.version, args.data_dir, url=args.url, sha256=args.sha256,
+                           keep_archive=args.keep_archive, reporter=_reporter(args, unit="bytes"))
+    print(f"{'fetched' if result.downloaded else 'already fetched'} {result.url} into {result.data_dir}", file=sys.stderr)
+    if not args.no_manifest:
+        _write_manifests(args, args.data_dir, args.out or Path(args.data_dir) / "manifests")
     return EXIT_OK

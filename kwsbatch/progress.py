@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
 
 
 class Reporter:
     """Silent hooks; the CLI passes a RichReporter. Library functions accept either."""
 
-    def start(self, description: str, total: int | None) -> None: ...
+    def start(self, description: str, total: int | None, completed: int = 0) -> None: ...
 
     def advance(self, n: int = 1, **fields) -> None: ...
 
@@ -23,7 +24,10 @@ class Reporter:
 
 
 class RichReporter(Reporter):
-    """A rich progress bar with a rate column, plus log lines printed above it (to stderr)."""
+    """A rich progress bar with a rate column, plus log lines printed above it (to stderr).
+
+    With unit="bytes" the counts and rate are shown as sizes (MB, MB/s), for downloads.
+    """
 
     def __init__(self, console: Console | None = None, *, unit: str = "files", quiet: bool = False):
         self.console = console or Console(stderr=True)
@@ -34,17 +38,21 @@ class RichReporter(Reporter):
         self._started = 0.0
         self.done = 0
 
-    def start(self, description: str, total: int | None) -> None:
+    def start(self, description: str, total: int | None, completed: int = 0) -> None:
+        """completed: work already done before this run (a resumed download), not counted in the rate."""
         self.stop()
         self.done = 0
         self._started = time.perf_counter()
         if self.quiet:
             return
+        if self.unit == "bytes":
+            counts = (DownloadColumn(), TransferSpeedColumn())
+        else:
+            counts = (MofNCompleteColumn(), TextColumn("{task.fields[rate]} {task.fields[unit]}/s"))
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} {task.fields[unit]}/s"),
+            *counts,
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
@@ -52,7 +60,7 @@ class RichReporter(Reporter):
             transient=True,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, rate="-", unit=self.unit, status="")
+        self._task = self._progress.add_task(description, total=total, completed=completed, rate="-", unit=self.unit, status="")
 
     def advance(self, n: int = 1, **fields) -> None:
         self.done += n

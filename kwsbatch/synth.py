@@ -29,7 +29,7 @@ Public API::
     summarize(manifest) -> clip counts per (label, engine) x split
     read_word_list(path) -> words for SynthConfig.unknown_words (e.g. /usr/share/dict/words)
     filter_unknown_words(words, keywords) -> words minus keywords and their homophones
-    available_engines(names=None) -> [Engine]; EspeakEngine, FliteEngine; SynthError
+    available_engines(names=None) -> [Engine]; EspeakEngine, FliteEngine, FestivalEngine; SynthError
 
 Same config and seed give byte-identical files whatever `jobs` is: every random draw comes from
 a generator seeded with (seed, purpose, index), never from shared state.
@@ -43,6 +43,7 @@ import itertools
 import re
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -323,14 +324,91 @@ class FliteEngine:
         return _decode_wav(_run(cmd, f"flite -voice {setting.voice} on {text!r}"), "flite")
 
 
-_ENGINE_TYPES = {EspeakEngine.name: EspeakEngine, FliteEngine.name: FliteEngine}
+class FestivalEngine:
+    """festival (via text2wave): its English voices (festvox kal and ked diphones, the HTS voice
+    slt, ...), speaking rate and mean pitch varied."""
+
+    name = "festival"
+    weight = 1.0  # a handful of voices, like flite
+    # Voices live in <festival>/voices/<language>/<voice>/; these language folders are English.
+    ENGLISH = frozenset({"english", "us", "uk", "british", "american", "scottish"})
+
+    def __init__(self):
+        if shutil.which("festival") is None or shutil.which("text2wave") is None:
+            raise SynthError("festival not found: install it with `apt-get install festival festvox-kallpc16k`")
+        listing = _run(["festival", "--pipe"], "festival", "(print voice-locations)\n").decode()
+        # ((kal_diphone . "/usr/share/festival/voices/english/kal_diphone/") ...)
+        located = re.findall(r'\((\w+) \. "([^"]*)"\)', listing)
+        english = sorted(v for v, path in located if Path(path).parent.name in self.ENGLISH)
+        self.voices, self.skipped = [], []
+        for voice in english:
+            try:  # a voice whose data is incomplete fails only when it speaks
+                self.speak("test", VoiceSetting(self.name, voice, (("stretch", 1.0),)))
+                self.voices.append(voice)
+            except SynthError:
+                self.skipped.append(voice)
+        if not self.voices:
+            tried = f" (tried {', '.join(self.skipped)})" if self.skipped else ""
+            raise SynthError(f"festival has no working English voice{tried}: install festvox-kallpc16k")
+
+    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
+        order = rng.permutation(len(self.voices))
+        settings = []
+        for i in range(n):
+            voice = self.voices[order[i % len(self.voices)]]
+            stretch = round(float(rng.uniform(0.85, 1.3)), 2)  # duration factor; voices default to ~1.1
+            f0 = round(float(rng.uniform(0.8, 1.25)), 2)  # times the voice's own mean pitch
+            # HTS voices have no pitch knob here; leaving f0 out keeps equal-sounding settings one speaker.
+            params = (("stretch", stretch),) if self._is_hts(voice) else (("stretch", stretch), ("f0", f0))
+            settings.append(VoiceSetting(self.name, voice, params))
+        return settings
+
+    @staticmethod
+    def _is_hts(voice: str) -> bool:
+        return voice.endswith("_hts")  # festvox's naming for voices made with HTS
+
+    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
+        p = dict(setting.params)
+        stretch = p["stretch"] / tempo
+        if self._is_hts(setting.voice):
+            # HTS voices time themselves and ignore Duration_Stretch; hts_engine's -r is a speed factor.
+            tweak = f'(set! hts_engine_params (append hts_engine_params (list (list "-r" {1 / stretch:.3f}))))'
+        else:
+            tweak = (f"(Parameter.set 'Duration_Stretch {stretch:.3f}) "
+                     "(if (assoc 'target_f0_mean int_lr_params) (set! int_lr_params (cons (list 'target_f0_mean "
+                     f"(* {p.get('f0', 1.0):.3f} (car (cdr (assoc 'target_f0_mean int_lr_params))))) int_lr_params)))")
+        what = f"festival voice {setting.voice} on {text!r}"
+        with tempfile.TemporaryDirectory(prefix="kwsbatch-festival-") as tmp:
+            # A file, not stdout: text2wave writes its WAV header before knowing the data size.
+            out = Path(tmp) / "speech.wav"
+            cmd = ["text2wave", "-eval", f"(begin (voice_{setting.voice}) {tweak})", "-o", str(out)]
+            try:
+                done = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise SynthError(f"{what} failed: {e}") from None
+            # Festival reports Scheme errors on stderr and still exits 0, writing no file.
+            if done.returncode != 0 or not out.is_file() or out.stat().st_size <= 44:
+                reason = (done.stderr.decode(errors="replace").strip().splitlines() or ["no audio written"])[0]
+                raise SynthError(f"{what} failed: {reason}")
+            return _decode_wav(out.read_bytes(), "festival")
+
+
+_ENGINE_TYPES = {EspeakEngine.name: EspeakEngine, FliteEngine.name: FliteEngine, FestivalEngine.name: FestivalEngine}
 
 
 def available_engines(names: Sequence[str] | None = None) -> list[Engine]:
-    """The named engines (all installed ones when None); espeak-ng must be installed either way."""
+    """The named engines (when None, every installed one that has a working English voice);
+    espeak-ng must be installed either way."""
     espeak = EspeakEngine()  # required even when unused: it phonemizes the homophone filter
     if names is None:
-        names = [n for n in _ENGINE_TYPES if shutil.which(n)]
+        engines: list[Engine] = [espeak]
+        for name, engine_type in _ENGINE_TYPES.items():
+            if name != espeak.name and shutil.which(name):
+                try:
+                    engines.append(engine_type())
+                except SynthError:
+                    pass  # installed without a usable English voice: not an engine to default to
+        return engines
     unknown = [n for n in names if n not in _ENGINE_TYPES]
     if unknown or not names:
         raise SynthError(f"unknown engine {','.join(unknown) or '(none given)'}: choose from {','.join(_ENGINE_TYPES)}")

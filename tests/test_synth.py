@@ -181,3 +181,47 @@ def test_colored_noise_is_unit_rms_with_falling_spectrum():
 @pytest.mark.parametrize("n, expected", [(1, [1, 0, 0]), (3, [1, 1, 1]), (10, [8, 1, 1]), (25, [20, 3, 2])])
 def test_split_counts_give_every_split_one_when_possible(n, expected):
     assert synth._split_counts(n, (0.8, 0.1, 0.1)) == expected
+
+
+# One test per engine: skipped, saying what to install, where its program is absent.
+ENGINE_PROGRAMS = {
+    "espeak-ng": ("espeak-ng", "apt-get install espeak-ng"),
+    "flite": ("flite", "apt-get install flite"),
+    "festival": ("text2wave", "apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"),
+}
+
+
+@pytest.mark.parametrize("name", ENGINE_PROGRAMS)
+def test_engine_speaks_each_voice_audibly_and_differently(name):
+    program, install = ENGINE_PROGRAMS[name]
+    if shutil.which(program) is None or shutil.which("espeak-ng") is None:
+        pytest.skip(f"{program} not installed ({install})")
+    engine = synth._ENGINE_TYPES[name]()
+    settings = engine.voice_settings(np.random.default_rng(0), 2 * len(engine.voices))
+    assert {s.voice.split("+")[0] for s in settings} == set(engine.voices)  # every voice is used
+    assert len({s.speaker for s in settings}) > len(engine.voices)  # more than one setting per voice
+    spoken = []
+    for setting in settings[:4]:
+        audio, rate = engine.speak("yes", setting)
+        assert rate >= 8000 and audio.dtype == np.float32
+        speech = trim_silence(audio, rate)
+        assert 0.1 * rate < len(speech) < 1.5 * rate, setting.describe()
+        assert np.abs(speech).max() > 0.05
+        spoken.append(audio)
+    assert len({a.tobytes() for a in spoken}) == len(spoken)
+    slow, _ = engine.speak("yesterday afternoon", settings[0])
+    fast, _ = engine.speak("yesterday afternoon", settings[0], tempo=1.8)
+    assert len(trim_silence(fast, rate)) < 0.8 * len(trim_silence(slow, rate))
+
+
+@pytest.mark.skipif(shutil.which("text2wave") is None or shutil.which("espeak-ng") is None,
+                    reason="festival not installed (apt-get install festival festvox-kallpc16k)")
+def test_festival_is_a_default_engine_and_makes_a_corpus(tmp_path):
+    festival = next(e for e in synth.available_engines() if e.name == "festival")  # a default engine
+    config = SynthConfig(words=("no",), per_word=3, unknown=3, silence=0, unknown_words=VOCAB, engines=("festival",), seed=1)
+    manifest = synthesize_corpus(config, tmp_path / "c")
+    assert set(manifest["engine"]) == {"festival"}
+    voices = pd.read_csv(tmp_path / "c" / "voices.csv")
+    assert voices["voice"].isin(festival.voices).all()
+    for path in manifest["path"]:
+        assert sf.info(tmp_path / "c" / path).frames == 16000
