@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth):
+    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_bench):
         add_command(sub, common)
     return parser
 
@@ -126,6 +126,19 @@ def _add_synth(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-j", "--jobs", type=int, default=2, help="clips synthesized at once")
     p.set_defaults(run=cmd_synth)
+
+
+def _add_bench(sub, common) -> None:
+    p = sub.add_parser("bench", parents=[common], help="measure label's throughput against the decode and compute floors")
+    p.add_argument("--files", type=int, default=2000, help="clips to make and label (0.5-1.5 s, WAV and FLAC, some stereo 44.1 kHz)")
+    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
+    p.add_argument("--batch-size", type=int, default=64, help="label's --batch-size")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="label's --jobs (default 0: one worker per core)")
+    p.add_argument("--single-files", type=int, default=None, help="clips for the one-at-a-time run (default: all of them)")
+    p.add_argument("--dir", default=None, help="make (and keep) the clips here, reusing them when they are already there")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_bench, parser=p)
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser, *, inference: bool = True) -> None:
@@ -285,4 +298,23 @@ def cmd_synth(args) -> int:
     for row in counts.itertuples(index=False):
         table.add_row(*map(str, row))
     Console().print(table)
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from kwsbatch.bench import BenchConfig, run_bench
+    from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
+    from kwsbatch.label import Labeler
+
+    try:
+        config = BenchConfig(
+            files=args.files, device=args.device, batch_size=args.batch_size, jobs=args.jobs, single_files=args.single_files, seed=args.seed
+        )
+    except ValueError as e:
+        args.parser.error(str(e))
+    model = Path(args.model) if args.model else default_model_path()
+    labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model))
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    result = run_bench(config, labeler, model, folder=Path(args.dir) if args.dir else None, log=log)
+    print("\n".join(result.lines()))
     return EXIT_OK

@@ -3,7 +3,7 @@
 ``<output>.journal`` is an SQLite file with three tables:
 
 - ``results``: per path, the file's size and mtime when it was labelled and its output rows (the
-  model's columns, as JSON); imported from the previous output, or labelled by this run and
+  values of the model's columns, as JSON); imported from the previous output, or labelled by this run and
   committed once per finished task, so a killed run loses at most the tasks in flight;
 - ``inputs``: this attempt's input rows in order (rebuilt by every attempt), joined with
   ``results`` to write the output, so the output is in input order whatever order files finish in;
@@ -93,7 +93,7 @@ class Journal:
         """Whether the previous output's rows are in (they are imported once per journal)."""
         return self._meta("imported") == "1"
 
-    def import_previous(self, entries: Iterable[tuple[str, int, int, list[dict]]]) -> int:
+    def import_previous(self, entries: Iterable[tuple[str, int, int, list[list]]]) -> int:
         """Take (path, size, mtime_ns, rows) from the previous output; rows this run labelled win."""
         count = 0
         for path, size, mtime_ns, rows in entries:
@@ -113,7 +113,7 @@ class Journal:
     def labelled_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM results WHERE imported = 0").fetchone()[0]
 
-    def add_input(self, path: str, audio_path: str, source: str, fields: dict) -> bool:
+    def add_input(self, path: str, audio_path: str, source: str, fields: list) -> bool:
         """Record an input row; False when its path was already given (the output has one row per path)."""
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO inputs (path, audio_path, source, fields) VALUES (?, ?, ?, ?)",
@@ -140,7 +140,7 @@ class Journal:
             return None
         return "previous" if row[2] else "journal"
 
-    def record(self, entries: Iterable[tuple[str, tuple[int, int] | None, list[dict]]]) -> None:
+    def record(self, entries: Iterable[tuple[str, tuple[int, int] | None, list[list]]]) -> None:
         """Commit (path, identity, rows) of finished files: one transaction, all or nothing."""
         self._db.executemany(
             "INSERT OR REPLACE INTO results VALUES (?, ?, ?, 0, ?)",
@@ -151,8 +151,8 @@ class Journal:
     def commit(self) -> None:
         self._db.commit()
 
-    def output(self) -> Iterator[tuple[dict, tuple[int, int] | None, list[dict]]]:
-        """(input fields, file identity, result rows) for every input, in input order."""
+    def output(self) -> Iterator[tuple[str, list, tuple[int, int] | None, list[list]]]:
+        """(path, input fields, file identity, result rows) for every input, in input order."""
         cursor = self._db.execute(
             "SELECT i.path, i.fields, r.size, r.mtime_ns, r.rows FROM inputs i "
             "LEFT JOIN results r ON r.path = i.path ORDER BY i.seq"
@@ -160,7 +160,7 @@ class Journal:
         for path, fields, size, mtime_ns, rows in cursor:
             if rows is None:
                 raise KwsError(f"{self.path}: no result for {path}; run the command again to finish it")
-            yield json.loads(fields), None if size is None else (size, mtime_ns), json.loads(rows)
+            yield path, json.loads(fields), None if size is None else (size, mtime_ns), json.loads(rows)
 
     def close(self) -> None:
         self._db.close()
