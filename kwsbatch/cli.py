@@ -6,6 +6,7 @@ Exit codes (documented in README):
   2  usage error (bad flags)
   3  finished, with problems: some files could not be read (their rows carry the error),
      or evaluate's accuracy is below --min-accuracy
+  75 label: another run holds the output's lock; nothing was done (EX_TEMPFAIL: try again later)
   130 interrupted (Ctrl-C)
 """
 
@@ -14,10 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     from kwsbatch.errors import KwsError
+    from kwsbatch.lock import LockedError
 
     try:
         return args.run(args)
+    except LockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_LOCKED
     except KwsError as e:
         if args.debug:
             raise
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch):
+    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch, _add_bench):
         add_command(sub, common)
     return parser
 
@@ -85,11 +89,18 @@ def _add_train(sub, common) -> None:
 def _add_label(sub, common) -> None:
     p = sub.add_parser("label", parents=[common], help="label audio files, folders or manifests")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or CSV manifests")
-    p.add_argument("-o", "--out", default="-", help="output CSV (default: standard output)")
+    p.add_argument("-o", "--out", default="-", help="output CSV, updated incrementally (default: standard output)")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    p.add_argument("--max-seconds", type=float, default=30.0, help="files longer than this get an error row")
-    _add_runtime_flags(p)
-    p.set_defaults(run=cmd_label)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
+    p.add_argument("--batch-size", type=int, default=64, help="clips (or windows) per model batch")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="worker threads that decode and score (default 0: one per core)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="files longer than this get an error row (without --window)")
+    p.add_argument("--window", type=float, default=None, metavar="SECONDS", help="slide a window this long over each file; one row per detection")
+    p.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="seconds between windows (default: half the window)")
+    p.add_argument("--force", action="store_true", help="relabel every file, not only new or changed ones")
+    p.add_argument("--wait", action="store_true", help="when another run is writing the same output, wait for it instead of exiting with status 75")
+    p.add_argument("--log", default=None, metavar="FILE", help="append the summary, warnings and errors to FILE, with timestamps")
+    p.set_defaults(run=cmd_label, parser=p)
 
 
 def _add_evaluate(sub, common) -> None:
@@ -169,6 +180,19 @@ def _add_fetch(sub, common) -> None:
     p.set_defaults(run=cmd_fetch)
 
 
+def _add_bench(sub, common) -> None:
+    p = sub.add_parser("bench", parents=[common], help="measure label's throughput against the decode and compute floors")
+    p.add_argument("--files", type=int, default=2000, help="clips to make and label (0.5-1.5 s, WAV and FLAC, some stereo 44.1 kHz)")
+    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
+    p.add_argument("--batch-size", type=int, default=64, help="label's --batch-size")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="label's --jobs (default 0: one worker per core)")
+    p.add_argument("--single-files", type=int, default=None, help="clips for the one-at-a-time run (default: all of them)")
+    p.add_argument("--dir", default=None, help="make (and keep) the clips here, reusing them when they are already there")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_bench, parser=p)
+
+
 def _add_runtime_flags(p: argparse.ArgumentParser, *, inference: bool = True) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
     if inference:
@@ -232,35 +256,43 @@ def cmd_train(args) -> int:
 
 def cmd_label(args) -> int:
     from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
-    from kwsbatch.label import Labeler, write_label_csv
-    from kwsbatch.manifest import input_extra_columns, iter_inputs
+    from kwsbatch.errors import KwsError
+    from kwsbatch.job import run_label_job, stream_labels
+    from kwsbatch.label import Labeler
+    from kwsbatch.pipeline import LabelConfig
+    from kwsbatch.windows import WindowConfig
 
-    model = Path(args.model) if args.model else default_model_path()
-    labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model))
-    columns = labeler.columns(input_extra_columns(args.inputs))
-    reporter = _reporter(args)
-    failed = 0
-
-    def on_row(row: dict) -> None:
-        nonlocal failed
-        failed += bool(row["error"])
-        reporter.advance(1, failed=failed) if failed else reporter.advance(1)
-
-    started = time.perf_counter()
-    reporter.start("labelling", None)
+    to_stdout = args.out == "-"
+    if to_stdout and (args.force or args.wait):
+        args.parser.error("--force and --wait need an output file (-o FILE)")
+    if args.hop is not None and args.window is None:
+        args.parser.error("--hop needs --window")
     try:
-        rows = labeler.label_rows(iter_inputs(args.inputs), batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds)
-        write_label_csv(rows, args.out, columns, on_row=on_row)
-    finally:
-        reporter.stop()
-    elapsed = time.perf_counter() - started
-    n = reporter.done
-    where = "standard output" if args.out == "-" else args.out
-    print(
-        f"labelled {n - failed} of {n} files ({failed} failed) in {elapsed:.1f} s, {n / max(elapsed, 1e-9):,.0f} files/s -> {where}",
-        file=sys.stderr,
-    )
-    return EXIT_PARTIAL if failed else EXIT_OK
+        window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
+        config = LabelConfig(batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds, window=window)
+    except ValueError as e:
+        args.parser.error(str(e))
+    reporter = _reporter(args)
+    reporter.log_file = args.log
+    try:
+        model = Path(args.model) if args.model else default_model_path()
+        labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model))
+        if to_stdout:
+            summary = stream_labels(labeler, args.inputs, config, reporter=reporter)
+        else:
+            summary = run_label_job(labeler, args.inputs, args.out, config, force=args.force, wait=args.wait, reporter=reporter)
+    except KwsError as e:
+        reporter.record(f"error: {e}")
+        raise
+    except KeyboardInterrupt:
+        hint = "" if to_stdout else f"; files labelled so far are kept in {args.out}.journal: run the same command again to finish"
+        reporter.record(f"interrupted{hint}")
+        print(f"interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    reporter.record(summary.line())
+    if not args.quiet:
+        print(summary.line(), file=sys.stderr)
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
 def cmd_evaluate(args) -> int:
@@ -373,4 +405,22 @@ def cmd_fetch(args) -> int:
     print(f"{'fetched' if result.downloaded else 'already fetched'} {result.url} into {result.data_dir}", file=sys.stderr)
     if not args.no_manifest:
         _write_manifests(args, args.data_dir, args.out or Path(args.data_dir) / "manifests")
+
+
+def cmd_bench(args) -> int:
+    from kwsbatch.bench import BenchConfig, run_bench
+    from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
+    from kwsbatch.label import Labeler
+
+    try:
+        config = BenchConfig(
+            files=args.files, device=args.device, batch_size=args.batch_size, jobs=args.jobs, single_files=args.single_files, seed=args.seed
+        )
+    except ValueError as e:
+        args.parser.error(str(e))
+    model = Path(args.model) if args.model else default_model_path()
+    labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model))
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    result = run_bench(config, labeler, model, folder=Path(args.dir) if args.dir else None, log=log)
+    print("\n".join(result.lines()))
     return EXIT_OK

@@ -1,8 +1,7 @@
-"""Batched labelling: rows in, one prediction row per file out, in input order.
+"""Labelling: a checkpoint's model on a device, and the output rows it makes of each file's result.
 
-Files are decoded in chunks of one batch (in worker processes with jobs > 1, overlapping the
-model's work), resampled next to the model, and scored as padded batches on the model's device.
-A file that cannot be read becomes a row with an error; the batch goes on without it.
+The heavy lifting (workers, decoding, length-sorted batches) is in pipeline.py; this module owns
+the model call and the output columns. A file that cannot be read becomes a row with an error.
 """
 
 from __future__ import annotations
@@ -16,14 +15,16 @@ import numpy as np
 import torch
 
 from kwsbatch.atomic import atomic_write
-from kwsbatch.audio import DEFAULT_MAX_SECONDS, DecodedClip, Resampler
+from kwsbatch.audio import DEFAULT_MAX_SECONDS, Resampler
 from kwsbatch.checkpoint import Checkpoint
-from kwsbatch.data import chunked, decode_chunks
 from kwsbatch.features import pad_waveforms
 from kwsbatch.manifest import ManifestRow
+from kwsbatch.pipeline import FileResult, LabelConfig, score_files
 
 BASE_COLUMNS = ("path", "label", "confidence")
+WINDOW_COLUMNS = ("path", "start_s", "end_s", "label", "confidence")  # window mode: one row per detection
 INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error")
+FILE_COLUMNS = ("file_size", "file_mtime_ns")  # the file as it was labelled: how a rerun tells it changed
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -37,7 +38,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class Labeler:
-    """A checkpoint's model on a device, scoring lists of waveforms or streams of manifest rows."""
+    """A checkpoint's model on a device: scores waveforms and turns results into output rows."""
 
     def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "auto", model_id: str = ""):
         self.checkpoint = checkpoint
@@ -59,18 +60,56 @@ class Labeler:
             probs = torch.softmax(logits.float() / self.checkpoint.temperature, dim=1)
         return probs.cpu().numpy()
 
-    def columns(self, extra_columns: Iterable[str] = ()) -> list[str]:
+    def resample(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """(n_samples,) float32 at sample_rate -> (n_resampled,) tensor at the model's rate."""
+        return self._resample(samples, sample_rate)
+
+    def columns(self, extra_columns: Iterable[str] = (), *, windowed: bool = False, file_columns: bool = False) -> list[str]:
         """Output columns; a manifest's own label column is the truth, carried as true_label."""
         extras = ["true_label" if c == "label" else self._extra_name(c) for c in extra_columns]
-        return [*self._own_columns, *extras]
+        return [*self._own_columns(windowed), *(FILE_COLUMNS if file_columns else ()), *extras]
 
-    @property
-    def _own_columns(self) -> list[str]:
+    def _own_columns(self, windowed: bool) -> list[str]:
+        if windowed:
+            return [*WINDOW_COLUMNS, *INFO_COLUMNS]
         return [*BASE_COLUMNS, *(f"p_{c}" for c in self.classes), *INFO_COLUMNS]
 
     def _extra_name(self, column: str) -> str:
         # A manifest column named like one of ours (say "confidence") must not overwrite it.
-        return f"manifest_{column}" if column in self._own_columns or column == "true_label" else column
+        reserved = {*self._own_columns(False), *self._own_columns(True), *FILE_COLUMNS, "true_label"}
+        return f"manifest_{column}" if column in reserved else column
+
+    def input_fields(self, row: ManifestRow) -> dict:
+        """The columns an output row takes from its input: the path and the manifest's own columns."""
+        out = {"path": row.path}
+        if row.label is not None:
+            out["true_label"] = row.label
+        for column, value in row.extras.items():
+            out[self._extra_name(column)] = value
+        return out
+
+    def result_fields(self, result: FileResult) -> list[dict]:
+        """The model's columns for one file: one row, or in window mode one per detection (at least one)."""
+        if result.error:
+            return [{"model": self.model_id, "error": result.error}]
+        info = {
+            "duration_s": f"{result.duration_s:.3f}",
+            "sample_rate": result.sample_rate,
+            "channels": result.channels,
+            "model": self.model_id,
+            "error": "",
+        }
+        p = result.probabilities
+        if p is not None:
+            best = int(p.argmax())
+            scores = {f"p_{c}": f"{q:.6f}" for c, q in zip(self.classes, p)}
+            return [{"label": self.classes[best], "confidence": f"{p[best]:.6f}", **scores, **info}]
+        # Window mode: a file with no detection still gets a row, so every file read is accounted for.
+        rows = [
+            {"start_s": f"{d.start_s:.3f}", "end_s": f"{d.end_s:.3f}", "label": d.label, "confidence": f"{d.confidence:.6f}", **info}
+            for d in result.detections
+        ]
+        return rows or [info]
 
     def label_rows(
         self,
@@ -80,38 +119,12 @@ class Labeler:
         jobs: int = 1,
         max_seconds: float | None = DEFAULT_MAX_SECONDS,
     ) -> Iterator[dict]:
-        """One output dict per input row, in input order; decoding runs in `jobs` processes."""
-        for chunk, decoded in decode_chunks(chunked(rows, batch_size), jobs, max_seconds):
-            yield from self._score_chunk(chunk, decoded)
-
-    def _score_chunk(self, chunk: list[ManifestRow], decoded: list[DecodedClip | str]) -> list[dict]:
-        out = [self._base_row(row) for row in chunk]
-        ready = [(i, clip) for i, clip in enumerate(decoded) if isinstance(clip, DecodedClip)]
-        for i, clip in enumerate(decoded):
-            if not isinstance(clip, DecodedClip):
-                out[i]["error"] = chunk[i].error or clip
-        if ready:
-            waves = [self._resample(clip.samples, clip.sample_rate) for _, clip in ready]
-            probs = self.probabilities(waves)
-            for (i, clip), p in zip(ready, probs):
-                best = int(p.argmax())
-                out[i].update(
-                    label=self.classes[best],
-                    confidence=f"{p[best]:.6f}",
-                    duration_s=f"{clip.duration_s:.3f}",
-                    sample_rate=clip.sample_rate,
-                    channels=clip.channels,
-                    **{f"p_{c}": f"{q:.6f}" for c, q in zip(self.classes, p)},
-                )
-        return out
-
-    def _base_row(self, row: ManifestRow) -> dict:
-        out = {"path": row.path, "model": self.model_id, "error": ""}
-        if row.label is not None:
-            out["true_label"] = row.label
-        for column, value in row.extras.items():
-            out[self._extra_name(column)] = value
-        return out
+        """One output dict per input row, in input order (clip mode); `jobs` worker threads."""
+        config = LabelConfig(batch_size=batch_size, jobs=jobs, max_seconds=max_seconds)
+        for task, results in score_files(self, rows, config, ordered=True):
+            for row, result in zip(task, results):
+                (fields,) = self.result_fields(result)
+                yield {**self.input_fields(row), **fields}
 
 
 def write_label_csv(

@@ -22,6 +22,8 @@ class Reporter:
 
     def warn(self, message: str) -> None: ...
 
+    def record(self, message: str) -> None: ...
+
 
 class RichReporter(Reporter):
     """A rich progress bar with a rate column, plus log lines printed above it (to stderr).
@@ -37,6 +39,7 @@ class RichReporter(Reporter):
         self._task = None
         self._started = 0.0
         self.done = 0
+        self.log_file: str | None = None  # --log: summaries, warnings and errors appended here, for cron
 
     def start(self, description: str, total: int | None, completed: int = 0) -> None:
         """completed: work already done before this run (a resumed download), not counted in the rate."""
@@ -85,3 +88,10 @@ class RichReporter(Reporter):
 
     def warn(self, message: str) -> None:
         self.console.print(f"warning: {message}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+        self.record(f"warning: {message}")
+
+    def record(self, message: str) -> None:
+        """Append a timestamped line to the log file, when there is one."""
+        if self.log_file:
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")

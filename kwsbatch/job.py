@@ -1,0 +1,260 @@
+"""A `label` run into a file, safe to start from cron: locked, journaled, incremental, atomic.
+
+1. Lock ``<out>.lock``; when another run holds it, fail at once (or wait with ``wait=True``).
+2. Open ``<out>.journal``, resuming the journal a killed run left when its settings match.
+3. Import the previous output's rows once per journal (not with ``force``); rows of another model,
+   and error rows, are left out, so those files are labelled again.
+4. Walk the inputs lazily. A file whose path, size and mtime match a known result is skipped; the
+   others go through the pipeline, and each finished task is committed to the journal.
+5. Write the output from the journal, in input order, to a temporary file that is fsynced and
+   renamed over ``out``; then delete the journal.
+
+Killing the process at any point loses at most the tasks in flight: the next run finds the rest
+in the journal, and the previous output is never touched before the final rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from kwsbatch.atomic import atomic_write, remove_stale_temporaries
+from kwsbatch.errors import KwsError
+from kwsbatch.journal import Journal, file_identity, journal_path, remove_journal
+from kwsbatch.label import FILE_COLUMNS, Labeler
+from kwsbatch.lock import output_lock
+from kwsbatch.manifest import ManifestRow, input_extra_columns, iter_inputs
+from kwsbatch.pipeline import FileResult, LabelConfig, score_files
+from kwsbatch.progress import Reporter
+
+COMMIT_EVERY = 20_000  # input rows recorded between commits while files are only being skipped
+
+
+@dataclass
+class JobSummary:
+    out: str
+    labelled: int = 0  # files labelled by this run: new, changed, or failed last time
+    unchanged: int = 0  # files skipped because the previous output has their rows
+    resumed: int = 0  # files skipped because an interrupted run had labelled them
+    failed: int = 0  # files in the output whose row carries an error
+    rows: int = 0  # rows written
+    seconds: float = 0.0
+    peak_rss: int | None = None  # bytes, the process's high-water mark when the run ended
+
+    @property
+    def files_per_second(self) -> float:
+        return self.labelled / max(self.seconds, 1e-9)
+
+    def line(self) -> str:
+        parts = [f"labelled {self.labelled:,} new or changed files ({self.failed:,} failed)"]
+        parts.append(f"skipped {self.unchanged:,} unchanged")
+        if self.resumed:
+            parts.append(f"resumed {self.resumed:,} from an interrupted run")
+        memory = f", peak RSS {self.peak_rss / 2**20:,.0f} MiB" if self.peak_rss else ""
+        return (
+            ", ".join(parts)
+            + f"; {self.rows:,} rows in {self.seconds:.2f} s, {self.files_per_second:,.0f} files/s{memory} -> {self.out}"
+        )
+
+
+def peak_rss() -> int | None:
+    """The process's peak resident memory in bytes (Linux), or None.
+
+    VmHWM rather than getrusage's ru_maxrss: a child started by fork + exec inherits its parent's
+    high-water mark in ru_maxrss, so a small `label` run from a big parent would report the parent's.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_label_job(
+    labeler: Labeler,
+    inputs: list[str],
+    out: str | os.PathLike,
+    config: LabelConfig,
+    *,
+    force: bool = False,
+    wait: bool = False,
+    reporter: Reporter | None = None,
+) -> JobSummary:
+    """Label inputs into out, keeping the rows of files unchanged since the previous run."""
+    reporter = reporter or Reporter()
+    out = Path(out)
+    windowed = config.window is not None
+    columns = _Columns(labeler, inputs, windowed)
+    summary = JobSummary(out=str(out))
+    with output_lock(out, wait=wait):
+        started = time.perf_counter()
+        remove_stale_temporaries(out)  # half-written outputs of killed runs: ours to clean, under the lock
+        settings = {
+            "model": labeler.model_id,
+            "columns": columns.own,
+            "max_seconds": config.max_seconds,
+            "window": [config.window.window_s, config.window.hop_s] if windowed else None,
+        }
+        journal = Journal.open(journal_path(out), settings, out)
+        try:
+            if journal.resumed:
+                reporter.log(f"resuming an interrupted run: {journal.labelled_count():,} files already labelled")
+            if force:
+                journal.forget_imported()
+            elif not journal.imported:
+                journal.import_previous(_previous_results(out, columns, labeler.model_id, reporter))
+            _label_new_files(labeler, iter_inputs(inputs), journal, config, columns, summary, reporter)
+            with atomic_write(out, "w", newline="", encoding="utf-8") as f:
+                _write_output(f, journal, columns, summary)
+        finally:
+            journal.close()
+        remove_journal(journal.path)
+        summary.seconds = time.perf_counter() - started
+    summary.peak_rss = peak_rss()
+    return summary
+
+
+class _Columns:
+    """The output's columns in their three groups, and rows as plain value lists in that order.
+
+    The journal stores values, not dicts, and the output is written with csv.writer: on a rerun
+    over millions of unchanged files, copying rows is most of the work.
+    """
+
+    def __init__(self, labeler: Labeler, inputs: list[str], windowed: bool):
+        self.labeler = labeler
+        self.own = labeler.columns(windowed=windowed)  # path, then the model's columns
+        self.results = self.own[1:]
+        self.all = labeler.columns(input_extra_columns(inputs), windowed=windowed, file_columns=True)
+        self.extras = self.all[len(self.own) + len(FILE_COLUMNS) :]
+
+    def input_values(self, row: ManifestRow) -> list[str]:
+        fields = self.labeler.input_fields(row)
+        return [fields.get(c, "") for c in self.extras]
+
+    def result_values(self, result: FileResult) -> list[list]:
+        return [[fields.get(c, "") for c in self.results] for fields in self.labeler.result_fields(result)]
+
+
+def _label_new_files(
+    labeler: Labeler,
+    rows: Iterable[ManifestRow],
+    journal: Journal,
+    config: LabelConfig,
+    columns: _Columns,
+    summary: JobSummary,
+    reporter: Reporter,
+) -> None:
+    identities: dict[str, tuple[int, int] | None] = {}  # files in flight only
+    reporter.start("labelling", None)
+    try:
+        for task, results in score_files(labeler, _new_files(rows, journal, columns, identities, summary), config):
+            journal.record((row.path, identities.pop(row.path), columns.result_values(r)) for row, r in zip(task, results))
+            summary.labelled += len(task)
+            summary.failed += sum(bool(r.error) for r in results)
+            reporter.advance(len(task), skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
+    finally:
+        reporter.stop()
+        journal.commit()
+
+
+def _new_files(
+    rows: Iterable[ManifestRow], journal: Journal, columns: _Columns, identities: dict, summary: JobSummary
+) -> Iterator[ManifestRow]:
+    """Record every input row, yielding only the files that have no result for their current state."""
+    for n, row in enumerate(rows, 1):
+        if n % COMMIT_EVERY == 0:
+            journal.commit()
+        if not journal.add_input(row.path, str(row.audio_path), row.source, columns.input_values(row)):
+            continue  # the same path given twice: one row
+        identity = None if row.error else file_identity(row.audio_path)
+        known = journal.lookup(row.path, identity)
+        if known is None:
+            identities[row.path] = identity
+            yield row
+        elif known == "previous":
+            summary.unchanged += 1
+        else:
+            summary.resumed += 1
+
+
+def _previous_results(out: Path, columns: _Columns, model_id: str, reporter: Reporter) -> Iterator[tuple[str, int, int, list[list]]]:
+    """(path, size, mtime_ns, rows) of the previous output's files that this model labelled without error."""
+    if not out.exists():
+        return
+    try:
+        with open(out, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            if not {"path", "model", "error"} <= set(header):
+                raise KwsError(
+                    f"{out}: exists and is not the output of `kwsbatch label`; refusing to replace it "
+                    "(move it away, or use --force to overwrite it)"
+                )
+            missing = [c for c in (*columns.results, *FILE_COLUMNS) if c not in header]
+            if missing:
+                reporter.warn(f"{out} was written with other settings or another model (no {missing[0]} column): relabelling every file")
+                return
+            # Window mode writes a file's detections on consecutive rows.
+            for path, group in itertools.groupby(reader, key=lambda r: r["path"]):
+                group = list(group)
+                first = group[0]
+                if first["model"] != model_id or any(r["error"] for r in group):
+                    continue
+                try:
+                    size, mtime_ns = int(first["file_size"]), int(first["file_mtime_ns"])
+                except (TypeError, ValueError):
+                    continue
+                yield path, size, mtime_ns, [[r[c] for c in columns.results] for r in group]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise KwsError(f"{out}: cannot read the previous output ({e}); move it away, or use --force to overwrite it") from None
+
+
+def _write_output(f: TextIO, journal: Journal, columns: _Columns, summary: JobSummary) -> None:
+    writer = csv.writer(f)
+    writer.writerow(columns.all)
+    error = columns.results.index("error")
+    summary.failed = 0
+    for path, extras, identity, rows in journal.output():
+        size, mtime_ns = identity or ("", "")
+        for values in rows:
+            writer.writerow([path, *values, size, mtime_ns, *extras])
+        summary.rows += len(rows)
+        summary.failed += bool(rows[0][error])
+
+
+def stream_labels(labeler: Labeler, inputs: list[str], config: LabelConfig, *, f: TextIO = sys.stdout, reporter: Reporter | None = None) -> JobSummary:
+    """Label inputs to a stream, in input order, one row per input row: no lock, journal or skipping."""
+    reporter = reporter or Reporter()
+    columns = _Columns(labeler, inputs, config.window is not None)
+    writer = csv.writer(f)
+    writer.writerow(columns.all)
+    summary = JobSummary(out="standard output")
+    started = time.perf_counter()
+    reporter.start("labelling", None)
+    try:
+        for task, results in score_files(labeler, iter_inputs(inputs), config, ordered=True):
+            for row, result in zip(task, results):
+                size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
+                rows = columns.result_values(result)
+                for values in rows:
+                    writer.writerow([row.path, *values, size, mtime_ns, *columns.input_values(row)])
+                summary.rows += len(rows)
+            summary.labelled += len(task)
+            summary.failed += sum(bool(r.error) for r in results)
+            reporter.advance(len(task), failed=f"{summary.failed:,}")
+    finally:
+        reporter.stop()
+    summary.seconds = time.perf_counter() - started
+    summary.peak_rss = peak_rss()
+    return summary

@@ -1,0 +1,49 @@
+"""One writer per output file: an advisory lock that two overlapping cron runs cannot both take.
+
+The lock is ``flock`` on ``<output>.lock``. The kernel drops it when its holder exits, however it
+exits (SIGKILL included), so a stale lock file never blocks the next run; the file itself stays,
+because removing it would let a third run lock a new file while the second still holds the old.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from kwsbatch.errors import KwsError
+
+
+class LockedError(KwsError):
+    """Another run holds the output's lock."""
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".lock")
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike, *, wait: bool = False) -> Iterator[Path]:
+    """Hold the lock on out while the block runs; without wait, fail at once if another run has it."""
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise LockedError(
+                f"{out}: another kwsbatch run is writing it ({holder}); "
+                "this run did nothing (use --wait to queue behind it)"
+            ) from None
+        # Who holds it, for the message a second run prints; written after locking, so never torn.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

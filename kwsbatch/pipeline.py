@@ -1,0 +1,184 @@
+"""The labelling pipeline: manifest rows in, one result per file out, as fast as the cores allow.
+
+Rows are cut into tasks of ``batch_size * sort_window`` upcoming files. A worker thread takes a
+task, decodes its files, resamples them, sorts the clips (or the windows of long recordings) by
+length so that a batch pads little, and scores them batch after batch on the model's device.
+Results come back a task at a time, in completion order (a slow task, such as an hour-long
+recording, never holds up the others) or in input order; at most ``2 * jobs`` tasks are in
+flight, so memory does not grow with the corpus.
+
+Why threads rather than processes: libsndfile and every torch op release the GIL, so threads
+keep all cores busy without seconds of worker start-up, pickled waveforms or a model copy per
+worker. Why one torch thread per worker: torch's own thread pool, competing with the workers
+(or with other programs) for the same cores, made labelling several times slower.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from kwsbatch.audio import DEFAULT_MAX_SECONDS, decode_audio
+from kwsbatch.data import chunked
+from kwsbatch.errors import AudioError
+from kwsbatch.manifest import ManifestRow
+from kwsbatch.windows import Detection, DetectionMerger, WindowConfig, WindowReader
+
+if TYPE_CHECKING:
+    from kwsbatch.label import Labeler
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    batch_size: int = 64  # clips (or windows) per model batch
+    jobs: int = 0  # worker threads; 0: one per usable core
+    sort_window: int = 8  # batches' worth of upcoming clips sorted by length together (one task)
+    max_seconds: float | None = DEFAULT_MAX_SECONDS  # clip mode: longer files get an error row
+    window: WindowConfig | None = None  # window mode: slide over each file, report detections
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.sort_window < 1 or self.jobs < 0:
+            raise ValueError(f"need batch_size >= 1, sort_window >= 1, jobs >= 0; got {self}")
+
+    @property
+    def workers(self) -> int:
+        return self.jobs or usable_cores()
+
+    @property
+    def task_size(self) -> int:
+        return self.batch_size * self.sort_window
+
+
+@dataclass
+class FileResult:
+    """What labelling one file gave: its audio facts and class probabilities, detections, or an error."""
+
+    duration_s: float = 0.0
+    sample_rate: int = 0
+    channels: int = 0
+    error: str = ""
+    probabilities: np.ndarray | None = None  # clip mode: (n_classes,)
+    detections: list[Detection] = field(default_factory=list)  # window mode
+
+
+@dataclass
+class _Segment:
+    index: int  # the file's position in its task
+    start: int  # frames at the file's own rate
+    end: int
+    wave: torch.Tensor  # (n_samples,) at the model's rate
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def score_files(
+    labeler: Labeler, rows: Iterable[ManifestRow], config: LabelConfig, *, ordered: bool = False
+) -> Iterator[tuple[list[ManifestRow], list[FileResult]]]:
+    """Yield (task rows, their results) as tasks finish: in input order when ordered, else as they come."""
+    jobs = config.workers
+    stop = threading.Event()
+    pending: collections.deque[tuple[list[ManifestRow], Future]] = collections.deque()
+    with _single_threaded_torch(), ThreadPoolExecutor(jobs, thread_name_prefix="kwsbatch-label") as pool:
+        try:
+            for task in chunked(rows, config.task_size):
+                pending.append((task, pool.submit(_score_task, labeler, task, config, stop)))
+                if len(pending) >= 2 * jobs:  # one task running and one queued per worker
+                    yield _take_finished(pending, ordered)
+            while pending:
+                yield _take_finished(pending, ordered)
+        finally:
+            # On an error or Ctrl-C, running tasks stop at their next batch; queued ones never start.
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _take_finished(pending: collections.deque, ordered: bool) -> tuple[list[ManifestRow], list[FileResult]]:
+    if not ordered:
+        wait([future for _, future in pending], return_when=FIRST_COMPLETED)
+        for i, (_, future) in enumerate(pending):
+            if future.done():
+                pending.rotate(-i)
+                break
+    task, future = pending.popleft()
+    return task, future.result()
+
+
+@contextlib.contextmanager
+def _single_threaded_torch() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _score_task(labeler: Labeler, rows: list[ManifestRow], config: LabelConfig, stop: threading.Event) -> list[FileResult]:
+    results = [FileResult() for _ in rows]
+    mergers: dict[int, DetectionMerger] = {}
+    for group in chunked(_segments(labeler, rows, config, results, mergers), config.task_size):
+        if stop.is_set():
+            raise _Cancelled
+        probabilities = score_sorted(labeler, [s.wave for s in group], config.batch_size)
+        for segment, p in zip(group, probabilities):
+            if segment.index in mergers:
+                mergers[segment.index].add(segment.start, segment.end, p)
+            else:
+                results[segment.index].probabilities = p
+    for index, merger in mergers.items():
+        if not results[index].error:
+            results[index].detections = merger.detections()
+    return results
+
+
+def score_sorted(labeler: Labeler, waves: list[torch.Tensor], batch_size: int) -> np.ndarray:
+    """(len(waves), n_classes) probabilities, scored in batches of similar length to pad little."""
+    out = np.zeros((len(waves), len(labeler.classes)), dtype=np.float32)
+    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+    for first in range(0, len(order), batch_size):
+        batch = order[first : first + batch_size]
+        out[batch] = labeler.probabilities([waves[i] for i in batch])
+    return out
+
+
+def _segments(
+    labeler: Labeler, rows: list[ManifestRow], config: LabelConfig, results: list[FileResult], mergers: dict
+) -> Iterator[_Segment]:
+    """Each readable file's audio at the model's rate: the whole clip, or its windows one by one."""
+    for index, row in enumerate(rows):
+        result = results[index]
+        if row.error:
+            result.error = row.error
+            continue
+        try:
+            if config.window is None:
+                clip = decode_audio(row.audio_path, max_seconds=config.max_seconds)
+                result.duration_s, result.sample_rate, result.channels = clip.duration_s, clip.sample_rate, clip.channels
+                yield _Segment(index, 0, len(clip.samples), labeler.resample(clip.samples, clip.sample_rate))
+                continue
+            reader = WindowReader(row.audio_path, config.window)
+            for start, end, samples in reader:
+                if index not in mergers:
+                    mergers[index] = DetectionMerger(labeler.classes, reader.sample_rate)
+                yield _Segment(index, start, end, labeler.resample(samples, reader.sample_rate))
+            result.duration_s, result.sample_rate, result.channels = reader.duration_s, reader.sample_rate, reader.channels
+        except AudioError as e:
+            result.error = str(e)
