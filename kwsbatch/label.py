@@ -24,6 +24,7 @@ from kwsbatch.manifest import ManifestRow
 
 BASE_COLUMNS = ("path", "label", "confidence")
 INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error")
+UNKNOWN = "_unknown_"  # what --threshold writes for a clip no class is sure enough of
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -39,8 +40,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 class Labeler:
     """A checkpoint's model on a device, scoring lists of waveforms or streams of manifest rows."""
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "auto", model_id: str = ""):
+    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "auto", model_id: str = "", threshold: float = 0.0):
         self.checkpoint = checkpoint
+        self.threshold = threshold  # below this top probability the label is UNKNOWN
         self.classes = checkpoint.classes
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.spotter = checkpoint.build(self.device)
@@ -96,7 +98,7 @@ class Labeler:
             for (i, clip), p in zip(ready, probs):
                 best = int(p.argmax())
                 out[i].update(
-                    label=self.classes[best],
+                    label=self.classes[best] if p[best] >= self.threshold else UNKNOWN,
                     confidence=f"{p[best]:.6f}",
                     duration_s=f"{clip.duration_s:.3f}",
                     sample_rate=clip.sample_rate,
