@@ -83,6 +83,8 @@ class KeywordLSTM(nn.Module):
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         if self.config.conv_channels:
             features, frame_lengths = self.conv(features, frame_lengths)
+        if self.training and not self.config.bidirectional:
+            return self.classifier(self._pool_unpacked(features, frame_lengths))
         # Packing makes the LSTM stop at each clip's own last frame, so padded steps never
         # reach the hidden state; enforce_sorted=False keeps the batch in its given order.
         packed = pack_padded_sequence(features, frame_lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -92,10 +94,28 @@ class KeywordLSTM(nn.Module):
             pooled = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.config.bidirectional else h_n[-1]
         else:
             padded, lengths = pad_packed_sequence(outputs, batch_first=True)
-            lengths = lengths.to(padded.device)
-            mask = torch.arange(padded.shape[1], device=padded.device) < lengths[:, None]
-            pooled = (padded * mask[:, :, None]).sum(1) / lengths[:, None]
+            pooled = _masked_mean(padded, lengths.to(padded.device))
         return self.classifier(pooled)
+
+    def _pool_unpacked(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """The same pooled states as the packed path, from the LSTM run over the whole padded batch.
+
+        Training only: on the CPU, backpropagating through a packed LSTM whose clips differ in
+        length costs a full-size gradient buffer per time step (about 10x slower once augmentation
+        varies the lengths). A one-way LSTM is causal, so the padding after a clip changes none
+        of its outputs up to its last frame, which is all the pooling reads.
+        """
+        outputs, _ = self.lstm(features)
+        lengths = frame_lengths.to(outputs.device)
+        if self.config.pooling == "last":
+            return outputs[torch.arange(len(outputs), device=outputs.device), lengths - 1]
+        return _masked_mean(outputs, lengths)
+
+
+def _masked_mean(padded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(batch, steps, hidden) -> (batch, hidden): the mean over each clip's first `lengths` steps."""
+    mask = torch.arange(padded.shape[1], device=padded.device) < lengths[:, None]
+    return (padded * mask[:, :, None]).sum(1) / lengths[:, None]
 
 
 class KeywordSpotter(nn.Module):

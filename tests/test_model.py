@@ -109,3 +109,14 @@ def test_a_conv_model_round_trips_through_its_checkpoint(tmp_path):
     waves = clips(3)
     with torch.inference_mode():
         torch.testing.assert_close(loaded.build()(*pad_waveforms(waves, min_samples=400)), net(*pad_waveforms(waves, min_samples=400)))
+
+
+@pytest.mark.parametrize("model", [dict(pooling="last"), dict(pooling="mean", conv_channels=8)])
+def test_training_forward_over_padding_matches_the_packed_inference_forward(model):
+    # Training runs the one-way LSTM over the padded batch (fast backward); inference packs it.
+    net = spotter(**model)
+    batch, lengths = pad_waveforms(clips(16, seed=2), min_samples=400)
+    with torch.no_grad():
+        packed = net.eval()(batch, lengths)
+        unpacked = net.train()(batch, lengths)
+    torch.testing.assert_close(unpacked, packed, atol=1e-5, rtol=0)
