@@ -78,12 +78,44 @@ def _add_train(sub, common) -> None:
     p.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers")
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--pooling", choices=["last", "mean"], default="last", help="last hidden state, or mean over valid frames")
+    p.add_argument("--conv-channels", type=int, default=0, help="causal convolution with this many channels before the LSTM (0: none)")
+    p.add_argument("--conv-kernel", type=int, default=5, help="frames each convolution output sees")
+    p.add_argument("--conv-stride", type=int, default=2, help="frames between convolution outputs")
     p.add_argument("--n-mfcc", type=int, default=12, help="MFCC coefficients per frame")
     p.add_argument("--n-mels", type=int, default=40)
+    p.add_argument("--clip-norm", choices=["none", "mean", "meanvar"], default="none", help="normalise each clip's coefficients over its own frames")
     p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--balance", choices=["none", "sample", "weight"], default="none", help="class-balanced sampling or loss weights")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    p.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint and train only its classifier")
+    _add_augment_flags(p)
     _add_runtime_flags(p, inference=False)
     p.set_defaults(run=cmd_train)
+
+
+def _add_augment_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "augmentation", "each transform: a probability per clip, then its range; numbers left out keep the preset's"
+    )
+    g.add_argument("--augment", choices=["none", "light", "standard", "strong"], default="none", help="preset (default: none)")
+    for flag, numbers, what in (
+        ("--time-shift", "P,MAX_S", "move the clip up to MAX_S seconds either way"),
+        ("--zero-pad", "P,MAX_S", "add up to MAX_S seconds of silence at each end"),
+        ("--amplify", "P,MIN_DB,MAX_DB", "gain in decibels"),
+        ("--speed", "P,MIN,MAX", "play speed factor (pitch moves too)"),
+        ("--noise", "P,MIN_SNR_DB,MAX_SNR_DB", "background noise at a signal-to-noise ratio"),
+        ("--time-mask", "P,MAX_FRAMES,COUNT", "zero COUNT runs of up to MAX_FRAMES feature frames"),
+        ("--freq-mask", "P,MAX_COEFFS,COUNT", "zero COUNT bands of up to MAX_COEFFS coefficients"),
+    ):
+        g.add_argument(flag, type=_numbers, metavar=numbers, help=what)
+    g.add_argument("--noise-dir", help="audio files for --noise (default: _background_noise_/ beside the train manifest)")
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_label(sub, common) -> None:
@@ -95,6 +127,7 @@ def _add_label(sub, common) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="clips (or windows) per model batch")
     p.add_argument("-j", "--jobs", type=int, default=0, help="worker threads that decode and score (default 0: one per core)")
     p.add_argument("--max-seconds", type=float, default=30.0, help="files longer than this get an error row (without --window)")
+    p.add_argument("--threshold", type=float, default=0.0, metavar="P", help="label _unknown_ when the top probability is below P")
     p.add_argument("--window", type=float, default=None, metavar="SECONDS", help="slide a window this long over each file; one row per detection")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="seconds between windows (default: half the window)")
     p.add_argument("--force", action="store_true", help="relabel every file, not only new or changed ones")
@@ -212,6 +245,7 @@ def cmd_train(args) -> int:
     from kwsbatch.train import TrainConfig, train
 
     try:
+        augment = _augment_config(args)
         config = TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -229,8 +263,19 @@ def cmd_train(args) -> int:
             dropout=args.dropout,
             bidirectional=args.bidirectional,
             pooling=args.pooling,
+            conv_channels=args.conv_channels,
+            conv_kernel=args.conv_kernel,
+            conv_stride=args.conv_stride,
+            balance=args.balance,
+            finetune=args.finetune,
         )
-        features = FeatureConfig(sample_rate=args.sample_rate, n_mfcc=args.n_mfcc, n_mels=args.n_mels, f_max=min(7600.0, args.sample_rate / 2))
+        features = FeatureConfig(
+            sample_rate=args.sample_rate,
+            n_mfcc=args.n_mfcc,
+            n_mels=args.n_mels,
+            f_max=min(7600.0, args.sample_rate / 2),
+            clip_norm=args.clip_norm,
+        )
     except ValueError as e:
         raise KwsError(f"invalid training settings: {e}") from None
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.manifest).stem
@@ -240,18 +285,40 @@ def cmd_train(args) -> int:
         run_dir,
         config=config,
         features=features,
+        augment=augment,
         val_manifest=args.val,
         device=args.device,
         resume=args.resume,
         reporter=reporter,
     )
     print(
-        f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.2%}; "
+        f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.2%}, "
+        f"temperature {result.temperature:.3f}; "
         f"wrote {run_dir / 'best.pt'}, {run_dir / 'last.pt'}, {run_dir / 'history.csv'}"
         + (f"; skipped {result.skipped} unreadable clips" if result.skipped else ""),
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _augment_config(args):
+    """The --augment preset with the individual flags given laid over it (ValueError when invalid)."""
+    from dataclasses import replace
+
+    from kwsbatch.augment import AugmentConfig
+
+    preset = AugmentConfig.preset(args.augment)
+    overrides = {}
+    for name in ("time_shift", "zero_pad", "amplify", "speed", "noise", "time_mask", "freq_mask"):
+        given = getattr(args, name)
+        if given is not None:
+            default = getattr(preset, name)
+            if len(given) > len(default):
+                raise ValueError(f"--{name.replace('_', '-')} takes at most {len(default)} numbers, got {len(given)}")
+            overrides[name] = given + default[len(given) :]
+    if args.noise_dir is not None:
+        overrides["noise_dir"] = args.noise_dir
+    return replace(preset, **overrides)
 
 
 def cmd_label(args) -> int:
@@ -267,6 +334,8 @@ def cmd_label(args) -> int:
         args.parser.error("--force and --wait need an output file (-o FILE)")
     if args.hop is not None and args.window is None:
         args.parser.error("--hop needs --window")
+    if not 0.0 <= args.threshold <= 1.0:
+        args.parser.error(f"--threshold must be a probability in [0, 1], got {args.threshold}")
     try:
         window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
         config = LabelConfig(batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds, window=window)
@@ -276,7 +345,7 @@ def cmd_label(args) -> int:
     reporter.log_file = args.log
     try:
         model = Path(args.model) if args.model else default_model_path()
-        labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model))
+        labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model), threshold=args.threshold)
         if to_stdout:
             summary = stream_labels(labeler, args.inputs, config, reporter=reporter)
         else:

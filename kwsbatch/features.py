@@ -16,6 +16,8 @@ import torch
 import torchaudio
 from torch import nn
 
+CLIP_NORMS = ("none", "mean", "meanvar")
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -26,8 +28,14 @@ class FeatureConfig:
     hop_length: int = 160  # 10 ms between frames
     f_min: float = 20.0
     f_max: float = 7600.0
+    # Per-clip normalisation over the clip's own valid frames, before the training-set statistics:
+    # "mean" subtracts each coefficient's mean (cepstral mean normalisation: removes the channel's
+    # colouring and the recording level); "meanvar" also divides by its standard deviation.
+    clip_norm: str = "none"
 
     def __post_init__(self):
+        if self.clip_norm not in CLIP_NORMS:
+            raise ValueError(f"clip_norm must be one of {CLIP_NORMS}, got {self.clip_norm!r}")
         if self.n_mfcc > self.n_mels:
             raise ValueError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
@@ -81,11 +89,14 @@ class MfccFrontend(nn.Module):
         self.register_buffer("std", torch.ones(config.n_mfcc))
 
     def raw(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unnormalised MFCCs: (batch, frames, n_mfcc) and (batch,) frame lengths (on the CPU)."""
+        """MFCCs before the training-set normalisation: (batch, frames, n_mfcc) and (batch,) frame lengths (on the CPU)."""
         if waveforms.shape[-1] < self.config.n_fft:
             waveforms = nn.functional.pad(waveforms, (0, self.config.n_fft - waveforms.shape[-1]))
         features = self.mfcc(waveforms).transpose(1, 2)
-        return features, self.config.frame_count(lengths.cpu())
+        frame_lengths = self.config.frame_count(lengths.cpu())
+        if self.config.clip_norm != "none":
+            features = _normalize_clips(features, frame_lengths.to(features.device), self.config.clip_norm == "meanvar")
+        return features, frame_lengths
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, frame_lengths = self.raw(waveforms, lengths)
@@ -94,6 +105,18 @@ class MfccFrontend(nn.Module):
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean)
         self.std.copy_(torch.clamp(std, min=1e-5))
+
+
+def _normalize_clips(features: torch.Tensor, frame_lengths: torch.Tensor, scale: bool) -> torch.Tensor:
+    """Each clip's coefficients to zero mean (and unit std) over its own valid frames only."""
+    valid = (torch.arange(features.shape[1], device=features.device) < frame_lengths[:, None])[:, :, None]
+    n = frame_lengths.to(features.dtype)[:, None, None]
+    mean = features.masked_fill(~valid, 0.0).sum(1, keepdim=True) / n
+    centred = features - mean
+    if not scale:
+        return centred
+    var = centred.masked_fill(~valid, 0.0).pow(2).sum(1, keepdim=True) / n
+    return centred / (var.sqrt() + 1e-3)
 
 
 class FeatureStats:

@@ -25,6 +25,7 @@ BASE_COLUMNS = ("path", "label", "confidence")
 WINDOW_COLUMNS = ("path", "start_s", "end_s", "label", "confidence")  # window mode: one row per detection
 INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error")
 FILE_COLUMNS = ("file_size", "file_mtime_ns")  # the file as it was labelled: how a rerun tells it changed
+UNKNOWN = "_unknown_"  # what --threshold writes for a clip no class is sure enough of
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -40,8 +41,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 class Labeler:
     """A checkpoint's model on a device: scores waveforms and turns results into output rows."""
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "auto", model_id: str = ""):
+    def __init__(self, checkpoint: Checkpoint, *, device: str | torch.device = "auto", model_id: str = "", threshold: float = 0.0):
         self.checkpoint = checkpoint
+        self.threshold = threshold  # below this top probability the label is UNKNOWN
         self.classes = checkpoint.classes
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.spotter = checkpoint.build(self.device)
@@ -103,7 +105,8 @@ class Labeler:
         if p is not None:
             best = int(p.argmax())
             scores = {f"p_{c}": f"{q:.6f}" for c, q in zip(self.classes, p)}
-            return [{"label": self.classes[best], "confidence": f"{p[best]:.6f}", **scores, **info}]
+            label = self.classes[best] if p[best] >= self.threshold else UNKNOWN
+            return [{"label": label, "confidence": f"{p[best]:.6f}", **scores, **info}]
         # Window mode: a file with no detection still gets a row, so every file read is accounted for.
         rows = [
             {"start_s": f"{d.start_s:.3f}", "end_s": f"{d.end_s:.3f}", "label": d.label, "confidence": f"{d.confidence:.6f}", **info}

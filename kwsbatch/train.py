@@ -1,8 +1,10 @@
 """Training: manifests in, a run folder out (best.pt, last.pt, history.csv).
 
-Clips are decoded once into memory; each epoch shuffles them with a seeded generator, pads each
-batch, computes MFCCs on the device and trains the packed LSTM. last.pt carries the optimizer,
-scheduler and generator states, so ``resume=True`` continues exactly where a run stopped.
+Clips are decoded once into memory; each epoch shuffles (or class-balance samples) them with a
+seeded generator, pads each batch, augments the padded batch on the device (augment.py), computes
+MFCCs there and trains the packed LSTM. last.pt carries the optimizer, scheduler and generator
+states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
+softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import datetime
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +22,8 @@ from torch import nn
 
 import kwsbatch
 from kwsbatch.atomic import atomic_write
+from kwsbatch.augment import Augmentation, AugmentConfig, load_noise
+from kwsbatch.calibrate import calibration_error, fit_temperature
 from kwsbatch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.data import ClipSet, load_clips, split_for_validation
 from kwsbatch.errors import KwsError, ManifestError
@@ -30,6 +34,8 @@ from kwsbatch.model import KeywordSpotter, ModelConfig
 from kwsbatch.progress import Reporter
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+BALANCES = ("none", "sample", "weight")
+NOISE_DIR = "_background_noise_"  # where `kwsbatch synth` (and Speech Commands) keep long noise files
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,21 @@ class TrainConfig:
     dropout: float = 0.0
     bidirectional: bool = False
     pooling: str = "last"
+    conv_channels: int = 0  # 0: no convolutional front end
+    conv_kernel: int = 5
+    conv_stride: int = 2
+    # "sample": draw each epoch's clips with probability 1 / (its class's count), so every class is
+    # seen equally often; "weight": weight the loss by that instead; "none": as the manifest has them.
+    balance: str = "none"
+    finetune: str | None = None  # checkpoint to start from, training only its classifier
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ValueError("epochs, batch_size and accumulate must be at least 1")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.balance not in BALANCES:
+            raise ValueError(f"balance must be one of {BALANCES}, got {self.balance!r}")
 
 
 @dataclass
@@ -65,6 +80,7 @@ class TrainResult:
     best_val_accuracy: float
     history: list[dict] = field(default_factory=list)
     skipped: int = 0
+    temperature: float = 1.0
 
 
 def train(
@@ -73,6 +89,7 @@ def train(
     *,
     config: TrainConfig = TrainConfig(),
     features: FeatureConfig = FeatureConfig(),
+    augment: AugmentConfig = AugmentConfig(),
     val_manifest: str | Path | None = None,
     device: str = "auto",
     resume: bool = False,
@@ -89,14 +106,32 @@ def train(
         raise ManifestError(f"{train_manifest}: needs at least two labels to train, found {list(classes)}")
     check_known_labels(val_rows, classes, known_by="the training manifest")
 
+    base = load_checkpoint(config.finetune) if config.finetune else None
+    if base is not None:
+        # The frozen layers only make sense on the features they were trained on.
+        features = base.feature_config
     train_set = _load(train_rows, classes, features, config, reporter, "loading train")
     val_set = _load(val_rows, classes, features, config, reporter, "loading val")
 
-    spotter = KeywordSpotter(features, _model_config(config, features, len(classes))).to(device)
-    spotter.frontend.set_normalization(*_feature_stats(spotter, train_set, config.batch_size, device))
-    optimizer = torch.optim.Adam(spotter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if base is None:
+        try:
+            model_config = _model_config(config, features, len(classes))
+        except ValueError as e:
+            raise KwsError(f"invalid model settings: {e}") from None
+        spotter = KeywordSpotter(features, model_config).to(device)
+        spotter.frontend.set_normalization(*_feature_stats(spotter, train_set, config.batch_size, device))
+    else:
+        spotter = KeywordSpotter(features, replace(base.model_config, n_classes=len(classes))).to(device)
+        reporter.log(_load_matching(spotter, base.state_dict, config.finetune))
+    trainable = _trainable_parameters(spotter, frozen=base is not None)
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle = torch.Generator().manual_seed(config.seed)
+    augmentation, noise_files = _augmentation(augment, train_manifest, features.sample_rate, reporter)
+    # Its own stream, so switching augmentation on or off does not change the shuffling.
+    augment_rng = torch.Generator().manual_seed(config.seed + 0x5EED)
+    if augmentation:
+        reporter.log(f"augmentation: {augmentation!r}")
 
     provenance = {
         "kwsbatch_version": kwsbatch.__version__,
@@ -106,6 +141,8 @@ def train(
         "val_manifest": str(val_manifest) if val_manifest else None,
         "val_manifest_sha256": _sha256(val_manifest) if val_manifest else None,
         "train_config": asdict(config),
+        "augment_config": augment.to_dict(),
+        "noise_files": noise_files,
         "n_train": len(train_set),
         "n_val": len(val_set),
         "skipped_unreadable": len(train_set.failures) + len(val_set.failures),
@@ -114,15 +151,20 @@ def train(
     best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf}
     start_epoch = 1
     if resume:
-        start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, shuffle, classes)
+        start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes)
         reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
 
-    loss_fn = nn.CrossEntropyLoss()
+    counts = torch.bincount(train_set.targets, minlength=len(classes)).clamp(min=1).float()
+    class_weights = (counts.sum() / (len(classes) * counts)).to(device) if config.balance == "weight" else None
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights)
     stale = 0
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = _train_epoch(spotter, train_set, optimizer, loss_fn, config, shuffle, device, reporter, epoch)
+        order = epoch_order(train_set.targets, counts, config.balance, shuffle)
+        train_loss, train_acc = _train_epoch(
+            spotter, train_set, order, optimizer, loss_fn, config, (augmentation, augment_rng), device, reporter, epoch
+        )
         val_loss, val_acc = evaluate_clips(spotter, val_set, config.batch_size, device)
         scheduler.step()
         row = dict(
@@ -153,6 +195,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "shuffle_state": shuffle.get_state(),
+            "augment_state": augment_rng.get_state(),
             "torch_rng_state": torch.get_rng_state(),
             "history": history,
             "best": best,
@@ -167,32 +210,47 @@ def train(
         if config.patience and stale >= config.patience:
             reporter.log(f"early stop: no better validation accuracy for {config.patience} epochs")
             break
-    return TrainResult(run_dir, best["epoch"], best["val_accuracy"], history, provenance["skipped_unreadable"])
+    temperature = _calibrate(run_dir / "best.pt", val_set, config.batch_size, device, reporter)
+    return TrainResult(run_dir, best["epoch"], best["val_accuracy"], history, provenance["skipped_unreadable"], temperature)
 
 
 def evaluate_clips(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device: torch.device) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the model over a clip set."""
+    logits, targets = clip_logits(spotter, clips, batch_size, device)
+    n = max(len(clips), 1)
+    loss = nn.functional.cross_entropy(logits, targets, reduction="sum").item() if len(clips) else 0.0
+    return loss / n, (logits.argmax(1) == targets).sum().item() / n
+
+
+def clip_logits(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_clips, n_classes) logits on the CPU, in clip order, and the (n_clips,) targets."""
     spotter.eval()
-    total_loss, correct = 0.0, 0
+    outputs = []
     with torch.inference_mode():
         for start in range(0, len(clips), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(clips)))
-            logits, targets = _forward(spotter, clips, idx, device)
-            total_loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-            correct += (logits.argmax(1) == targets).sum().item()
-    n = max(len(clips), 1)
-    return total_loss / n, correct / n
+            outputs.append(_forward(spotter, clips, idx, device)[0].float().cpu())
+    n_classes = spotter.head.config.n_classes
+    return (torch.cat(outputs) if outputs else torch.zeros(0, n_classes)), clips.targets
 
 
-def _train_epoch(spotter, clips: ClipSet, optimizer, loss_fn, config: TrainConfig, shuffle, device, reporter, epoch):
-    spotter.train()
-    order = torch.randperm(len(clips), generator=shuffle)
+def epoch_order(targets: torch.Tensor, counts: torch.Tensor, balance: str, shuffle: torch.Generator) -> torch.Tensor:
+    """The clip indices of one epoch: a permutation, or as many class-balanced draws with replacement."""
+    if balance != "sample":
+        return torch.randperm(len(targets), generator=shuffle)
+    return torch.multinomial(1.0 / counts[targets], len(targets), replacement=True, generator=shuffle)
+
+
+def _train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: TrainConfig, augment, device, reporter, epoch):
+    # Frozen layers stay in eval mode when fine-tuning, so not even their dropout moves.
+    spotter.train(config.finetune is None)
+    spotter.head.classifier.train()
     batches = list(torch.split(order, config.batch_size))
     total_loss, correct, seen = 0.0, 0, 0
     optimizer.zero_grad()
     reporter.start(f"epoch {epoch}/{config.epochs}", len(clips))
     for step, idx in enumerate(batches, start=1):
-        logits, targets = _forward(spotter, clips, idx, device)
+        logits, targets = _forward(spotter, clips, idx, device, augment)
         loss = loss_fn(logits, targets)
         (loss / config.accumulate).backward()
         if step % config.accumulate == 0 or step == len(batches):
@@ -206,10 +264,73 @@ def _train_epoch(spotter, clips: ClipSet, optimizer, loss_fn, config: TrainConfi
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device, augment=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets for clips idx; augment is (Augmentation, generator) when training."""
     waves, lengths = pad_waveforms([clips.waveforms[i] for i in idx.tolist()], min_samples=spotter.frontend.config.n_fft)
-    logits = spotter(waves.to(device), lengths.to(device))
+    waves, lengths = waves.to(device), lengths.to(device)
+    if augment is None or not augment[0]:
+        logits = spotter(waves, lengths)
+    else:
+        augmentation, generator = augment
+        waves, lengths = augmentation.waveform(waves, lengths, generator)
+        features, frame_lengths = spotter.frontend(waves, lengths)
+        features, frame_lengths = augmentation.features(features, frame_lengths, generator)
+        logits = spotter.head(features, frame_lengths)
     return logits, clips.targets[idx].to(device)
+
+
+def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
+    """The configured transforms, with the background noise read from disk when they need it."""
+    noise, files = None, []
+    if config.uses_noise:
+        folder = Path(config.noise_dir) if config.noise_dir else Path(train_manifest).parent / NOISE_DIR
+        if folder.is_dir():
+            noise, files = load_noise(folder, sample_rate)
+        if not len(files) or noise is None or not len(noise):
+            if config.noise_dir:
+                raise KwsError(f"{folder}: no readable audio files for background noise (--noise-dir)")
+            reporter.warn(f"no {NOISE_DIR} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
+            noise = None
+    return config.build(sample_rate=sample_rate, noise=noise), files
+
+
+def _calibrate(best_path: Path, val_set: ClipSet, batch_size: int, device, reporter: Reporter) -> float:
+    """Fit the best model's temperature on the validation clips and store it in best.pt."""
+    if not best_path.is_file():
+        return 1.0
+    checkpoint = load_checkpoint(best_path)
+    logits, targets = clip_logits(checkpoint.build(device), val_set, batch_size, device)
+    temperature = fit_temperature(logits, targets)
+    before, after = calibration_error(logits, targets), calibration_error(logits, targets, temperature)
+    checkpoint.temperature = temperature
+    metrics = checkpoint.provenance.setdefault("metrics", {})
+    metrics.update(temperature=temperature, val_ece_uncalibrated=round(before, 6), val_ece=round(after, 6))
+    save_checkpoint(checkpoint, best_path)
+    reporter.log(f"temperature {temperature:.3f} fitted on validation: expected calibration error {before:.3f} -> {after:.3f}")
+    return temperature
+
+
+def _trainable_parameters(spotter: KeywordSpotter, *, frozen: bool) -> list[nn.Parameter]:
+    """All parameters, or with frozen=True only the classifier's (the rest stop needing gradients)."""
+    if not frozen:
+        return list(spotter.parameters())
+    for name, parameter in spotter.named_parameters():
+        parameter.requires_grad_(name.startswith("head.classifier."))
+    return [p for p in spotter.parameters() if p.requires_grad]
+
+
+def _load_matching(spotter: KeywordSpotter, state: dict[str, torch.Tensor], source) -> str:
+    """Copy every tensor whose name and shape match; say what was loaded and what was skipped."""
+    own = spotter.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    spotter.load_state_dict(matching, strict=False)
+    skipped = [
+        f"{k} {tuple(own[k].shape)} (checkpoint has {tuple(state[k].shape) if k in state else 'none'})"
+        for k in own
+        if k not in matching
+    ]
+    message = f"fine-tuning {source}: loaded {len(matching)} of {len(own)} tensors, training only the classifier"
+    return message + (f"; skipped (newly initialised): {', '.join(skipped)}" if skipped else "")
 
 
 def _feature_stats(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,20 +375,33 @@ def _model_config(config: TrainConfig, features: FeatureConfig, n_classes: int) 
         dropout=config.dropout,
         bidirectional=config.bidirectional,
         pooling=config.pooling,
+        conv_channels=config.conv_channels,
+        conv_kernel=config.conv_kernel,
+        conv_stride=config.conv_stride,
     )
 
 
-def _restore(path: Path, spotter, optimizer, scheduler, shuffle, classes):
+def _restore(path: Path, spotter, optimizer, scheduler, generators, classes):
     checkpoint = load_checkpoint(path)
     state = checkpoint.training_state
     if state is None:
         raise KwsError(f"{path}: has no training state to resume from")
     if checkpoint.classes != classes:
         raise KwsError(f"{path}: was trained on classes {list(checkpoint.classes)}, this manifest has {list(classes)}")
+    for what, theirs, ours in (
+        ("model", checkpoint.model_config, spotter.head.config),
+        ("feature", checkpoint.feature_config, spotter.frontend.config),
+    ):
+        if theirs != ours:
+            diff = ", ".join(f"{k} {v!r} (now {getattr(ours, k)!r})" for k, v in asdict(theirs).items() if getattr(ours, k) != v)
+            raise KwsError(f"{path}: was trained with other {what} settings: {diff}; resume with the run's own flags")
     spotter.load_state_dict(checkpoint.state_dict)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    shuffle, augment_rng = generators
     shuffle.set_state(state["shuffle_state"])
+    if "augment_state" in state:  # absent from runs saved before augmentation existed
+        augment_rng.set_state(state["augment_state"])
     torch.set_rng_state(state["torch_rng_state"])
     return state["epoch"] + 1, list(state["history"]), dict(state["best"])
 

@@ -1,0 +1,167 @@
+"""Training through the real CLI: augmentation flags, class balance, --resume and --finetune."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import run_cli
+from kwsbatch.checkpoint import load_checkpoint
+from kwsbatch.train import epoch_order
+
+TINY = ("--epochs", "1", "--batch-size", "8", "--hidden", "16", "--layers", "1", "--val-fraction", "0.25")
+
+
+def tiny_train(corpus: Path, out: Path, *extra: str, epochs: int = 1, check: bool = True):
+    args = ["train", corpus / "train.csv", "-o", out, *TINY, *extra]
+    args[args.index("--epochs") + 1] = str(epochs)
+    return run_cli(*args, check=check)
+
+
+@pytest.fixture(scope="module")
+def noise_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(0)
+    sf.write(folder / "hum.wav", (0.1 * np.sin(np.arange(32000) / 7) + 0.01 * rng.standard_normal(32000)).astype(np.float32), 16000)
+    return folder
+
+
+def subset_manifest(corpus: Path, words: set[str], out: Path) -> Path:
+    """The corpus's train rows for some words, with absolute paths, at out."""
+    with open(corpus / "train.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] in words]
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "speaker"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "path": str(corpus / row["path"])})
+    return out
+
+
+def test_augmentation_preset_with_overrides_is_used_and_recorded(speech_corpus, tmp_path):
+    result = tiny_train(speech_corpus, tmp_path / "run", "--augment", "standard", "--speed", "1,0.8", "--time-mask", "0", "--balance", "weight")
+    assert result.returncode == 0, result.stderr
+    # The speech corpus has no _background_noise_ folder: the run says so and goes on without noise.
+    assert "background noise is off (pass --noise-dir)" in result.stderr
+    assert "augmentation: Augmentation(waveform=Compose([PlaySpeed(p=1.0, min_rate=0.8, max_rate=1.1)" in result.stderr
+    assert "TimeMask" not in result.stderr and "FreqMask(p=0.5" in result.stderr
+    provenance = load_checkpoint(tmp_path / "run" / "best.pt").provenance
+    assert tuple(provenance["augment_config"]["speed"]) == (1.0, 0.8, 1.1)
+    assert tuple(provenance["augment_config"]["time_mask"]) == (0.0, 10.0, 1.0)
+    assert provenance["noise_files"] == [] and provenance["train_config"]["balance"] == "weight"
+
+
+def test_background_noise_comes_from_noise_dir(speech_corpus, noise_dir, tmp_path):
+    result = tiny_train(speech_corpus, tmp_path / "run", "--noise", "1,0,10", "--noise-dir", noise_dir)
+    assert result.returncode == 0, result.stderr
+    assert "BackgroundNoise(p=1.0, min_snr_db=0.0, max_snr_db=10.0, noise_samples=32000)" in result.stderr
+    assert load_checkpoint(tmp_path / "run" / "best.pt").provenance["noise_files"] == ["hum.wav"]
+
+    missing = tiny_train(speech_corpus, tmp_path / "run2", "--noise", "1", "--noise-dir", tmp_path / "nowhere", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nowhere'}: no readable audio files for background noise (--noise-dir)"
+
+
+@pytest.mark.parametrize(
+    "flags, status, message",
+    [
+        (("--speed", "1,2,1"), 1, "error: invalid training settings: PlaySpeed: need 0.25 <= min_rate <= max_rate <= 4, got 2.0, 1.0"),
+        (("--amplify", "1,2,3,4"), 1, "error: invalid training settings: --amplify takes at most 3 numbers, got 4"),
+        (("--time-mask", "0.5,2.5"), 1, "error: invalid training settings: frame and coefficient counts must be whole numbers, got 2.5"),
+        (("--conv-stride", "0"), 1, "error: invalid model settings: need conv_channels >= 0, conv_kernel >= 1, conv_stride >= 1"),
+        (("--time-shift", "a,b"), 2, "argument --time-shift: expected comma-separated numbers, got 'a,b'"),
+        (("--augment", "wild"), 2, "argument --augment: invalid choice: 'wild'"),
+    ],
+)
+def test_bad_training_settings_are_one_line_errors(speech_corpus, tmp_path, flags, status, message):
+    result = tiny_train(speech_corpus, tmp_path / "run", *flags, check=False)
+    assert result.returncode == status
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+RESUMABLE = ("--augment", "strong", "--noise", "0.8", "--balance", "sample", "--conv-channels", "8", "--clip-norm", "mean", "-q")
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_with_augmentation(speech_corpus, noise_dir, tmp_path):
+    flags = (*RESUMABLE, "--noise-dir", str(noise_dir))
+    tiny_train(speech_corpus, tmp_path / "straight", *flags, epochs=3)
+    tiny_train(speech_corpus, tmp_path / "resumed", *flags, epochs=1)
+    tiny_train(speech_corpus, tmp_path / "resumed", *flags, "--resume", epochs=3)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert straight.state_dict.keys() == resumed.state_dict.keys()
+    for key, value in straight.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[key]), key
+    drop_seconds = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    assert drop_seconds(straight.training_state["history"]) == drop_seconds(resumed.training_state["history"])
+    assert load_checkpoint(tmp_path / "straight" / "best.pt").temperature == load_checkpoint(tmp_path / "resumed" / "best.pt").temperature
+
+
+def test_resume_with_other_model_settings_is_refused(speech_corpus, tmp_path):
+    tiny_train(speech_corpus, tmp_path / "run", "-q")
+    result = tiny_train(speech_corpus, tmp_path / "run", "--hidden", "24", "--resume", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'run' / 'last.pt'}: was trained with other model settings: hidden 16 (now 24); resume with the run's own flags"
+    )
+
+
+@pytest.mark.slow
+def test_finetune_trains_only_the_classifier_and_says_what_it_skipped(speech_corpus, trained_model, tmp_path):
+    manifest = subset_manifest(speech_corpus, {"yes", "no", "up"}, tmp_path / "three.csv")
+    # A high learning rate, weight decay and dropout flags would all move any weight the optimizer held.
+    result = run_cli(
+        "train", manifest, "-o", tmp_path / "ft", "--finetune", trained_model, "--epochs", "2", "--batch-size", "8",
+        "--lr", "0.05", "--weight-decay", "0.1", "--val-fraction", "0.25",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"fine-tuning {trained_model}: loaded 13 of 15 tensors, training only the classifier; skipped (newly initialised): "
+        "head.classifier.weight (3, 32) (checkpoint has (4, 32)), head.classifier.bias (3,) (checkpoint has (4,))"
+    ) in result.stderr.replace("\n", "")
+    base = load_checkpoint(trained_model)
+    tuned = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert tuned.classes == ("no", "up", "yes")
+    assert tuned.model_config.hidden == 32 and tuned.feature_config == base.feature_config
+    for key, value in base.state_dict.items():
+        if not key.startswith("head.classifier."):
+            assert torch.equal(value, tuned.state_dict[key]), f"{key} changed while frozen"
+    assert tuned.state_dict["head.classifier.weight"].shape == (3, 32)
+
+
+def test_finetune_on_the_same_classes_starts_from_the_whole_model(speech_corpus, trained_model, tmp_path):
+    result = run_cli(
+        "train", speech_corpus / "train.csv", "-o", tmp_path / "ft", "--finetune", trained_model,
+        "--epochs", "1", "--batch-size", "8", "--lr", "0.05", "--val-fraction", "0.25",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"fine-tuning {trained_model}: loaded 15 of 15 tensors, training only the classifier" in result.stderr.replace("\n", "")
+    base, tuned = load_checkpoint(trained_model), load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert torch.equal(base.state_dict["head.lstm.weight_hh_l1"], tuned.state_dict["head.lstm.weight_hh_l1"])
+    assert not torch.equal(base.state_dict["head.classifier.weight"], tuned.state_dict["head.classifier.weight"])
+
+
+def test_finetune_from_a_missing_checkpoint_is_an_error(speech_corpus, tmp_path):
+    result = tiny_train(speech_corpus, tmp_path / "run", "--finetune", tmp_path / "none.pt", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none.pt'}: model file not found"
+
+
+def test_class_balanced_sampling_draws_every_class_about_equally():
+    targets = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
+    counts = torch.bincount(targets).float()
+    order = epoch_order(targets, counts, "sample", torch.Generator().manual_seed(0))
+    assert len(order) == 1000
+    drawn = torch.bincount(targets[order], minlength=3).tolist()
+    assert all(280 < n < 390 for n in drawn), drawn
+    plain = epoch_order(targets, counts, "none", torch.Generator().manual_seed(0))
+    assert sorted(plain.tolist()) == list(range(1000))
+    again = epoch_order(targets, counts, "sample", torch.Generator().manual_seed(0))
+    assert torch.equal(order, again)
