@@ -96,9 +96,12 @@ def run_label_job(
     windowed = config.window is not None
     columns = _Columns(labeler, inputs, windowed)
     summary = JobSummary(out=str(out))
+    if out.is_dir():
+        raise KwsError(f"{out}: is a folder; -o takes the path of the CSV file to write")
     with output_lock(out, wait=wait):
         started = time.perf_counter()
         remove_stale_temporaries(out)  # half-written outputs of killed runs: ours to clean, under the lock
+        importable = not force and _check_previous(out, columns, reporter)
         settings = {
             "model": labeler.model_id,
             "columns": columns.own,
@@ -112,7 +115,7 @@ def run_label_job(
             if force:
                 journal.forget_imported()
             elif not journal.imported:
-                journal.import_previous(_previous_results(out, columns, labeler.model_id, reporter))
+                journal.import_previous(_previous_results(out, columns, labeler.model_id) if importable else ())
             _label_new_files(labeler, iter_inputs(inputs), journal, config, columns, summary, reporter)
             with atomic_write(out, "w", newline="", encoding="utf-8") as f:
                 _write_output(f, journal, columns, summary)
@@ -158,7 +161,7 @@ def _label_new_files(
     identities: dict[str, tuple[int, int] | None] = {}  # files in flight only
     reporter.start("labelling", None)
     try:
-        for task, results in score_files(labeler, _new_files(rows, journal, columns, identities, summary), config):
+        for task, results in score_files(labeler, _new_files(rows, journal, columns, identities, summary, reporter), config):
             journal.record((row.path, identities.pop(row.path), columns.result_values(r)) for row, r in zip(task, results))
             summary.labelled += len(task)
             summary.failed += sum(bool(r.error) for r in results)
@@ -169,12 +172,13 @@ def _label_new_files(
 
 
 def _new_files(
-    rows: Iterable[ManifestRow], journal: Journal, columns: _Columns, identities: dict, summary: JobSummary
+    rows: Iterable[ManifestRow], journal: Journal, columns: _Columns, identities: dict, summary: JobSummary, reporter: Reporter
 ) -> Iterator[ManifestRow]:
     """Record every input row, yielding only the files that have no result for their current state."""
     for n, row in enumerate(rows, 1):
         if n % COMMIT_EVERY == 0:
             journal.commit()
+            reporter.advance(0, skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
         if not journal.add_input(row.path, str(row.audio_path), row.source, columns.input_values(row)):
             continue  # the same path given twice: one row
         identity = None if row.error else file_identity(row.audio_path)
@@ -188,25 +192,32 @@ def _new_files(
             summary.resumed += 1
 
 
-def _previous_results(out: Path, columns: _Columns, model_id: str, reporter: Reporter) -> Iterator[tuple[str, int, int, list[list]]]:
-    """(path, size, mtime_ns, rows) of the previous output's files that this model labelled without error."""
+def _check_previous(out: Path, columns: _Columns, reporter: Reporter) -> bool:
+    """Whether out holds rows this run can keep; refuse to replace a file that is not a label output."""
     if not out.exists():
-        return
+        return False
     try:
         with open(out, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            if not {"path", "model", "error"} <= set(header):
-                raise KwsError(
-                    f"{out}: exists and is not the output of `kwsbatch label`; refusing to replace it "
-                    "(move it away, or use --force to overwrite it)"
-                )
-            missing = [c for c in (*columns.results, *FILE_COLUMNS) if c not in header]
-            if missing:
-                reporter.warn(f"{out} was written with other settings or another model (no {missing[0]} column): relabelling every file")
-                return
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise KwsError(f"{out}: cannot read the previous output ({e}); move it away, or use --force to overwrite it") from None
+    if not {"path", "model", "error"} <= set(header):
+        raise KwsError(
+            f"{out}: exists and is not the output of `kwsbatch label`; refusing to replace it "
+            "(move it away, or use --force to overwrite it)"
+        )
+    missing = [c for c in (*columns.results, *FILE_COLUMNS) if c not in header]
+    if missing:
+        reporter.warn(f"{out} was written with other settings or another model (no {missing[0]} column): relabelling every file")
+    return not missing
+
+
+def _previous_results(out: Path, columns: _Columns, model_id: str) -> Iterator[tuple[str, int, int, list[list]]]:
+    """(path, size, mtime_ns, rows) of the previous output's files that this model labelled without error."""
+    try:
+        with open(out, newline="", encoding="utf-8") as f:
             # Window mode writes a file's detections on consecutive rows.
-            for path, group in itertools.groupby(reader, key=lambda r: r["path"]):
+            for path, group in itertools.groupby(csv.DictReader(f), key=lambda r: r["path"]):
                 group = list(group)
                 first = group[0]
                 if first["model"] != model_id or any(r["error"] for r in group):

@@ -30,8 +30,11 @@ def lock_path(out: str | os.PathLike) -> Path:
 def output_lock(out: str | os.PathLike, *, wait: bool = False) -> Iterator[Path]:
     """Hold the lock on out while the block runs; without wait, fail at once if another run has it."""
     path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise KwsError(f"{out}: cannot create its lock file {path} ({e.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -111,6 +111,9 @@ def test_an_output_path_holding_some_other_file_is_not_replaced_without_force(tm
     assert result.returncode == EXIT_ERROR
     assert result.stderr.strip() == f"error: {out}: exists and is not the output of `kwsbatch label`; refusing to replace it (move it away, or use --force to overwrite it)"
     assert out.read_text() == "name,phone\nalice,123\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "notes.csv", "notes.csv.lock"]  # no journal begun
+    folder = label(tmp_path / "corpus", "-o", tmp_path / "corpus")
+    assert folder.returncode == EXIT_ERROR and "is a folder; -o takes the path of the CSV file to write" in folder.stderr
     assert label(tmp_path / "corpus", "-o", out, "--force").returncode == EXIT_OK
     assert len(read_rows(out)) == 2
 
@@ -122,7 +125,6 @@ def test_an_output_written_in_another_mode_is_relabelled_with_a_warning(tmp_path
     assert "start_s" in read_rows(out)[0]
     result = label(tmp_path / "corpus", "-o", out)
     assert result.returncode == EXIT_OK
-    assert "written with other settings or another model (no confidence column): relabelling every file" not in result.stderr
     assert "relabelling every file" in result.stderr and "labelled 3 new or changed files" in result.stderr
     assert "start_s" not in read_rows(out)[0]
 
