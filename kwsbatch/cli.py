@@ -48,15 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth):
+    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_export, _add_info):
         add_command(sub, common)
     return parser
 
 
 def _add_train(sub, common) -> None:
     p = sub.add_parser("train", parents=[common], help="train a keyword model on a labelled manifest")
-    p.add_argument("manifest", help="CSV with path,label columns (paths relative to the CSV)")
+    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
     p.add_argument("--val", help="validation manifest (default: a held-out slice of the train manifest)")
+    _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("-o", "--out", default=None, help="run folder for best.pt, last.pt, history.csv (default: runs/<manifest name>)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
@@ -83,8 +84,10 @@ def _add_train(sub, common) -> None:
 
 def _add_label(sub, common) -> None:
     p = sub.add_parser("label", parents=[common], help="label audio files, folders or manifests")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or CSV manifests")
-    p.add_argument("-o", "--out", default="-", help="output CSV (default: standard output)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or manifests")
+    p.add_argument("-o", "--out", default="-", help="output file: .csv, .jsonl or .parquet (default: CSV on standard output)")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default=None, help="output format (default: from the -o extension, else csv)")
+    _add_manifest_format(p, "--manifest-format")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--max-seconds", type=float, default=30.0, help="files longer than this get an error row")
     _add_runtime_flags(p)
@@ -93,7 +96,8 @@ def _add_label(sub, common) -> None:
 
 def _add_evaluate(sub, common) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="score a model on a labelled manifest")
-    p.add_argument("manifest", help="CSV with path,label columns")
+    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
+    _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--predictions", default=None, help="score this predictions CSV (from `label`) instead of running a model")
     p.add_argument("-o", "--out", default=None, help="report folder (default: reports/<manifest name>)")
@@ -115,6 +119,32 @@ def _add_synth(sub, common) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-j", "--jobs", type=int, default=2, help="clips synthesized at once")
     p.set_defaults(run=cmd_synth)
+
+
+def _add_export(sub, common) -> None:
+    p = sub.add_parser("export", parents=[common], help="write a model that runs without kwsbatch (ONNX, TorchScript)")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
+    p.add_argument("-o", "--out", required=True, help="model file to write: .onnx, or .pt for TorchScript")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default=None, help="default: from the -o extension")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.set_defaults(run=cmd_export)
+
+
+def _add_info(sub, common) -> None:
+    p = sub.add_parser("info", parents=[common], help="show what a checkpoint is: classes, settings, size, provenance")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(run=cmd_info)
+
+
+def _add_manifest_format(p: argparse.ArgumentParser, *flags: str) -> None:
+    p.add_argument(
+        *flags,
+        dest="manifest_format",
+        choices=["csv", "tsv", "jsonl", "audiofolder"],
+        default=None,
+        help="how to read manifests (default: from the file name: .csv, .tsv, .jsonl/.json, metadata.csv)",
+    )
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser, *, inference: bool = True) -> None:
@@ -168,6 +198,7 @@ def cmd_train(args) -> int:
         device=args.device,
         resume=args.resume,
         reporter=reporter,
+        manifest_format=args.manifest_format,
     )
     print(
         f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.2%}; "
@@ -180,12 +211,14 @@ def cmd_train(args) -> int:
 
 def cmd_label(args) -> int:
     from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
-    from kwsbatch.label import Labeler, write_label_csv
+    from kwsbatch.label import Labeler
     from kwsbatch.manifest import input_extra_columns, iter_inputs
+    from kwsbatch.output import column_types, output_format, write_predictions
 
     model = Path(args.model) if args.model else default_model_path()
+    out_format = output_format(args.out, args.format)
     labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model))
-    columns = labeler.columns(input_extra_columns(args.inputs))
+    columns = labeler.columns(input_extra_columns(args.inputs, manifest_format=args.manifest_format))
     reporter = _reporter(args)
     failed = 0
 
@@ -197,8 +230,9 @@ def cmd_label(args) -> int:
     started = time.perf_counter()
     reporter.start("labelling", None)
     try:
-        rows = labeler.label_rows(iter_inputs(args.inputs), batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds)
-        write_label_csv(rows, args.out, columns, on_row=on_row)
+        inputs = iter_inputs(args.inputs, manifest_format=args.manifest_format)
+        rows = labeler.label_rows(inputs, batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds)
+        write_predictions(rows, args.out, columns, column_types(labeler.classes), output_format=out_format, on_row=on_row)
     finally:
         reporter.stop()
     elapsed = time.perf_counter() - started
@@ -220,11 +254,17 @@ def cmd_evaluate(args) -> int:
     from kwsbatch.report import render_report, write_report
 
     if args.predictions:
-        predictions, classes, info = read_predictions(args.manifest, args.predictions)
+        predictions, classes, info = read_predictions(args.manifest, args.predictions, manifest_format=args.manifest_format)
     else:
         model = Path(args.model) if args.model else default_model_path()
         predictions, classes, info = predict_manifest(
-            args.manifest, model, device=args.device, batch_size=args.batch_size, jobs=args.jobs, reporter=_reporter(args)
+            args.manifest,
+            model,
+            device=args.device,
+            batch_size=args.batch_size,
+            jobs=args.jobs,
+            reporter=_reporter(args),
+            manifest_format=args.manifest_format,
         )
     evaluation = evaluate_predictions(predictions, classes)
     out_dir = Path(args.out) if args.out else default_report_dir(args.manifest)
@@ -266,4 +306,29 @@ def cmd_synth(args) -> int:
     for row in counts.itertuples(index=False):
         table.add_row(*map(str, row))
     Console().print(table)
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from kwsbatch.checkpoint import default_model_path
+    from kwsbatch.export import TOLERANCE, export_format, export_model
+
+    model = Path(args.checkpoint) if args.checkpoint else default_model_path()
+    result = export_model(model, args.out, export_format=export_format(args.out, args.format), opset=args.opset)
+    if result.max_difference is None:
+        checked = "not checked: onnxruntime is not installed (pip install 'kwsbatch[onnx]')"
+    else:
+        checked = f"matches kwsbatch on {result.checked_clips} clips (max |dp| {result.max_difference:.1e} <= {TOLERANCE:g})"
+    print(f"wrote {result.path} ({result.export_format}, {result.size_bytes / 1e6:.2f} MB): {checked}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    import json
+
+    from kwsbatch.checkpoint import default_model_path
+    from kwsbatch.info import describe_checkpoint, format_description
+
+    info = describe_checkpoint(Path(args.checkpoint) if args.checkpoint else default_model_path())
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
     return EXIT_OK

@@ -22,10 +22,11 @@ def predict_manifest(
     batch_size: int = 64,
     jobs: int = 1,
     reporter: Reporter | None = None,
+    manifest_format: str | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
     """Label every row of a labelled manifest: (predictions, classes, model info)."""
     reporter = reporter or Reporter()
-    rows = read_manifest(manifest, require_label=True)
+    rows = read_manifest(manifest, require_label=True, manifest_format=manifest_format)
     checkpoint = load_checkpoint(model)
     check_known_labels(rows, checkpoint.classes)
     labeler = Labeler(checkpoint, device=device, model_id=checkpoint_id(model))
@@ -42,9 +43,11 @@ def predict_manifest(
     return _typed(predictions, checkpoint.classes), checkpoint.classes, info
 
 
-def read_predictions(manifest: str | os.PathLike, predictions_csv: str | os.PathLike) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
+def read_predictions(
+    manifest: str | os.PathLike, predictions_csv: str | os.PathLike, *, manifest_format: str | None = None
+) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
     """Join a labelled manifest with a predictions CSV written earlier by `kwsbatch label`."""
-    rows = read_manifest(manifest, require_label=True, check_exists=False)
+    rows = read_manifest(manifest, require_label=True, check_exists=False, manifest_format=manifest_format)
     try:
         table = pd.read_csv(predictions_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except FileNotFoundError:
