@@ -126,19 +126,21 @@ def _delimited_rows(path: str | os.PathLike, layout: str) -> Iterator[tuple[int,
 
 def _json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, str]]]:
     with _open(path) as f:
-        line = 0
+        line, first = 0, True
         try:
             for line, text in enumerate(f, start=1):
                 text = text.strip()
                 if not text:
                     continue
+                # A file that opens with "[" is most likely one JSON array rather than JSON lines.
+                hint = "; kwsbatch reads JSON lines, one object per line, not a JSON array" if first and text.startswith("[") else ""
+                first = False
                 try:
                     record = json.loads(text)
                 except json.JSONDecodeError as e:
-                    hint = "; kwsbatch reads JSON lines, one object per line, not a JSON array" if line == 1 and text.startswith("[") else ""
                     raise ManifestError(f"{path} line {line}: not valid JSON ({e.msg}){hint}") from None
                 if not isinstance(record, dict):
-                    raise ManifestError(f"{path} line {line}: expected a JSON object, found {type(record).__name__}")
+                    raise ManifestError(f"{path} line {line}: expected a JSON object, found {type(record).__name__}{hint}")
                 yield line, {str(k): _text(v) for k, v in record.items()}
         except UnicodeDecodeError:
             raise ManifestError(f"{path} after line {line}: not UTF-8 text") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -93,8 +93,7 @@ def iter_manifest(
         yield _parse_row(values, manifest_format, path.parent, f"{path} line {line}", require_label)
 
 
-def _label_column(columns: Iterable[str], manifest_format: str) -> str | None:
-    columns = list(columns)
+def _label_column(columns: Collection[str], manifest_format: str) -> str | None:
     if "label" in columns:
         return "label"
     if manifest_format == "jsonl" and NEMO_LABEL_COLUMN in columns:
