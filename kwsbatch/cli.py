@@ -99,7 +99,7 @@ def _add_evaluate(sub, common) -> None:
     p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
     _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    p.add_argument("--predictions", default=None, help="score this predictions CSV (from `label`) instead of running a model")
+    p.add_argument("--predictions", default=None, help="score this `label` output (CSV, JSON lines, Parquet) instead of running a model")
     p.add_argument("-o", "--out", default=None, help="report folder (default: reports/<manifest name>)")
     p.add_argument("--min-accuracy", type=float, default=None, help="exit with status 3 when accuracy is below this (0-1)")
     _add_runtime_flags(p)
@@ -138,10 +138,12 @@ def _add_info(sub, common) -> None:
 
 
 def _add_manifest_format(p: argparse.ArgumentParser, *flags: str) -> None:
+    from kwsbatch.dialects import MANIFEST_FORMATS  # light: no torch
+
     p.add_argument(
         *flags,
         dest="manifest_format",
-        choices=["csv", "tsv", "jsonl", "audiofolder"],
+        choices=MANIFEST_FORMATS,
         default=None,
         help="how to read manifests (default: from the file name: .csv, .tsv, .jsonl/.json, metadata.csv)",
     )

@@ -11,6 +11,7 @@ from kwsbatch.checkpoint import checkpoint_id, load_checkpoint
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.label import Labeler
 from kwsbatch.manifest import check_known_labels, read_manifest
+from kwsbatch.output import read_label_output
 from kwsbatch.progress import Reporter
 
 
@@ -46,10 +47,10 @@ def predict_manifest(
 def read_predictions(
     manifest: str | os.PathLike, predictions_csv: str | os.PathLike, *, manifest_format: str | None = None
 ) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
-    """Join a labelled manifest with a predictions CSV written earlier by `kwsbatch label`."""
+    """Join a labelled manifest with predictions written earlier by `kwsbatch label` (CSV, JSON lines or Parquet)."""
     rows = read_manifest(manifest, require_label=True, check_exists=False, manifest_format=manifest_format)
     try:
-        table = pd.read_csv(predictions_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        table = read_label_output(predictions_csv)
     except FileNotFoundError:
         raise KwsError(f"{predictions_csv}: predictions file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

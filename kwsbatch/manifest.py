@@ -102,7 +102,7 @@ def _label_column(columns: Collection[str], manifest_format: str) -> str | None:
 
 
 def _parse_row(values: dict[str, str], manifest_format: str, base: Path, source: str, require_label: bool) -> ManifestRow:
-    values = dict(values)
+    """One record as a row; what is left of values after the path and label are taken becomes the extras."""
     named = [c for c in PATH_COLUMNS if c in values]
     if not named:
         raise ManifestError(f"{source}: no path (expected a field named {', '.join(PATH_COLUMNS)})")
@@ -116,7 +116,9 @@ def _parse_row(values: dict[str, str], manifest_format: str, base: Path, source:
     if not label and manifest_format == "audiofolder":
         label = PurePosixPath(given.replace("\\", "/")).parent.name  # audiofolder's class folders
     if require_label and not label:
-        raise ManifestError(f"{source}: empty label")
+        if label_column or manifest_format == "audiofolder":
+            raise ManifestError(f"{source}: empty label" + (" and no class folder" if manifest_format == "audiofolder" else ""))
+        raise ManifestError(f"{source}: no label")
     offset_s, duration_s = _segment(values, source)
     audio_path = Path(given) if os.path.isabs(given) else base / given
     return ManifestRow(source, given, audio_path, label or None, values, offset_s=offset_s, duration_s=duration_s)
@@ -132,7 +134,8 @@ def _segment(values: dict[str, str], source: str) -> tuple[float | None, float |
     if not offset:
         return None, None
     duration = values.get("duration", "").strip()
-    return _seconds(offset, "offset", source, minimum_exclusive=False), (_seconds(duration, "duration", source) if duration else None)
+    offset_s = _seconds(offset, "offset", source, minimum_exclusive=False)
+    return offset_s, _seconds(duration, "duration", source) if duration else None
 
 
 def _seconds(text: str, name: str, source: str, *, minimum_exclusive: bool = True) -> float:

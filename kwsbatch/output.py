@@ -69,6 +69,50 @@ def write_predictions(
         raise KwsError(f"unknown output format {output_format!r} (choose from {', '.join(OUTPUT_FORMATS)})")
 
 
+def read_label_output(path: str | os.PathLike):
+    """A label output in any of the formats, as a DataFrame of text ('' for null), as the CSV reads.
+
+    So `evaluate --predictions` scores JSON lines and Parquet as it scores the CSV.
+    """
+    import pandas as pd
+
+    kind = output_format(path)
+    if kind == "csv":
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    records = _read_json_lines(path) if kind == "jsonl" else _read_parquet(path)
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    return pd.DataFrame([[_text(r.get(c)) for c in columns] for r in records], columns=columns, dtype=str)
+
+
+def _read_json_lines(path: str | os.PathLike) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, start=1):
+            if text.strip():
+                try:
+                    records.append(json.loads(text))
+                except json.JSONDecodeError as e:
+                    raise KwsError(f"{path} line {line}: not valid JSON ({e.msg})") from None
+    return records
+
+
+def _read_parquet(path: str | os.PathLike) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise KwsError("reading Parquet needs pyarrow: pip install 'kwsbatch[parquet]'") from None
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise KwsError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
 def _typed_rows(results: Iterable[dict], columns: list[str], types: dict[str, type], on_row) -> Iterator[dict]:
     for result in results:
         yield {c: _typed(result.get(c, ""), types.get(c, str)) for c in columns}

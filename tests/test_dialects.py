@@ -233,13 +233,14 @@ def test_segment_length_not_file_length_meets_the_clip_limit(long_recording, tra
         ("m.jsonl", '{"audio_filepath": "a.wav", "label": "yes"}\n{"file": "b.wav", "label": "no"}\n',
          "line 2: no path (expected a field named path, audio_filepath, file_name)"),
         ("m.jsonl", '{"audio_filepath": "a.wav", "path": "b.wav", "label": "no"}\n', "line 1: 'path' and 'audio_filepath' both name the audio file; keep one"),
-        ("m.jsonl", '{"audio_filepath": "a.wav"}\n', "line 1: empty label"),
+        ("m.jsonl", '{"audio_filepath": "a.wav"}\n', "line 1: no label"),
+        ("m.jsonl", '{"audio_filepath": "a.wav", "command": " "}\n', "line 1: empty label"),
         ("m.jsonl", '{"audio_filepath": "a.wav", "label": "yes", "offset": "soon"}\n', "line 1: offset 'soon' is not a number of seconds"),
         ("m.jsonl", '{"audio_filepath": "a.wav", "label": "yes", "offset": 1, "duration": 0}\n', "line 1: duration must be more than 0 seconds, got 0"),
         ("m.jsonl", '{"audio_filepath": "a.wav", "label": "yes", "offset": -1}\n', "line 1: offset must be at least 0 seconds, got -1"),
         ("m.tsv", "path\tlabel\na.wav\tyes\textra\n", "line 2: expected 2 fields (path\\tlabel), found 3"),
         ("m.csv", "file_name,path,label\na.wav,a.wav,yes\n", "columns 'file_name' and 'path' both name the audio file; keep one"),
-        ("metadata.csv", "file_name,speaker\nclip.wav,alice\n", "line 2: empty label"),
+        ("metadata.csv", "file_name,speaker\nclip.wav,alice\n", "line 2: empty label and no class folder"),
     ],
 )
 def test_malformed_manifests_fail_with_the_file_and_line(tmp_path, name, text, message):

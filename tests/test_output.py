@@ -69,3 +69,18 @@ def test_parquet_needs_a_file(trained_model, speech_corpus):
     result = run_cli("label", speech_corpus / "yes" / "v00.wav", "--model", trained_model, "--format", "parquet", "-q")
     assert result.returncode == 1
     assert result.stderr == "error: parquet output needs a file: pass -o out.parquet\n"
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.parquet"])
+def test_evaluate_scores_json_lines_and_parquet_predictions_as_the_csv(labelled, tmp_path, name):
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    manifest = tmp_path / "truth.csv"
+    manifest.write_text("\n".join((labelled / "clips.csv").read_text().splitlines()[:-1]) + "\n")  # without the broken file
+    for predictions in ("out.csv", name):
+        result = run_cli("evaluate", manifest, "--predictions", labelled / predictions, "-o", tmp_path / predictions, "-q")
+        assert result.returncode == 0, result.stderr
+    report, expected = (json.loads((tmp_path / p / "report.json").read_text()) for p in (name, "out.csv"))
+    assert report["accuracy"] == expected["accuracy"]
+    for table in ("per_class.csv", "confusion.csv", "misclassified.csv"):
+        assert (tmp_path / name / table).read_text() == (tmp_path / "out.csv" / table).read_text()
