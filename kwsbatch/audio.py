@@ -42,15 +42,28 @@ def is_audio_path(path: str | os.PathLike) -> bool:
     return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
 
 
-def decode_audio(path: str | os.PathLike, *, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> DecodedClip:
-    """Read a file and mix it to mono; raise AudioError with a one-line reason on any failure."""
+def decode_audio(
+    path: str | os.PathLike,
+    *,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    offset: float | None = None,
+    duration: float | None = None,
+) -> DecodedClip:
+    """Read a file (or, with offset, its segment of duration seconds) and mix it to mono.
+
+    Raises AudioError with a one-line reason on any failure. A segment is read by seeking, so
+    labelling many short segments of a long recording never decodes the whole of it each time.
+    """
     with reading_errors(path), sf.SoundFile(path) as f:
-        if max_seconds is not None and f.frames > max_seconds * f.samplerate:
+        start, frames = _segment_frames(f, path, offset, duration)
+        if max_seconds is not None and frames > max_seconds * f.samplerate:
             raise AudioError(
-                f"{path}: {f.frames / f.samplerate:.1f} s is longer than the {max_seconds:g} s limit for a clip "
+                f"{path}: {frames / f.samplerate:.1f} s is longer than the {max_seconds:g} s limit for a clip "
                 "(label long recordings with --window)"
             )
-        data = f.read(dtype="float32", always_2d=True)
+        if start:
+            f.seek(start)
+        data = f.read(frames if offset is not None else -1, dtype="float32", always_2d=True)
         sample_rate, channels = f.samplerate, f.channels
     if data.shape[0] == 0:
         raise AudioError(f"{path}: contains no samples")
@@ -118,23 +131,39 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float 
     return Resampler(sample_rate)(clip.samples, clip.sample_rate)
 
 
+def _segment_frames(f: sf.SoundFile, path, offset: float | None, duration: float | None) -> tuple[int, int]:
+    """(first frame, frame count) to read: the whole file, or the segment from offset (to the end without duration)."""
+    if offset is None:
+        return 0, f.frames
+    start = round(offset * f.samplerate)
+    if start >= f.frames:
+        raise AudioError(f"{path}: offset {offset:g} s is past the end of the file ({f.frames / f.samplerate:.3f} s)")
+    # A duration running past the end is cut short: NeMo's rounded durations often do.
+    stop = f.frames if duration is None else min(f.frames, start + round(duration * f.samplerate))
+    return start, stop - start
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "unknown error"
 
 
-def decode_many(paths: list[str | None], max_seconds: float | None = DEFAULT_MAX_SECONDS) -> list[DecodedClip | str]:
+def decode_many(
+    paths: list[str | tuple[str, float, float | None] | None], max_seconds: float | None = DEFAULT_MAX_SECONDS
+) -> list[DecodedClip | str]:
     """Decode a chunk of files; a failure becomes its one-line message, so one bad file spoils nothing.
 
-    This is the unit of work sent to decode workers: plain paths in, arrays or strings out.
-    A None path (a row already known to be unreadable) stays an empty message.
+    This is the unit of work sent to decode workers: plain paths (or (path, offset, duration)
+    segments) in, arrays or strings out. A None path (a row already known to be unreadable) stays
+    an empty message.
     """
     results: list[DecodedClip | str] = []
-    for path in paths:
-        if path is None:
+    for item in paths:
+        if item is None:
             results.append("")
             continue
+        path, offset, duration = (item, None, None) if isinstance(item, str) else item
         try:
-            results.append(decode_audio(path, max_seconds=max_seconds))
+            results.append(decode_audio(path, max_seconds=max_seconds, offset=offset, duration=duration))
         except AudioError as e:
             results.append(str(e))
     return results

@@ -53,15 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch, _add_bench):
+    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch, _add_bench, _add_export, _add_info):
         add_command(sub, common)
     return parser
 
 
 def _add_train(sub, common) -> None:
     p = sub.add_parser("train", parents=[common], help="train a keyword model on a labelled manifest")
-    p.add_argument("manifest", help="CSV with path,label columns (paths relative to the CSV)")
+    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
     p.add_argument("--val", help="validation manifest (default: a held-out slice of the train manifest)")
+    _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("-o", "--out", default=None, help="run folder for best.pt, last.pt, history.csv (default: runs/<manifest name>)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
@@ -120,8 +121,10 @@ def _numbers(text: str) -> tuple[float, ...]:
 
 def _add_label(sub, common) -> None:
     p = sub.add_parser("label", parents=[common], help="label audio files, folders or manifests")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or CSV manifests")
-    p.add_argument("-o", "--out", default="-", help="output CSV, updated incrementally (default: standard output)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or manifests")
+    p.add_argument("-o", "--out", default="-", help="output file: .csv, .jsonl or .parquet, updated incrementally (default: CSV on standard output)")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default=None, help="output format (default: from the -o extension, else csv)")
+    _add_manifest_format(p, "--manifest-format")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
     p.add_argument("--batch-size", type=int, default=64, help="clips (or windows) per model batch")
@@ -138,9 +141,10 @@ def _add_label(sub, common) -> None:
 
 def _add_evaluate(sub, common) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="score a model on a labelled manifest")
-    p.add_argument("manifest", help="CSV with path,label columns")
+    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
+    _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    p.add_argument("--predictions", default=None, help="score this predictions CSV (from `label`) instead of running a model")
+    p.add_argument("--predictions", default=None, help="score this `label` output (CSV, JSON lines, Parquet) instead of running a model")
     p.add_argument("-o", "--out", default=None, help="report folder (default: reports/<manifest name>)")
     p.add_argument("--min-accuracy", type=float, default=None, help="exit with status 3 when accuracy is below this (0-1)")
     _add_runtime_flags(p)
@@ -226,6 +230,34 @@ def _add_bench(sub, common) -> None:
     p.set_defaults(run=cmd_bench, parser=p)
 
 
+def _add_export(sub, common) -> None:
+    p = sub.add_parser("export", parents=[common], help="write a model that runs without kwsbatch (ONNX, TorchScript)")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
+    p.add_argument("-o", "--out", required=True, help="model file to write: .onnx, or .pt for TorchScript")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default=None, help="default: from the -o extension")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.set_defaults(run=cmd_export)
+
+
+def _add_info(sub, common) -> None:
+    p = sub.add_parser("info", parents=[common], help="show what a checkpoint is: classes, settings, size, provenance")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(run=cmd_info)
+
+
+def _add_manifest_format(p: argparse.ArgumentParser, *flags: str) -> None:
+    from kwsbatch.dialects import MANIFEST_FORMATS  # light: no torch
+
+    p.add_argument(
+        *flags,
+        dest="manifest_format",
+        choices=MANIFEST_FORMATS,
+        default=None,
+        help="how to read manifests (default: from the file name: .csv, .tsv, .jsonl/.json, metadata.csv)",
+    )
+
+
 def _add_runtime_flags(p: argparse.ArgumentParser, *, inference: bool = True) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
     if inference:
@@ -290,6 +322,7 @@ def cmd_train(args) -> int:
         device=args.device,
         resume=args.resume,
         reporter=reporter,
+        manifest_format=args.manifest_format,
     )
     print(
         f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.2%}, "
@@ -329,7 +362,12 @@ def cmd_label(args) -> int:
     from kwsbatch.pipeline import LabelConfig
     from kwsbatch.windows import WindowConfig
 
+    from kwsbatch.output import output_format
+
     to_stdout = args.out == "-"
+    out_format = output_format(args.out, args.format)
+    if to_stdout and out_format != "csv":
+        args.parser.error("--format jsonl or parquet needs an output file (-o FILE)")
     if to_stdout and (args.force or args.wait):
         args.parser.error("--force and --wait need an output file (-o FILE)")
     if args.hop is not None and args.window is None:
@@ -347,9 +385,12 @@ def cmd_label(args) -> int:
         model = Path(args.model) if args.model else default_model_path()
         labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model), threshold=args.threshold)
         if to_stdout:
-            summary = stream_labels(labeler, args.inputs, config, reporter=reporter)
+            summary = stream_labels(labeler, args.inputs, config, manifest_format=args.manifest_format, reporter=reporter)
         else:
-            summary = run_label_job(labeler, args.inputs, args.out, config, force=args.force, wait=args.wait, reporter=reporter)
+            summary = run_label_job(
+                labeler, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,
+                force=args.force, wait=args.wait, reporter=reporter,
+            )
     except KwsError as e:
         reporter.record(f"error: {e}")
         raise
@@ -373,11 +414,17 @@ def cmd_evaluate(args) -> int:
     from kwsbatch.report import render_report, write_report
 
     if args.predictions:
-        predictions, classes, info = read_predictions(args.manifest, args.predictions)
+        predictions, classes, info = read_predictions(args.manifest, args.predictions, manifest_format=args.manifest_format)
     else:
         model = Path(args.model) if args.model else default_model_path()
         predictions, classes, info = predict_manifest(
-            args.manifest, model, device=args.device, batch_size=args.batch_size, jobs=args.jobs, reporter=_reporter(args)
+            args.manifest,
+            model,
+            device=args.device,
+            batch_size=args.batch_size,
+            jobs=args.jobs,
+            reporter=_reporter(args),
+            manifest_format=args.manifest_format,
         )
     evaluation = evaluate_predictions(predictions, classes)
     out_dir = Path(args.out) if args.out else default_report_dir(args.manifest)
@@ -492,4 +539,28 @@ def cmd_bench(args) -> int:
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     result = run_bench(config, labeler, model, folder=Path(args.dir) if args.dir else None, log=log)
     print("\n".join(result.lines()))
+
+
+def cmd_export(args) -> int:
+    from kwsbatch.checkpoint import default_model_path
+    from kwsbatch.export import TOLERANCE, export_format, export_model
+
+    model = Path(args.checkpoint) if args.checkpoint else default_model_path()
+    result = export_model(model, args.out, export_format=export_format(args.out, args.format), opset=args.opset)
+    if result.max_difference is None:
+        checked = "not checked: onnxruntime is not installed (pip install 'kwsbatch[onnx]')"
+    else:
+        checked = f"matches kwsbatch on {result.checked_clips} clips (max |dp| {result.max_difference:.1e} <= {TOLERANCE:g})"
+    print(f"wrote {result.path} ({result.export_format}, {result.size_bytes / 1e6:.2f} MB): {checked}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    import json
+
+    from kwsbatch.checkpoint import default_model_path
+    from kwsbatch.info import describe_checkpoint, format_description
+
+    info = describe_checkpoint(Path(args.checkpoint) if args.checkpoint else default_model_path())
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
     return EXIT_OK

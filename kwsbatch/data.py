@@ -48,9 +48,12 @@ def decode_chunks(
         yield pending.popleft(), decoded
 
 
-def _readable_paths(chunk: list[ManifestRow]) -> list[str | None]:
-    """Paths to decode; None for rows already known to be unreadable."""
-    return [None if row.error else str(row.audio_path) for row in chunk]
+def _readable_paths(chunk: list[ManifestRow]) -> list[str | tuple[str, float, float | None] | None]:
+    """Paths (or segments) to decode; None for rows already known to be unreadable."""
+    return [
+        None if row.error else str(row.audio_path) if row.offset_s is None else (str(row.audio_path), row.offset_s, row.duration_s)
+        for row in chunk
+    ]
 
 
 @dataclass

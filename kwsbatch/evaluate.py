@@ -11,6 +11,7 @@ from kwsbatch.checkpoint import checkpoint_id, load_checkpoint
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.label import Labeler
 from kwsbatch.manifest import check_known_labels, read_manifest
+from kwsbatch.output import read_label_output
 from kwsbatch.progress import Reporter
 
 
@@ -22,10 +23,11 @@ def predict_manifest(
     batch_size: int = 64,
     jobs: int = 1,
     reporter: Reporter | None = None,
+    manifest_format: str | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
     """Label every row of a labelled manifest: (predictions, classes, model info)."""
     reporter = reporter or Reporter()
-    rows = read_manifest(manifest, require_label=True)
+    rows = read_manifest(manifest, require_label=True, manifest_format=manifest_format)
     checkpoint = load_checkpoint(model)
     check_known_labels(rows, checkpoint.classes)
     labeler = Labeler(checkpoint, device=device, model_id=checkpoint_id(model))
@@ -42,11 +44,13 @@ def predict_manifest(
     return _typed(predictions, checkpoint.classes), checkpoint.classes, info
 
 
-def read_predictions(manifest: str | os.PathLike, predictions_csv: str | os.PathLike) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
-    """Join a labelled manifest with a predictions CSV written earlier by `kwsbatch label`."""
-    rows = read_manifest(manifest, require_label=True, check_exists=False)
+def read_predictions(
+    manifest: str | os.PathLike, predictions_csv: str | os.PathLike, *, manifest_format: str | None = None
+) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
+    """Join a labelled manifest with predictions written earlier by `kwsbatch label` (CSV, JSON lines or Parquet)."""
+    rows = read_manifest(manifest, require_label=True, check_exists=False, manifest_format=manifest_format)
     try:
-        table = pd.read_csv(predictions_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        table = read_label_output(predictions_csv)
     except FileNotFoundError:
         raise KwsError(f"{predictions_csv}: predictions file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

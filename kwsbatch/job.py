@@ -31,6 +31,7 @@ from kwsbatch.journal import Journal, file_identity, journal_path, remove_journa
 from kwsbatch.label import FILE_COLUMNS, Labeler
 from kwsbatch.lock import output_lock
 from kwsbatch.manifest import ManifestRow, input_extra_columns, iter_inputs
+from kwsbatch.output import column_types, iter_label_output, label_output_header, write_predictions
 from kwsbatch.pipeline import FileResult, LabelConfig, score_files
 from kwsbatch.progress import Reporter
 
@@ -86,22 +87,24 @@ def run_label_job(
     out: str | os.PathLike,
     config: LabelConfig,
     *,
+    output_format: str = "csv",
+    manifest_format: str | None = None,
     force: bool = False,
     wait: bool = False,
     reporter: Reporter | None = None,
 ) -> JobSummary:
-    """Label inputs into out, keeping the rows of files unchanged since the previous run."""
+    """Label inputs into out (csv, jsonl or parquet), keeping the rows of files unchanged since the previous run."""
     reporter = reporter or Reporter()
     out = Path(out)
     windowed = config.window is not None
-    columns = _Columns(labeler, inputs, windowed)
+    columns = _Columns(labeler, inputs, windowed, manifest_format)
     summary = JobSummary(out=str(out))
     if out.is_dir():
         raise KwsError(f"{out}: is a folder; -o takes the path of the CSV file to write")
     with output_lock(out, wait=wait):
         started = time.perf_counter()
         remove_stale_temporaries(out)  # half-written outputs of killed runs: ours to clean, under the lock
-        importable = not force and _check_previous(out, columns, reporter)
+        importable = not force and _check_previous(out, output_format, columns, reporter)
         settings = {
             "model": labeler.model_id,
             "columns": columns.own,
@@ -115,10 +118,10 @@ def run_label_job(
             if force:
                 journal.forget_imported()
             elif not journal.imported:
-                journal.import_previous(_previous_results(out, columns, labeler.model_id) if importable else ())
-            _label_new_files(labeler, iter_inputs(inputs), journal, config, columns, summary, reporter)
-            with atomic_write(out, "w", newline="", encoding="utf-8") as f:
-                _write_output(f, journal, columns, summary)
+                journal.import_previous(_previous_results(out, output_format, columns, labeler.model_id) if importable else ())
+            rows = iter_inputs(inputs, manifest_format=manifest_format)
+            _label_new_files(labeler, rows, journal, config, columns, summary, reporter)
+            _write_output(out, output_format, journal, columns, summary)
         finally:
             journal.close()
         remove_journal(journal.path)
@@ -134,11 +137,12 @@ class _Columns:
     over millions of unchanged files, copying rows is most of the work.
     """
 
-    def __init__(self, labeler: Labeler, inputs: list[str], windowed: bool):
+    def __init__(self, labeler: Labeler, inputs: list[str], windowed: bool, manifest_format: str | None = None):
         self.labeler = labeler
         self.own = labeler.columns(windowed=windowed)  # path, then the model's columns
         self.results = self.own[1:]
-        self.all = labeler.columns(input_extra_columns(inputs), windowed=windowed, file_columns=True)
+        extras = input_extra_columns(inputs, manifest_format=manifest_format)
+        self.all = labeler.columns(extras, windowed=windowed, file_columns=True)
         self.extras = self.all[len(self.own) + len(FILE_COLUMNS) :]
 
     def input_values(self, row: ManifestRow) -> list[str]:
@@ -147,6 +151,11 @@ class _Columns:
 
     def result_values(self, result: FileResult) -> list[list]:
         return [[fields.get(c, "") for c in self.results] for fields in self.labeler.result_fields(result)]
+
+    def types(self) -> dict[str, type]:
+        """Numeric columns, for the typed formats (JSON lines, Parquet)."""
+        window = {"start_s": float, "end_s": float} if "start_s" in self.own else {}
+        return {**column_types(self.labeler.classes), **window, **{c: int for c in FILE_COLUMNS}}
 
 
 def _label_new_files(
@@ -192,14 +201,13 @@ def _new_files(
             summary.resumed += 1
 
 
-def _check_previous(out: Path, columns: _Columns, reporter: Reporter) -> bool:
+def _check_previous(out: Path, output_format: str, columns: _Columns, reporter: Reporter) -> bool:
     """Whether out holds rows this run can keep; refuse to replace a file that is not a label output."""
     if not out.exists():
         return False
     try:
-        with open(out, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        header = label_output_header(out, output_format)
+    except (OSError, UnicodeDecodeError, csv.Error, KwsError) as e:
         raise KwsError(f"{out}: cannot read the previous output ({e}); move it away, or use --force to overwrite it") from None
     if not {"path", "model", "error"} <= set(header):
         raise KwsError(
@@ -212,49 +220,67 @@ def _check_previous(out: Path, columns: _Columns, reporter: Reporter) -> bool:
     return not missing
 
 
-def _previous_results(out: Path, columns: _Columns, model_id: str) -> Iterator[tuple[str, int, int, list[list]]]:
+def _previous_results(out: Path, output_format: str, columns: _Columns, model_id: str) -> Iterator[tuple[str, int, int, list[list]]]:
     """(path, size, mtime_ns, rows) of the previous output's files that this model labelled without error."""
     try:
-        with open(out, newline="", encoding="utf-8") as f:
-            # Window mode writes a file's detections on consecutive rows.
-            for path, group in itertools.groupby(csv.DictReader(f), key=lambda r: r["path"]):
-                group = list(group)
-                first = group[0]
-                if first["model"] != model_id or any(r["error"] for r in group):
-                    continue
-                try:
-                    size, mtime_ns = int(first["file_size"]), int(first["file_mtime_ns"])
-                except (TypeError, ValueError):
-                    continue
-                yield path, size, mtime_ns, [[r[c] for c in columns.results] for r in group]
+        # Window mode writes a file's detections on consecutive rows.
+        for path, group in itertools.groupby(iter_label_output(out, output_format), key=lambda r: r["path"]):
+            group = list(group)
+            first = group[0]
+            if first["model"] != model_id or any(r["error"] for r in group):
+                continue
+            try:
+                size, mtime_ns = int(first["file_size"]), int(first["file_mtime_ns"])
+            except (TypeError, ValueError):
+                continue
+            yield path, size, mtime_ns, [[r[c] for c in columns.results] for r in group]
     except (UnicodeDecodeError, csv.Error) as e:
         raise KwsError(f"{out}: cannot read the previous output ({e}); move it away, or use --force to overwrite it") from None
 
 
-def _write_output(f: TextIO, journal: Journal, columns: _Columns, summary: JobSummary) -> None:
-    writer = csv.writer(f)
-    writer.writerow(columns.all)
+def _write_output(out: Path, output_format: str, journal: Journal, columns: _Columns, summary: JobSummary) -> None:
+    """Write the journal's rows to out atomically: CSV straight from value lists, else typed records."""
+    rows = _output_values(journal, columns, summary)
+    if output_format == "csv":
+        with atomic_write(out, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns.all)
+            writer.writerows(rows)
+    else:
+        records = (dict(zip(columns.all, values)) for values in rows)
+        write_predictions(records, out, columns.all, columns.types(), output_format=output_format)
+
+
+def _output_values(journal: Journal, columns: _Columns, summary: JobSummary) -> Iterator[list]:
     error = columns.results.index("error")
     summary.failed = 0
     for path, extras, identity, rows in journal.output():
         size, mtime_ns = identity or ("", "")
         for values in rows:
-            writer.writerow([path, *values, size, mtime_ns, *extras])
+            yield [path, *values, size, mtime_ns, *extras]
         summary.rows += len(rows)
         summary.failed += bool(rows[0][error])
 
 
-def stream_labels(labeler: Labeler, inputs: list[str], config: LabelConfig, *, f: TextIO = sys.stdout, reporter: Reporter | None = None) -> JobSummary:
-    """Label inputs to a stream, in input order, one row per input row: no lock, journal or skipping."""
+def stream_labels(
+    labeler: Labeler,
+    inputs: list[str],
+    config: LabelConfig,
+    *,
+    manifest_format: str | None = None,
+    f: TextIO = sys.stdout,
+    reporter: Reporter | None = None,
+) -> JobSummary:
+    """Label inputs to a CSV stream, in input order, one row per input row: no lock, journal or skipping."""
     reporter = reporter or Reporter()
-    columns = _Columns(labeler, inputs, config.window is not None)
+    columns = _Columns(labeler, inputs, config.window is not None, manifest_format)
     writer = csv.writer(f)
     writer.writerow(columns.all)
     summary = JobSummary(out="standard output")
     started = time.perf_counter()
     reporter.start("labelling", None)
     try:
-        for task, results in score_files(labeler, iter_inputs(inputs), config, ordered=True):
+        for task, results in score_files(labeler, iter_inputs(inputs, manifest_format=manifest_format), config, ordered=True):
             for row, result in zip(task, results):
                 size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
                 rows = columns.result_values(result)

@@ -170,7 +170,7 @@ def _segments(
             continue
         try:
             if config.window is None:
-                clip = decode_audio(row.audio_path, max_seconds=config.max_seconds)
+                clip = decode_audio(row.audio_path, max_seconds=config.max_seconds, offset=row.offset_s, duration=row.duration_s)
                 result.duration_s, result.sample_rate, result.channels = clip.duration_s, clip.sample_rate, clip.channels
                 yield _Segment(index, 0, len(clip.samples), labeler.resample(clip.samples, clip.sample_rate))
                 continue

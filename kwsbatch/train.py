@@ -94,13 +94,14 @@ def train(
     device: str = "auto",
     resume: bool = False,
     reporter: Reporter | None = None,
+    manifest_format: str | None = None,
 ) -> TrainResult:
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
     torch.manual_seed(config.seed)
     device = resolve_device(device)
 
-    train_rows, val_rows = _read_splits(train_manifest, val_manifest, config.val_fraction)
+    train_rows, val_rows = _read_splits(train_manifest, val_manifest, config.val_fraction, manifest_format)
     classes = tuple(sorted({r.label for r in train_rows}))
     if len(classes) < 2:
         raise ManifestError(f"{train_manifest}: needs at least two labels to train, found {list(classes)}")
@@ -343,10 +344,10 @@ def _feature_stats(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, dev
     return mean.to(device), std.to(device)
 
 
-def _read_splits(train_manifest, val_manifest, val_fraction) -> tuple[list[ManifestRow], list[ManifestRow]]:
-    rows = read_manifest(train_manifest, require_label=True)
+def _read_splits(train_manifest, val_manifest, val_fraction, manifest_format=None) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    rows = read_manifest(train_manifest, require_label=True, manifest_format=manifest_format)
     if val_manifest is not None:
-        return rows, read_manifest(val_manifest, require_label=True)
+        return rows, read_manifest(val_manifest, require_label=True, manifest_format=manifest_format)
     train_rows, val_rows = split_for_validation(rows, val_fraction)
     if not train_rows or not val_rows:
         raise ManifestError(

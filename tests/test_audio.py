@@ -209,3 +209,34 @@ def test_folder_scans_pick_audio_extensions_in_any_case():
     assert [is_audio_path(p) for p in ("a.wav", "b.FLAC", "c.Ogg", "d.mp3", "e.csv", "f.txt", "wav")] == [
         True, True, True, True, False, False, False,
     ]
+
+
+@pytest.mark.parametrize("name, fmt", [("long.wav", "WAV"), ("long.flac", "FLAC")])
+def test_offset_and_duration_read_exactly_that_segment(tmp_path, name, fmt):
+    samples = (np.arange(48000) % 20000 - 10000).astype(np.int16)  # every sample says where it is
+    sf.write(tmp_path / name, np.stack([samples, samples], axis=1), 16000, format=fmt, subtype="PCM_16")
+    whole = decode_audio(tmp_path / name).samples
+    segment = decode_audio(tmp_path / name, offset=1.25, duration=0.5)
+    np.testing.assert_array_equal(segment.samples, whole[20000:28000])
+    assert (segment.duration_s, segment.channels, segment.sample_rate) == (0.5, 2, 16000)
+    np.testing.assert_array_equal(decode_audio(tmp_path / name, offset=2.5).samples, whole[40000:])
+    np.testing.assert_array_equal(decode_audio(tmp_path / name, offset=2.75, duration=1.0).samples, whole[44000:])
+
+
+def test_segments_meet_the_clip_limit_by_their_own_length(tmp_path):
+    sf.write(tmp_path / "long.wav", np.zeros(16000 * 40, dtype=np.int16), 16000)
+    with pytest.raises(AudioError, match="40.0 s is longer than the 30 s limit"):
+        decode_audio(tmp_path / "long.wav")
+    assert decode_audio(tmp_path / "long.wav", offset=12.0, duration=1.0).duration_s == 1.0
+    with pytest.raises(AudioError, match="28.0 s is longer than the 10 s limit"):
+        decode_audio(tmp_path / "long.wav", offset=12.0, max_seconds=10)
+    with pytest.raises(AudioError) as error:
+        decode_audio(tmp_path / "long.wav", offset=40.0)
+    assert str(error.value) == f"{tmp_path / 'long.wav'}: offset 40 s is past the end of the file (40.000 s)"
+
+
+def test_decode_many_reads_segments_given_as_tuples(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(440, 1.0), 16000, subtype="FLOAT")
+    results = decode_many([(str(tmp_path / "a.wav"), 0.5, 0.25), str(tmp_path / "a.wav"), (str(tmp_path / "a.wav"), 2.0, None)])
+    np.testing.assert_array_equal(results[0].samples, results[1].samples[8000:12000])
+    assert results[2] == f"{tmp_path / 'a.wav'}: offset 2 s is past the end of the file (1.000 s)"

@@ -1,0 +1,54 @@
+"""info.py through `kwsbatch info`: what a checkpoint is, for people and as JSON."""
+
+import json
+
+from conftest import run_cli
+
+# The trained_model fixture: 12 MFCCs -> 2 LSTM layers of 32 units -> 4 classes.
+# Per layer 4 gates x hidden x (inputs + hidden) weights + 2 x 4 x hidden biases; then the classifier.
+PARAMETERS = (4 * 32 * (12 + 32) + 8 * 32) + (4 * 32 * (32 + 32) + 8 * 32) + (32 * 4 + 4)
+
+
+def test_json_describes_the_checkpoint(trained_model, speech_corpus):
+    result = run_cli("info", trained_model, "--json", check=True)
+    info = json.loads(result.stdout)
+    assert info["classes"] == ["down", "no", "up", "yes"]
+    assert (info["format"], info["format_version"]) == ("kwsbatch-checkpoint", 1)
+    assert info["feature_config"] == {"sample_rate": 16000, "n_mfcc": 12, "n_mels": 40, "n_fft": 400, "hop_length": 160, "f_min": 20.0, "f_max": 7600.0}
+    assert info["model_config"] == {"n_classes": 4, "n_features": 12, "hidden": 32, "layers": 2, "dropout": 0.0, "bidirectional": False, "pooling": "mean"}
+    assert info["size"]["parameters"] == PARAMETERS == 14468
+    assert info["size"]["parameter_bytes"] == 4 * PARAMETERS
+    assert info["size"]["file_bytes"] == trained_model.stat().st_size
+    assert (info["temperature"], info["calibrated"], info["resumable"]) == (1.0, False, False)
+    assert info["provenance"]["train_manifest"] == str(speech_corpus / "train.csv")
+    assert len(info["provenance"]["train_manifest_sha256"]) == 64
+    assert info["provenance"]["train_config"]["epochs"] == 25
+    assert 0.0 <= info["metrics"]["best_val_accuracy"] <= 1.0
+    assert len(info["model_id"]) == 12
+
+
+def test_text_names_each_part_on_one_line(trained_model, speech_corpus):
+    lines = run_cli("info", trained_model, check=True).stdout.splitlines()
+    fields = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
+    assert list(fields) == ["model", "classes", "features", "network", "size", "calibration", "trained", "settings", "metrics", "resumable"]
+    assert fields["classes"] == "4: down, no, up, yes"
+    assert fields["network"] == "unidirectional LSTM, 2 layers x 32 units, mean pooling, dropout 0"
+    assert fields["size"] == "14,468 parameters (57.9 kB)"
+    assert fields["calibration"] == "temperature 1 (not calibrated)"
+    assert f"train {speech_corpus / 'train.csv'} (sha256 " in fields["trained"]
+    assert fields["resumable"] == "no"
+
+
+def test_last_checkpoint_is_resumable(trained_model):
+    info = json.loads(run_cli("info", trained_model.parent / "last.pt", "--json", check=True).stdout)
+    assert info["resumable"] is True
+
+
+def test_without_a_checkpoint_it_describes_the_bundled_model():
+    info = json.loads(run_cli("info", "--json", check=True).stdout)
+    assert info["path"].endswith("default.pt") and len(info["classes"]) == 12
+
+
+def test_a_missing_model_is_a_one_line_error(tmp_path):
+    result = run_cli("info", tmp_path / "nope.pt")
+    assert (result.returncode, result.stderr) == (1, f"error: {tmp_path / 'nope.pt'}: model file not found\n")

@@ -1,0 +1,86 @@
+"""output.py through `kwsbatch label`: JSON lines and Parquet hold the CSV's rows, with typed numbers."""
+
+import csv
+import json
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+NUMERIC = {"confidence", "p_down", "p_no", "p_up", "p_yes", "duration_s", "sample_rate", "channels"}
+
+
+@pytest.fixture(scope="module")
+def labelled(trained_model, speech_corpus, tmp_path_factory):
+    """The test split (absolute paths) plus one broken file, labelled to CSV, JSON lines and Parquet."""
+    folder = tmp_path_factory.mktemp("outputs")
+    with open(speech_corpus / "test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with open(folder / "clips.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "speaker"])
+        writer.writeheader()
+        writer.writerows({**r, "path": str(speech_corpus / r["path"])} for r in rows)
+        writer.writerow({"path": str(folder / "broken.wav"), "label": "yes", "speaker": "nobody"})
+    for out in ("out.csv", "out.jsonl", "out.parquet"):
+        result = run_cli("label", folder / "clips.csv", "--model", trained_model, "-o", folder / out, "-q")
+        assert result.returncode == 3, result.stderr  # the broken file
+    return folder
+
+
+def test_json_lines_hold_the_csv_fields_in_order_with_numbers_as_numbers(labelled):
+    table = pd.read_csv(labelled / "out.csv", dtype=str, keep_default_na=False)
+    lines = [json.loads(line) for line in (labelled / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == len(table) == 13
+    assert all(list(line) == list(table.columns) for line in lines)
+    for expected, line in zip(table.to_dict("records"), lines):
+        for column, text in expected.items():
+            if column in NUMERIC:
+                assert line[column] == (None if text == "" else float(text)), column
+            else:
+                assert line[column] == text, column
+    assert isinstance(lines[0]["sample_rate"], int) and isinstance(lines[0]["confidence"], float)
+    assert lines[-1]["error"].startswith(str(labelled / "broken.wav"))
+    assert lines[-1]["confidence"] is None and lines[-1]["label"] == ""
+
+
+def test_parquet_holds_the_json_lines_rows_with_typed_columns(labelled):
+    pq = pytest.importorskip("pyarrow.parquet")
+    parquet = pq.read_table(labelled / "out.parquet")
+    types = {field.name: str(field.type) for field in parquet.schema}
+    assert types["confidence"] == types["p_yes"] == types["duration_s"] == "double"
+    assert types["sample_rate"] == types["channels"] == "int64"
+    assert types["path"] == types["error"] == types["speaker"] == "string"
+    lines = [json.loads(line) for line in (labelled / "out.jsonl").read_text().splitlines()]
+    assert parquet.to_pylist() == lines
+
+
+def test_json_lines_output_reads_back_as_a_manifest(labelled, trained_model, tmp_path):
+    result = run_cli("label", labelled / "out.jsonl", "--model", trained_model, "--format", "jsonl", "-q")
+    assert result.returncode == 3  # the broken file again
+    first = [json.loads(line) for line in (labelled / "out.jsonl").read_text().splitlines()]
+    again = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in again] == [r["path"] for r in first]
+    assert [r["true_label"] for r in again] == [r["label"] for r in first]  # the first run's predictions, now the truth
+    assert [r["confidence"] for r in again] == [r["confidence"] for r in first]
+
+
+def test_parquet_needs_a_file(trained_model, speech_corpus):
+    result = run_cli("label", speech_corpus / "yes" / "v00.wav", "--model", trained_model, "--format", "parquet", "-q")
+    assert result.returncode == 1
+    assert result.stderr == "error: parquet output needs a file: pass -o out.parquet\n"
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.parquet"])
+def test_evaluate_scores_json_lines_and_parquet_predictions_as_the_csv(labelled, tmp_path, name):
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    manifest = tmp_path / "truth.csv"
+    manifest.write_text("\n".join((labelled / "clips.csv").read_text().splitlines()[:-1]) + "\n")  # without the broken file
+    for predictions in ("out.csv", name):
+        result = run_cli("evaluate", manifest, "--predictions", labelled / predictions, "-o", tmp_path / predictions, "-q")
+        assert result.returncode == 0, result.stderr
+    report, expected = (json.loads((tmp_path / p / "report.json").read_text()) for p in (name, "out.csv"))
+    assert report["accuracy"] == expected["accuracy"]
+    for table in ("per_class.csv", "confusion.csv", "misclassified.csv"):
+        assert (tmp_path / name / table).read_text() == (tmp_path / "out.csv" / table).read_text()
