@@ -264,6 +264,11 @@ def _restore(path: Path, spotter, optimizer, scheduler, shuffle, classes):
         raise KwsError(f"{path}: has no training state to resume from")
     if checkpoint.classes != classes:
         raise KwsError(f"{path}: was trained on classes {list(checkpoint.classes)}, this manifest has {list(classes)}")
+    stored = {**checkpoint.feature_config.to_dict(), **checkpoint.model_config.to_dict()}
+    given = {**spotter.frontend.config.to_dict(), **spotter.head.config.to_dict()}
+    changed = [f"{k} {stored[k]} (now {given[k]})" for k in stored if stored[k] != given[k]]
+    if changed:
+        raise KwsError(f"{path}: was trained with {', '.join(changed)}; resume with the run's original settings")
     spotter.load_state_dict(checkpoint.state_dict)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
