@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,10 @@ from kwsbatch.model import KeywordSpotter, ModelConfig
 
 FORMAT = "kwsbatch-checkpoint"
 FORMAT_VERSION = 1
+
+# How torch's weights-only unpickler words a refused class or call; anything else it rejects
+# ("Unsupported operand ...") is damage, not an attempt to run code.
+_REFUSED_MARKERS = ("GLOBAL ", "call reduce", "create new object")
 
 
 @dataclass
@@ -79,16 +82,24 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if any(marker in str(e) for marker in _REFUSED_MARKERS):
             raise CheckpointError(
                 f"{path}: refused to load: the file holds objects other than plain data and tensors "
                 "(it may run code); kwsbatch loads only its own checkpoint format"
             ) from None
-        raise CheckpointError(f"{path}: not a kwsbatch model (corrupt or foreign file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable kwsbatch model (corrupt or foreign file)") from None
+    except Exception as e:  # damaged bytes can fail anywhere in torch.load: KeyError, IndexError, ...
         reason = "truncated or corrupt" if _looks_truncated(e) else "corrupt or foreign file"
         raise CheckpointError(f"{path}: not a readable kwsbatch model ({reason})") from None
-    return _from_dict(raw, path)
+    checkpoint = _from_dict(raw, path)
+    # Build once, so weights that do not fit the stored settings fail here and name the file;
+    # building initialises weights, so the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        try:
+            checkpoint.build()
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    return checkpoint
 
 
 def checkpoint_id(path: str | os.PathLike) -> str:
@@ -114,6 +125,8 @@ def _from_dict(raw: object, path: Path) -> Checkpoint:
         feature_config = FeatureConfig(**raw["feature_config"])
         model_config = ModelConfig(**raw["model_config"])
         state_dict = dict(raw["state_dict"])
+        provenance = dict(raw.get("provenance") or {})
+        temperature = float(raw.get("temperature", 1.0))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint is missing or has invalid fields ({e})") from None
     if len(classes) != model_config.n_classes:
@@ -125,9 +138,9 @@ def _from_dict(raw: object, path: Path) -> Checkpoint:
         feature_config=feature_config,
         model_config=model_config,
         state_dict=state_dict,
-        provenance=dict(raw.get("provenance") or {}),
+        provenance=provenance,
         training_state=raw.get("training_state"),
-        temperature=float(raw.get("temperature", 1.0)),
+        temperature=temperature,
     )
 
 

@@ -46,7 +46,8 @@ class RichReporter(Reporter):
         self.stop()
         self.done = 0
         self._started = time.perf_counter()
-        if self.quiet:
+        # Off a terminal a transient bar shows nothing and leaves a blank line in the log at stop.
+        if self.quiet or not self.console.is_terminal:
             return
         if self.unit == "bytes":
             counts = (DownloadColumn(), TransferSpeedColumn())

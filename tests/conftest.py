@@ -27,7 +27,9 @@ VOICES = [
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real entry point (`python -m kwsbatch`) in a subprocess."""
-    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
+    # One math thread unless the caller's environment says otherwise: the test models are tiny, and on
+    # a busy 2-core machine OpenMP threads spin against other processes (a 9 s training took 2 min).
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "COLUMNS": "200", **(env_extra or {})}
     result = subprocess.run(
         [sys.executable, "-m", "kwsbatch", *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
     )

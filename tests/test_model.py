@@ -1,122 +1,102 @@
-"""Model choices that must not break batch invariance: the causal conv front end, per-clip normalisation."""
-
-from __future__ import annotations
-
-import dataclasses
+"""model.py: the packed LSTM reads each clip at its own length, whatever the padding holds."""
 
 import pytest
 import torch
 
-from kwsbatch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from kwsbatch.features import FeatureConfig, MfccFrontend, pad_waveforms
-from kwsbatch.model import CausalConv, KeywordSpotter, ModelConfig
+from kwsbatch.features import FeatureConfig
+from kwsbatch.model import KeywordLSTM, KeywordSpotter, ModelConfig
+
+# Unsorted on purpose (packing sorts internally and must hand rows back in this order); 1 is the
+# shortest a clip can be, 40 fills the batch.
+LENGTHS = torch.tensor([17, 40, 1, 33, 5])
+CONFIGS = {
+    "last": dict(pooling="last"),
+    "mean": dict(pooling="mean"),
+    "last-bi": dict(pooling="last", bidirectional=True),
+    "mean-bi": dict(pooling="mean", bidirectional=True),
+    "last-1layer": dict(pooling="last", layers=1),
+}
 
 
-def clips(n: int = 64, seed: int = 0) -> list[torch.Tensor]:
-    """n clips of 0.3-3 s: noise bursts under a tone, at different levels."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(4800, 48000, (1,), generator=g))
-        t = torch.arange(length) / 16000
-        freq = float(torch.empty(1).uniform_(200, 2000, generator=g))
-        wave = 0.3 * torch.sin(2 * torch.pi * freq * t) + 0.05 * torch.randn(length, generator=g)
-        out.append(wave * float(torch.empty(1).uniform_(0.05, 1.0, generator=g)))
-    return out
+def make_head(**settings) -> KeywordLSTM:
+    torch.manual_seed(0)
+    config = dict(n_classes=4, n_features=12, hidden=16, layers=2) | settings
+    return KeywordLSTM(ModelConfig(**config)).eval()
 
 
-def spotter(seed: int = 0, *, clip_norm: str = "none", **model) -> KeywordSpotter:
-    torch.manual_seed(seed)
-    features = FeatureConfig(clip_norm=clip_norm)
-    return KeywordSpotter(features, ModelConfig(n_classes=5, hidden=16, layers=2, **model)).eval()
+def padded_features(seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(len(LENGTHS), int(LENGTHS.max()), 12, generator=generator)
+
+
+def reference_logits(head: KeywordLSTM, sequence: torch.Tensor) -> torch.Tensor:
+    """The head's own LSTM on one unpadded (frames, n_features) sequence, pooled by hand."""
+    outputs, _ = head.lstm(sequence[None])  # (1, frames, directions * hidden), no packing
+    hidden = head.config.hidden
+    if head.config.pooling == "mean":
+        pooled = outputs[0].mean(0)
+    elif head.config.bidirectional:
+        # Forward direction ends at the last frame; backward direction ends at the first.
+        pooled = torch.cat([outputs[0, -1, :hidden], outputs[0, 0, hidden:]])
+    else:
+        pooled = outputs[0, -1]
+    return head.classifier(pooled)
+
+
+@pytest.mark.parametrize("settings", CONFIGS.values(), ids=CONFIGS.keys())
+def test_each_row_equals_the_lstm_run_on_that_sequence_alone(settings):
+    head = make_head(**settings)
+    features = padded_features()
+    with torch.no_grad():
+        logits = head(features, LENGTHS)
+        expected = torch.stack([reference_logits(head, features[i, :n]) for i, n in enumerate(LENGTHS.tolist())])
+    assert logits.shape == (5, 4)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("settings", CONFIGS.values(), ids=CONFIGS.keys())
+def test_garbage_after_each_length_leaves_the_logits_unchanged(settings):
+    head = make_head(**settings)
+    features = padded_features()
+    garbage = features.clone()
+    for i, n in enumerate(LENGTHS.tolist()):
+        garbage[i, n:] = 1e3 * torch.randn(garbage.shape[1] - n, 12) + 50
+    with torch.no_grad():
+        clean_logits, garbage_logits = head(features, LENGTHS), head(garbage, LENGTHS)
+    assert torch.equal(clean_logits, garbage_logits)
+    # ...while the same change inside the valid steps does change them: the test can see a leak.
+    garbage[0, LENGTHS[0] - 1] += 5.0
+    with torch.no_grad():
+        assert not torch.allclose(head(garbage, LENGTHS)[0], clean_logits[0])
+
+
+def test_extra_padding_frames_change_nothing():
+    head = make_head(pooling="mean")
+    features = padded_features()
+    wider = torch.cat([features, torch.full((5, 25, 12), -7.0)], dim=1)
+    with torch.no_grad():
+        assert torch.equal(head(features, LENGTHS), head(wider, LENGTHS))
+
+
+def test_spotter_maps_waveforms_to_one_logit_row_per_clip():
+    torch.manual_seed(0)
+    spotter = KeywordSpotter(FeatureConfig(), ModelConfig(n_classes=3, hidden=8, layers=1)).eval()
+    waves = torch.randn(4, 16000)
+    with torch.no_grad():
+        logits = spotter(waves, torch.tensor([16000, 400, 8000, 1200]))
+    assert logits.shape == (4, 3)
+    assert torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize(
-    "clip_norm, model",
-    [
-        ("none", dict(conv_channels=8)),
-        ("none", dict(conv_channels=8, conv_kernel=3, conv_stride=3, pooling="mean")),
-        ("mean", dict(pooling="mean")),
-        ("meanvar", dict(conv_channels=8, pooling="last")),
-    ],
+    "settings",
+    [dict(n_classes=1), dict(n_classes=4, hidden=0), dict(n_classes=4, layers=0), dict(n_classes=4, pooling="max")],
 )
-def test_a_clips_logits_do_not_depend_on_its_batch(clip_norm, model):
-    net = spotter(clip_norm=clip_norm, **model)
-    waves = clips()
-    with torch.inference_mode():
-        batch, lengths = pad_waveforms(waves, min_samples=400)
-        together = net(batch, lengths)
-        for i, wave in enumerate(waves):
-            alone = net(*pad_waveforms([wave], min_samples=400))
-            torch.testing.assert_close(alone[0], together[i], atol=1e-5, rtol=0)
+def test_impossible_model_settings_are_refused(settings):
+    with pytest.raises(ValueError):
+        ModelConfig(**settings)
 
 
-def test_causal_conv_never_reads_past_a_clips_last_frame():
-    torch.manual_seed(0)
-    conv = CausalConv(4, 6, kernel=5, stride=2)
-    frame_lengths = torch.tensor([9, 1, 4, 10])
-    features = torch.randn(4, 10, 4)
-    poisoned = features.clone()
-    for row, n in enumerate(frame_lengths.tolist()):
-        poisoned[row, n:] = 1e6
-    out, out_lengths = conv(features, frame_lengths)
-    out_poisoned, _ = conv(poisoned, frame_lengths)
-    assert out_lengths.tolist() == [5, 1, 2, 5]
-    for row, n in enumerate(out_lengths.tolist()):
-        assert torch.equal(out[row, :n], out_poisoned[row, :n])
-
-
-@pytest.mark.parametrize("clip_norm", ["mean", "meanvar"])
-def test_clip_norm_uses_only_each_clips_own_frames(clip_norm):
-    frontend = MfccFrontend(FeatureConfig(clip_norm=clip_norm))
-    waves = clips(6, seed=1)
-    batch, lengths = pad_waveforms(waves, min_samples=400)
-    features, frame_lengths = frontend.raw(batch, lengths)
-    for row, n in enumerate(frame_lengths.tolist()):
-        valid = features[row, :n]
-        torch.testing.assert_close(valid.mean(0), torch.zeros(12), atol=1e-4, rtol=0)
-        if clip_norm == "meanvar":
-            assert ((valid.std(0, unbiased=False) - 1).abs() < 0.01).all()
-
-
-def test_invalid_model_and_feature_settings_are_refused():
-    with pytest.raises(ValueError, match="conv"):
-        ModelConfig(n_classes=3, conv_stride=0)
-    with pytest.raises(ValueError, match="clip_norm"):
-        FeatureConfig(clip_norm="cepstral")
-
-
-def test_checkpoints_saved_before_conv_and_clip_norm_existed_still_load(tmp_path):
-    net = spotter()
-    checkpoint = Checkpoint(("a", "b", "c", "d", "e"), net.frontend.config, net.head.config, net.state_dict())
-    raw = checkpoint.to_dict()
-    for key in ("conv_channels", "conv_kernel", "conv_stride"):
-        del raw["model_config"][key]
-    del raw["feature_config"]["clip_norm"]
-    torch.save(raw, tmp_path / "old.pt")
-    loaded = load_checkpoint(tmp_path / "old.pt")
-    assert loaded.model_config == net.head.config and loaded.feature_config.clip_norm == "none"
-    waves = clips(3)
-    with torch.inference_mode():
-        torch.testing.assert_close(loaded.build()(*pad_waveforms(waves, min_samples=400)), net(*pad_waveforms(waves, min_samples=400)))
-
-
-def test_a_conv_model_round_trips_through_its_checkpoint(tmp_path):
-    net = spotter(conv_channels=8, clip_norm="mean")
-    save_checkpoint(Checkpoint(tuple("abcde"), net.frontend.config, net.head.config, net.state_dict(), temperature=1.7), tmp_path / "m.pt")
-    loaded = load_checkpoint(tmp_path / "m.pt")
-    assert dataclasses.asdict(loaded.model_config)["conv_channels"] == 8 and loaded.temperature == 1.7
-    waves = clips(3)
-    with torch.inference_mode():
-        torch.testing.assert_close(loaded.build()(*pad_waveforms(waves, min_samples=400)), net(*pad_waveforms(waves, min_samples=400)))
-
-
-@pytest.mark.parametrize("model", [dict(pooling="last"), dict(pooling="mean", conv_channels=8)])
-def test_training_forward_over_padding_matches_the_packed_inference_forward(model):
-    # Training runs the one-way LSTM over the padded batch (fast backward); inference packs it.
-    net = spotter(**model)
-    batch, lengths = pad_waveforms(clips(16, seed=2), min_samples=400)
-    with torch.no_grad():
-        packed = net.eval()(batch, lengths)
-        unpacked = net.train()(batch, lengths)
-    torch.testing.assert_close(unpacked, packed, atol=1e-5, rtol=0)
+def test_spotter_refuses_a_feature_count_the_front_end_does_not_make():
+    with pytest.raises(ValueError, match="expects 13 features"):
+        KeywordSpotter(FeatureConfig(n_mfcc=12), ModelConfig(n_classes=2, n_features=13))

@@ -1,0 +1,122 @@
+"""Model options that must not break batch invariance: the causal conv front end, per-clip normalisation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from kwsbatch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from kwsbatch.features import FeatureConfig, MfccFrontend, pad_waveforms
+from kwsbatch.model import CausalConv, KeywordSpotter, ModelConfig
+
+
+def clips(n: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    """n clips of 0.3-3 s: noise bursts under a tone, at different levels."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(4800, 48000, (1,), generator=g))
+        t = torch.arange(length) / 16000
+        freq = float(torch.empty(1).uniform_(200, 2000, generator=g))
+        wave = 0.3 * torch.sin(2 * torch.pi * freq * t) + 0.05 * torch.randn(length, generator=g)
+        out.append(wave * float(torch.empty(1).uniform_(0.05, 1.0, generator=g)))
+    return out
+
+
+def spotter(seed: int = 0, *, clip_norm: str = "none", **model) -> KeywordSpotter:
+    torch.manual_seed(seed)
+    features = FeatureConfig(clip_norm=clip_norm)
+    return KeywordSpotter(features, ModelConfig(n_classes=5, hidden=16, layers=2, **model)).eval()
+
+
+@pytest.mark.parametrize(
+    "clip_norm, model",
+    [
+        ("none", dict(conv_channels=8)),
+        ("none", dict(conv_channels=8, conv_kernel=3, conv_stride=3, pooling="mean")),
+        ("mean", dict(pooling="mean")),
+        ("meanvar", dict(conv_channels=8, pooling="last")),
+    ],
+)
+def test_a_clips_logits_do_not_depend_on_its_batch(clip_norm, model):
+    net = spotter(clip_norm=clip_norm, **model)
+    waves = clips()
+    with torch.inference_mode():
+        batch, lengths = pad_waveforms(waves, min_samples=400)
+        together = net(batch, lengths)
+        for i, wave in enumerate(waves):
+            alone = net(*pad_waveforms([wave], min_samples=400))
+            torch.testing.assert_close(alone[0], together[i], atol=1e-5, rtol=0)
+
+
+def test_causal_conv_never_reads_past_a_clips_last_frame():
+    torch.manual_seed(0)
+    conv = CausalConv(4, 6, kernel=5, stride=2)
+    frame_lengths = torch.tensor([9, 1, 4, 10])
+    features = torch.randn(4, 10, 4)
+    poisoned = features.clone()
+    for row, n in enumerate(frame_lengths.tolist()):
+        poisoned[row, n:] = 1e6
+    out, out_lengths = conv(features, frame_lengths)
+    out_poisoned, _ = conv(poisoned, frame_lengths)
+    assert out_lengths.tolist() == [5, 1, 2, 5]
+    for row, n in enumerate(out_lengths.tolist()):
+        assert torch.equal(out[row, :n], out_poisoned[row, :n])
+
+
+@pytest.mark.parametrize("clip_norm", ["mean", "meanvar"])
+def test_clip_norm_uses_only_each_clips_own_frames(clip_norm):
+    frontend = MfccFrontend(FeatureConfig(clip_norm=clip_norm))
+    waves = clips(6, seed=1)
+    batch, lengths = pad_waveforms(waves, min_samples=400)
+    features, frame_lengths = frontend.raw(batch, lengths)
+    for row, n in enumerate(frame_lengths.tolist()):
+        valid = features[row, :n]
+        torch.testing.assert_close(valid.mean(0), torch.zeros(12), atol=1e-4, rtol=0)
+        if clip_norm == "meanvar":
+            assert ((valid.std(0, unbiased=False) - 1).abs() < 0.01).all()
+
+
+def test_invalid_model_and_feature_settings_are_refused():
+    with pytest.raises(ValueError, match="conv"):
+        ModelConfig(n_classes=3, conv_stride=0)
+    with pytest.raises(ValueError, match="clip_norm"):
+        FeatureConfig(clip_norm="cepstral")
+
+
+def test_checkpoints_saved_before_conv_and_clip_norm_existed_still_load(tmp_path):
+    net = spotter()
+    checkpoint = Checkpoint(("a", "b", "c", "d", "e"), net.frontend.config, net.head.config, net.state_dict())
+    raw = checkpoint.to_dict()
+    for key in ("conv_channels", "conv_kernel", "conv_stride"):
+        del raw["model_config"][key]
+    del raw["feature_config"]["clip_norm"]
+    torch.save(raw, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.model_config == net.head.config and loaded.feature_config.clip_norm == "none"
+    waves = clips(3)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.build()(*pad_waveforms(waves, min_samples=400)), net(*pad_waveforms(waves, min_samples=400)))
+
+
+def test_a_conv_model_round_trips_through_its_checkpoint(tmp_path):
+    net = spotter(conv_channels=8, clip_norm="mean")
+    save_checkpoint(Checkpoint(tuple("abcde"), net.frontend.config, net.head.config, net.state_dict(), temperature=1.7), tmp_path / "m.pt")
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert dataclasses.asdict(loaded.model_config)["conv_channels"] == 8 and loaded.temperature == 1.7
+    waves = clips(3)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.build()(*pad_waveforms(waves, min_samples=400)), net(*pad_waveforms(waves, min_samples=400)))
+
+
+@pytest.mark.parametrize("model", [dict(pooling="last"), dict(pooling="mean", conv_channels=8)])
+def test_training_forward_over_padding_matches_the_packed_inference_forward(model):
+    # Training runs the one-way LSTM over the padded batch (fast backward); inference packs it.
+    net = spotter(**model)
+    batch, lengths = pad_waveforms(clips(16, seed=2), min_samples=400)
+    with torch.no_grad():
+        packed = net.eval()(batch, lengths)
+        unpacked = net.train()(batch, lengths)
+    torch.testing.assert_close(unpacked, packed, atol=1e-5, rtol=0)
