@@ -5,6 +5,7 @@ train exactly as that CSV does.
 """
 
 import csv
+import io
 import json
 import os
 
@@ -79,12 +80,15 @@ def test_headers_name_the_path_and_label_columns_as_kwsbatch_does(manifests):
 
 
 def test_label_gives_every_dialect_the_csv_predictions(manifests, trained_model, tmp_path):
-    """One run over all five manifests: rows come out in input order, each block as the CSV's."""
+    """One run over all five manifests: rows come out in input order, each block as the CSV's.
+
+    Standard output gets one row per input row; `-o FILE` would keep one row per path.
+    """
     test = manifests["test"]
     order = ["csv", "jsonl", "tsv", "aliased", "audiofolder"]
-    result = run_cli("label", *(test[d] for d in order), "--model", trained_model, "-o", tmp_path / "out.csv", "-q")
+    result = run_cli("label", *(test[d] for d in order), "--model", trained_model, "-q")
     assert result.returncode == 0, result.stderr
-    out = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    out = pd.read_csv(io.StringIO(result.stdout), dtype=str, keep_default_na=False)
     n = len(csv_rows(test["csv"]))
     assert len(out) == 5 * n
     blocks = [out.iloc[i * n : (i + 1) * n].reset_index(drop=True) for i in range(5)]
