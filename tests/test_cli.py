@@ -122,7 +122,8 @@ def test_resume_continues_from_last_as_if_never_interrupted(runs):
     log = runs["log"].read_text().splitlines()
     assert log[0] == f"resuming {runs['resumed']} at epoch 3"
     assert [line.split()[:2] for line in log[1:3]] == [["epoch", "3/4"], ["epoch", "4/4"]]
-    assert log[3].startswith("best epoch ") and len(log) == 4
+    assert log[3].startswith("temperature ") and "fitted on validation" in log[3]
+    assert log[4].startswith("best epoch ") and len(log) == 5
 
 
 def test_resume_with_other_model_settings_is_refused(runs, speech_corpus, tmp_path):
