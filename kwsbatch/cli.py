@@ -366,8 +366,6 @@ def cmd_label(args) -> int:
 
     to_stdout = args.out == "-"
     out_format = output_format(args.out, args.format)
-    if to_stdout and out_format != "csv":
-        args.parser.error("--format jsonl or parquet needs an output file (-o FILE)")
     if to_stdout and (args.force or args.wait):
         args.parser.error("--force and --wait need an output file (-o FILE)")
     if args.hop is not None and args.window is None:
@@ -385,7 +383,9 @@ def cmd_label(args) -> int:
         model = Path(args.model) if args.model else default_model_path()
         labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model), threshold=args.threshold)
         if to_stdout:
-            summary = stream_labels(labeler, args.inputs, config, manifest_format=args.manifest_format, reporter=reporter)
+            summary = stream_labels(
+                labeler, args.inputs, config, output_format=out_format, manifest_format=args.manifest_format, reporter=reporter
+            )
         else:
             summary = run_label_job(
                 labeler, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,

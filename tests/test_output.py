@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-NUMERIC = {"confidence", "p_down", "p_no", "p_up", "p_yes", "duration_s", "sample_rate", "channels"}
+NUMERIC = {"confidence", "p_down", "p_no", "p_up", "p_yes", "duration_s", "sample_rate", "channels", "file_size", "file_mtime_ns"}
 
 
 @pytest.fixture(scope="module")
