@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-NUMERIC = {"confidence", "p_down", "p_no", "p_up", "p_yes", "duration_s", "sample_rate", "channels", "file_size", "file_mtime_ns"}
+NUMERIC = {"confidence", "p_down", "p_no", "p_up", "p_yes", "duration_s"}
+INTEGER = {"sample_rate", "channels", "file_size", "file_mtime_ns"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,8 @@ def test_json_lines_hold_the_csv_fields_in_order_with_numbers_as_numbers(labelle
         for column, text in expected.items():
             if column in NUMERIC:
                 assert line[column] == (None if text == "" else float(text)), column
+            elif column in INTEGER:
+                assert line[column] == (None if text == "" else int(text)), column
             else:
                 assert line[column] == text, column
     assert isinstance(lines[0]["sample_rate"], int) and isinstance(lines[0]["confidence"], float)
