@@ -31,7 +31,7 @@ from kwsbatch.errors import KwsError
 from kwsbatch.journal import Journal, file_identity, journal_path, remove_journal
 from kwsbatch.label import FILE_COLUMNS, Labeler
 from kwsbatch.lock import output_lock
-from kwsbatch.manifest import ManifestRow, input_extra_columns, iter_inputs
+from kwsbatch.manifest import ManifestRow, check_inputs_exist, input_extra_columns, iter_inputs
 from kwsbatch.output import column_types, iter_label_output, json_line, label_output_header, write_predictions
 from kwsbatch.pipeline import FileResult, LabelConfig, score_files
 from kwsbatch.progress import Reporter
@@ -96,6 +96,7 @@ def run_label_job(
 ) -> JobSummary:
     """Label inputs into out (csv, jsonl or parquet), keeping the rows of files unchanged since the previous run."""
     reporter = reporter or Reporter()
+    check_inputs_exist(inputs)
     out = Path(out)
     windowed = config.window is not None
     columns = _Columns(labeler, inputs, windowed, manifest_format)
@@ -299,6 +300,7 @@ def stream_labels(
 ) -> JobSummary:
     """Label inputs to a CSV or JSON-lines stream, in input order, one row per input row: no lock, journal or skipping."""
     reporter = reporter or Reporter()
+    check_inputs_exist(inputs)
     columns = _Columns(labeler, inputs, config.window is not None, manifest_format)
     if output_format == "csv":
         writer = csv.writer(f)

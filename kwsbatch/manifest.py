@@ -167,6 +167,13 @@ def iter_inputs(inputs: Iterable[str], *, manifest_format: str | None = None) ->
             raise KwsError(f"{given}: no such file or folder")
 
 
+def check_inputs_exist(inputs: Iterable[str]) -> None:
+    """Fail before any work (no lock, journal or output) when an input does not exist."""
+    for given in inputs:
+        if not (os.path.exists(given) or os.path.islink(given)):
+            raise KwsError(f"{given}: no such file or folder")
+
+
 def input_extra_columns(inputs: Iterable[str], *, manifest_format: str | None = None) -> list[str]:
     """Extra columns the manifests among inputs carry, in order of first appearance; label included."""
     columns: list[str] = []

@@ -21,7 +21,10 @@ from kwsbatch.data import split_for_validation
 from kwsbatch.manifest import ManifestRow, read_manifest
 
 CLASSES = sorted(WORDS)  # train sorts the manifest's labels
-OWN_COLUMNS = ["path", "label", "confidence", *(f"p_{c}" for c in CLASSES), "duration_s", "sample_rate", "channels", "model", "error"]
+OWN_COLUMNS = [
+    "path", "label", "confidence", *(f"p_{c}" for c in CLASSES), "duration_s", "sample_rate", "channels", "model", "error",
+    "file_size", "file_mtime_ns",  # how a rerun tells a file changed
+]
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Tiny but not trivial: two layers with dropout between them (so the random state matters), and a
@@ -233,13 +236,13 @@ def test_label_a_manifest_carries_its_columns(trained_model, speech_corpus, tmp_
 
 def test_label_explicit_files_in_the_order_given(trained_model, speech_corpus):
     files = ["yes/v02.wav", "down/v05.wav", "yes/v02.wav", "no/v00.wav"]
-    result = run_cli("label", *files, "--model", trained_model, "-q", cwd=speech_corpus)
+    result = run_cli("label", *files, "--model", trained_model, cwd=speech_corpus)
     assert result.returncode == 0, result.stderr
     assert header(result.stdout) == OWN_COLUMNS
     rows = read_csv(result.stdout)
     assert [r["path"] for r in rows] == files
     assert rows[0] == rows[2]
-    assert "labelled 4 of 4 files (0 failed)" in result.stderr
+    assert "labelled 4 new or changed files (0 failed)" in result.stderr.splitlines()[-1]
 
 
 def test_a_corrupt_file_gets_an_error_row_and_exit_3(trained_model, speech_corpus, tmp_path):
@@ -252,7 +255,7 @@ def test_a_corrupt_file_gets_an_error_row_and_exit_3(trained_model, speech_corpu
     rows = read_csv(result.stdout)
     assert [r["path"] for r in rows] == [good[0], "corrupt.wav", "long.wav", good[1]]
     assert rows[1]["error"].startswith("corrupt.wav: cannot decode audio")
-    assert rows[2]["error"] == "long.wav: 3.0 s is longer than the 2 s limit for a clip"
+    assert rows[2]["error"] == "long.wav: 3.0 s is longer than the 2 s limit for a clip (label long recordings with --window)"
     for failed in rows[1:3]:
         assert all(failed[c] == "" for c in OWN_COLUMNS if c not in ("path", "model", "error"))
     for ok in (rows[0], rows[3]):
