@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 class LabelConfig:
     batch_size: int = 64  # clips (or windows) per model batch
     jobs: int = 0  # worker threads; 0: one per usable core
-    sort_window: int = 8  # batches' worth of upcoming clips sorted by length together (one task)
+    sort_window: int = 4  # batches' worth of upcoming clips sorted by length together (one task)
     max_seconds: float | None = DEFAULT_MAX_SECONDS  # clip mode: longer files get an error row
     window: WindowConfig | None = None  # window mode: slide over each file, report detections
 
