@@ -38,7 +38,7 @@ from kwsbatch.audio import decode_audio
 from kwsbatch.data import chunked
 from kwsbatch.errors import KwsError
 from kwsbatch.label import Labeler
-from kwsbatch.pipeline import LabelConfig, score_sorted
+from kwsbatch.pipeline import LabelConfig, keep_freed_memory, score_sorted
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ def run_bench(config: BenchConfig, labeler: Labeler, model: Path, *, folder: Pat
         log(f"making {config.files:,} clips in {folder} ...")
         paths = make_clips(folder / "clips", config.files, seed=config.seed, workers=workers)
         decode_audio(paths[0])  # open libsndfile and the page cache before timing anything
+        keep_freed_memory()  # as label does
         log("timing the decode floor ...")
         decode = max(decode_floor(paths, 1), decode_floor(paths, workers), key=lambda t: t.rate)
         log("timing the compute floor ...")

@@ -6,15 +6,11 @@ the model call and the output columns. A file that cannot be read becomes a row 
 
 from __future__ import annotations
 
-import csv
-import os
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from kwsbatch.atomic import atomic_write
 from kwsbatch.audio import DEFAULT_MAX_SECONDS, Resampler
 from kwsbatch.checkpoint import Checkpoint
 from kwsbatch.features import pad_waveforms
@@ -50,6 +46,7 @@ class Labeler:
         self.model_id = model_id
         self.sample_rate = checkpoint.feature_config.sample_rate
         self._resample = Resampler(self.sample_rate)
+        self._reserved = {*self._own_columns(False), *self._own_columns(True), *FILE_COLUMNS, "true_label"}
 
     def probabilities(self, waveforms: list[torch.Tensor]) -> np.ndarray:
         """(batch, n_classes) class probabilities for 1-D waveforms at the model's rate."""
@@ -78,8 +75,7 @@ class Labeler:
 
     def _extra_name(self, column: str) -> str:
         # A manifest column named like one of ours (say "confidence") must not overwrite it.
-        reserved = {*self._own_columns(False), *self._own_columns(True), *FILE_COLUMNS, "true_label"}
-        return f"manifest_{column}" if column in reserved else column
+        return f"manifest_{column}" if column in self._reserved else column
 
     def input_fields(self, row: ManifestRow) -> dict:
         """The columns an output row takes from its input: the path and the manifest's own columns."""
@@ -128,29 +124,3 @@ class Labeler:
             for row, result in zip(task, results):
                 (fields,) = self.result_fields(result)
                 yield {**self.input_fields(row), **fields}
-
-
-def write_label_csv(
-    results: Iterable[dict],
-    out: str | os.PathLike | None,
-    columns: list[str],
-    *,
-    on_row: Callable[[dict], None] | None = None,
-) -> None:
-    """Stream rows to a CSV, atomically replacing out at the end (stdout when out is None or '-')."""
-    if out is None or str(out) == "-":
-        import sys
-
-        _write_rows(sys.stdout, results, columns, on_row)
-        return
-    with atomic_write(Path(out), "w", newline="", encoding="utf-8") as f:
-        _write_rows(f, results, columns, on_row)
-
-
-def _write_rows(f, results: Iterable[dict], columns: list[str], on_row) -> None:
-    writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
-    writer.writeheader()
-    for result in results:
-        writer.writerow(result)
-        if on_row is not None:
-            on_row(result)

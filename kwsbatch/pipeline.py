@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import functools
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 class LabelConfig:
     batch_size: int = 64  # clips (or windows) per model batch
     jobs: int = 0  # worker threads; 0: one per usable core
-    sort_window: int = 8  # batches' worth of upcoming clips sorted by length together (one task)
+    sort_window: int = 4  # batches' worth of upcoming clips sorted by length together (one task)
     max_seconds: float | None = DEFAULT_MAX_SECONDS  # clip mode: longer files get an error row
     window: WindowConfig | None = None  # window mode: slide over each file, report detections
 
@@ -82,6 +84,23 @@ class _Cancelled(Exception):
     pass
 
 
+@functools.cache
+def keep_freed_memory() -> None:
+    """glibc: serve batch-sized tensors from the heap and keep freed pages, instead of mapping fresh ones.
+
+    By default glibc gives big blocks (a batch's spectrogram is ~10 MB) back to the kernel when
+    they are freed, so every batch faults its pages in again: 80-110 page faults and 0.2 ms of
+    system time per file measured here, 10% of labelling. Memory use is bounded all the same (the
+    pipeline's working set is), it just stays at its peak. Once per process; elsewhere, nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: blocks below 256 MiB come from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: return free heap to the kernel only beyond 1 GiB
+    except (OSError, AttributeError):
+        pass
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -94,6 +113,7 @@ def score_files(
 ) -> Iterator[tuple[list[ManifestRow], list[FileResult]]]:
     """Yield (task rows, their results) as tasks finish: in input order when ordered, else as they come."""
     jobs = config.workers
+    keep_freed_memory()
     stop = threading.Event()
     pending: collections.deque[tuple[list[ManifestRow], Future]] = collections.deque()
     with _single_threaded_torch(), ThreadPoolExecutor(jobs, thread_name_prefix="kwsbatch-label") as pool:

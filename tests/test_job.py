@@ -259,7 +259,7 @@ def big_corpus(tmp_path_factory) -> tuple[Path, list[Path]]:
     return root / "corpus", make_corpus(root / "corpus", 1500, seconds=(0.2, 0.4))
 
 
-SLOW_FLAGS = ("--batch-size", "1", "--jobs", "1")  # a task (one commit) is 8 files
+SLOW_FLAGS = ("--batch-size", "1", "--jobs", "1")  # a task (one commit) is 4 files
 
 
 @pytest.mark.slow
