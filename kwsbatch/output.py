@@ -17,7 +17,6 @@ from pathlib import Path
 
 from kwsbatch.atomic import atomic_write
 from kwsbatch.errors import KwsError
-from kwsbatch.label import write_label_csv
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -51,7 +50,7 @@ def write_predictions(
 ) -> None:
     """Stream rows to out (standard output when None or '-') in output_format."""
     if output_format == "csv":
-        write_label_csv(results, out, columns, on_row=on_row)
+        _write_csv(results, out, columns, on_row)
         return
     rows = _typed_rows(results, columns, types, on_row)
     if output_format == "jsonl":
@@ -171,6 +170,24 @@ def _typed(value: object, kind: type) -> object:
     if kind is str:
         return "" if value is None else str(value)
     return None if value in ("", None) else kind(value)
+
+
+def _write_csv(results: Iterable[dict], out, columns: list[str], on_row) -> None:
+    def write(f) -> None:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
+        writer.writeheader()
+        for result in results:
+            writer.writerow(result)
+            if on_row is not None:
+                on_row(result)
+
+    if out is None or str(out) == "-":
+        import sys
+
+        write(sys.stdout)
+    else:
+        with atomic_write(Path(out), "w", newline="", encoding="utf-8") as f:
+            write(f)
 
 
 def _write_json_lines(f, rows: Iterable[dict]) -> None:
