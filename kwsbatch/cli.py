@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch, _add_bench, _add_export, _add_info):
+    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch, _add_bench, _add_export, _add_info, _add_merge):
         add_command(sub, common)
     return parser
 
@@ -136,6 +136,7 @@ def _add_label(sub, common) -> None:
     p.add_argument("--force", action="store_true", help="relabel every file, not only new or changed ones")
     p.add_argument("--wait", action="store_true", help="when another run is writing the same output, wait for it instead of exiting with status 75")
     p.add_argument("--log", default=None, metavar="FILE", help="append the summary, warnings and errors to FILE, with timestamps")
+    p.add_argument("--shard", default=None, metavar="K/N", help="label only shard K (0 to N-1) of N, chosen by a stable hash of each path; join with `kwsbatch merge`")
     p.set_defaults(run=cmd_label, parser=p)
 
 
@@ -244,6 +245,16 @@ def _add_info(sub, common) -> None:
     p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(run=cmd_info)
+
+
+def _add_merge(sub, common) -> None:
+    p = sub.add_parser("merge", parents=[common], help="join the outputs of a sharded label run (label --shard K/N)")
+    p.add_argument("shards", nargs="+", metavar="SHARD", help="label outputs (.csv, .jsonl, .parquet), merged in the order given")
+    p.add_argument("-o", "--out", required=True, help="merged output: .csv, .jsonl or .parquet")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default=None, help="output format (default: from the -o extension, else csv)")
+    p.add_argument("--inputs", nargs="+", metavar="INPUT", default=None, help="the INPUTs the shards were given: report files no shard labelled")
+    _add_manifest_format(p, "--manifest-format")
+    p.set_defaults(run=cmd_merge)
 
 
 def _add_manifest_format(p: argparse.ArgumentParser, *flags: str) -> None:
@@ -360,6 +371,7 @@ def cmd_label(args) -> int:
     from kwsbatch.job import run_label_job, stream_labels
     from kwsbatch.label import Labeler
     from kwsbatch.pipeline import LabelConfig
+    from kwsbatch.shard import Shard
     from kwsbatch.windows import WindowConfig
 
     from kwsbatch.output import output_format
@@ -377,6 +389,7 @@ def cmd_label(args) -> int:
     try:
         window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
         config = LabelConfig(batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds, window=window)
+        shard = Shard.parse(args.shard) if args.shard is not None else None
     except ValueError as e:
         args.parser.error(str(e))
     reporter = _reporter(args)
@@ -385,11 +398,11 @@ def cmd_label(args) -> int:
         model = Path(args.model) if args.model else default_model_path()
         labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model), threshold=args.threshold)
         if to_stdout:
-            summary = stream_labels(labeler, args.inputs, config, manifest_format=args.manifest_format, reporter=reporter)
+            summary = stream_labels(labeler, args.inputs, config, manifest_format=args.manifest_format, shard=shard, reporter=reporter)
         else:
             summary = run_label_job(
                 labeler, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,
-                force=args.force, wait=args.wait, reporter=reporter,
+                force=args.force, wait=args.wait, shard=shard, reporter=reporter,
             )
     except KwsError as e:
         reporter.record(f"error: {e}")
@@ -564,3 +577,11 @@ def cmd_info(args) -> int:
     info = describe_checkpoint(Path(args.checkpoint) if args.checkpoint else default_model_path())
     print(json.dumps(info, indent=2) if args.json else format_description(info))
     return EXIT_OK
+
+
+def cmd_merge(args) -> int:
+    from kwsbatch.merge import merge_outputs
+
+    summary = merge_outputs(args.shards, args.out, out_format=args.format, inputs=args.inputs, manifest_format=args.manifest_format)
+    print(summary.line(), file=sys.stderr)
+    return EXIT_PARTIAL if summary.problems else EXIT_OK

@@ -34,6 +34,7 @@ from kwsbatch.manifest import ManifestRow, input_extra_columns, iter_inputs
 from kwsbatch.output import column_types, iter_label_output, label_output_header, write_predictions
 from kwsbatch.pipeline import FileResult, LabelConfig, score_files
 from kwsbatch.progress import Reporter
+from kwsbatch.shard import Shard, select_shard
 
 COMMIT_EVERY = 20_000  # input rows recorded between commits while files are only being skipped
 
@@ -91,9 +92,13 @@ def run_label_job(
     manifest_format: str | None = None,
     force: bool = False,
     wait: bool = False,
+    shard: Shard | None = None,
     reporter: Reporter | None = None,
 ) -> JobSummary:
-    """Label inputs into out (csv, jsonl or parquet), keeping the rows of files unchanged since the previous run."""
+    """Label inputs into out (csv, jsonl or parquet), keeping the rows of files unchanged since the previous run.
+
+    With a shard, only the inputs it holds: the output then has that shard's rows alone.
+    """
     reporter = reporter or Reporter()
     out = Path(out)
     windowed = config.window is not None
@@ -119,7 +124,9 @@ def run_label_job(
                 journal.forget_imported()
             elif not journal.imported:
                 journal.import_previous(_previous_results(out, output_format, columns, labeler.model_id) if importable else ())
-            rows = iter_inputs(inputs, manifest_format=manifest_format)
+            # No shard in the journal's settings: the output is built from this attempt's inputs
+            # only, so results cached for another shard's files are never written.
+            rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
             _label_new_files(labeler, rows, journal, config, columns, summary, reporter)
             _write_output(out, output_format, journal, columns, summary)
         finally:
@@ -269,6 +276,7 @@ def stream_labels(
     *,
     manifest_format: str | None = None,
     f: TextIO = sys.stdout,
+    shard: Shard | None = None,
     reporter: Reporter | None = None,
 ) -> JobSummary:
     """Label inputs to a CSV stream, in input order, one row per input row: no lock, journal or skipping."""
@@ -280,7 +288,7 @@ def stream_labels(
     started = time.perf_counter()
     reporter.start("labelling", None)
     try:
-        for task, results in score_files(labeler, iter_inputs(inputs, manifest_format=manifest_format), config, ordered=True):
+        for task, results in score_files(labeler, select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard), config, ordered=True):
             for row, result in zip(task, results):
                 size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
                 rows = columns.result_values(result)
