@@ -335,6 +335,8 @@ def cmd_train(args) -> int:
         reporter=reporter,
         manifest_format=args.manifest_format,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return EXIT_OK  # under torchrun: rank 0 speaks for the run
     print(
         f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.2%}, "
         f"temperature {result.temperature:.3f}; "
