@@ -136,6 +136,8 @@ def _add_label(sub, common) -> None:
     p.add_argument("--force", action="store_true", help="relabel every file, not only new or changed ones")
     p.add_argument("--wait", action="store_true", help="when another run is writing the same output, wait for it instead of exiting with status 75")
     p.add_argument("--log", default=None, metavar="FILE", help="append the summary, warnings and errors to FILE, with timestamps")
+    p.add_argument("--dask", default=os.environ.get("KWSBATCH_DASK"), metavar="ADDRESS",
+                   help="score on a dask.distributed scheduler (tcp://host:8786), or 'local:N' for N local worker processes (default: $KWSBATCH_DASK)")
     p.add_argument("--shard", default=None, metavar="K/N", help="label only shard K (0 to N-1) of N, chosen by a stable hash of each path; join with `kwsbatch merge`")
     p.set_defaults(run=cmd_label, parser=p)
 
@@ -372,7 +374,10 @@ def cmd_label(args) -> int:
     from kwsbatch.errors import KwsError
     from kwsbatch.job import run_label_job, stream_labels
     from kwsbatch.label import Labeler
-    from kwsbatch.pipeline import LabelConfig
+    import contextlib
+    import functools
+
+    from kwsbatch.pipeline import LabelConfig, score_files
     from kwsbatch.shard import Shard
     from kwsbatch.windows import WindowConfig
 
@@ -382,8 +387,8 @@ def cmd_label(args) -> int:
     out_format = output_format(args.out, args.format)
     if to_stdout and out_format != "csv":
         args.parser.error("--format jsonl or parquet needs an output file (-o FILE)")
-    if to_stdout and (args.force or args.wait):
-        args.parser.error("--force and --wait need an output file (-o FILE)")
+    if to_stdout and (args.force or args.wait or args.dask):
+        args.parser.error("--force, --wait and --dask need an output file (-o FILE)")
     if args.hop is not None and args.window is None:
         args.parser.error("--hop needs --window")
     if not 0.0 <= args.threshold <= 1.0:
@@ -402,10 +407,17 @@ def cmd_label(args) -> int:
         if to_stdout:
             summary = stream_labels(labeler, args.inputs, config, manifest_format=args.manifest_format, shard=shard, reporter=reporter)
         else:
-            summary = run_label_job(
-                labeler, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,
-                force=args.force, wait=args.wait, shard=shard, reporter=reporter,
-            )
+            with contextlib.ExitStack() as stack:
+                score = score_files
+                if args.dask:
+                    from kwsbatch.cluster import connect, score_on_cluster
+
+                    client = stack.enter_context(connect(args.dask))
+                    score = functools.partial(score_on_cluster, client, model.resolve(), labeler.model_id, args.device)
+                summary = run_label_job(
+                    labeler, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,
+                    force=args.force, wait=args.wait, shard=shard, score=score, reporter=reporter,
+                )
     except KwsError as e:
         reporter.record(f"error: {e}")
         raise

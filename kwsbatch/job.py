@@ -20,7 +20,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -93,11 +93,13 @@ def run_label_job(
     force: bool = False,
     wait: bool = False,
     shard: Shard | None = None,
+    score: Callable = score_files,
     reporter: Reporter | None = None,
 ) -> JobSummary:
     """Label inputs into out (csv, jsonl or parquet), keeping the rows of files unchanged since the previous run.
 
-    With a shard, only the inputs it holds: the output then has that shard's rows alone.
+    With a shard, only the inputs it holds: the output then has that shard's rows alone. score
+    turns rows into (task, results) as score_files does (cluster.score_on_cluster: on Dask).
     """
     reporter = reporter or Reporter()
     out = Path(out)
@@ -127,7 +129,7 @@ def run_label_job(
             # No shard in the journal's settings: the output is built from this attempt's inputs
             # only, so results cached for another shard's files are never written.
             rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
-            _label_new_files(labeler, rows, journal, config, columns, summary, reporter)
+            _label_new_files(labeler, rows, journal, config, columns, summary, reporter, score)
             _write_output(out, output_format, journal, columns, summary)
         finally:
             journal.close()
@@ -173,11 +175,12 @@ def _label_new_files(
     columns: _Columns,
     summary: JobSummary,
     reporter: Reporter,
+    score: Callable = score_files,
 ) -> None:
     identities: dict[str, tuple[int, int] | None] = {}  # files in flight only
     reporter.start("labelling", None)
     try:
-        for task, results in score_files(labeler, _new_files(rows, journal, columns, identities, summary, reporter), config):
+        for task, results in score(labeler, _new_files(rows, journal, columns, identities, summary, reporter), config):
             journal.record((row.path, identities.pop(row.path), columns.result_values(r)) for row, r in zip(task, results))
             summary.labelled += len(task)
             summary.failed += sum(bool(r.error) for r in results)
