@@ -5,7 +5,7 @@ Exit codes (documented in README):
   1  error: nothing (more) was done; the message says why
   2  usage error (bad flags)
   3  finished, with problems: some files could not be read (their rows carry the error),
-     or evaluate's accuracy is below --min-accuracy
+     evaluate's accuracy is below --min-accuracy, or merge found missing or duplicated files
   75 label: another run holds the output's lock; nothing was done (EX_TEMPFAIL: try again later)
   130 interrupted (Ctrl-C)
 """
@@ -387,8 +387,10 @@ def cmd_label(args) -> int:
     out_format = output_format(args.out, args.format)
     if to_stdout and out_format != "csv":
         args.parser.error("--format jsonl or parquet needs an output file (-o FILE)")
-    if to_stdout and (args.force or args.wait or args.dask):
-        args.parser.error("--force, --wait and --dask need an output file (-o FILE)")
+    if to_stdout and (args.force or args.wait):
+        args.parser.error("--force and --wait need an output file (-o FILE)")
+    if to_stdout and args.dask:
+        args.parser.error("--dask needs an output file (-o FILE): the driver writes it with the journal")
     if args.hop is not None and args.window is None:
         args.parser.error("--hop needs --window")
     if not 0.0 <= args.threshold <= 1.0:
