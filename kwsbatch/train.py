@@ -170,6 +170,8 @@ def _train(
     start_epoch = 1
     if resume:
         start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes)
+        if process.rank:  # last.pt holds rank 0's augmentation stream; the others start theirs afresh
+            augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
         reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
 
     counts = torch.bincount(train_set.targets, minlength=len(classes)).clamp(min=1).float()
