@@ -6,7 +6,7 @@ import signal
 
 import pytest
 from conftest import run_cli
-from test_job import EXIT_PARTIAL, make_corpus, read_rows
+from test_job import EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, make_corpus, read_rows
 
 distributed = pytest.importorskip("distributed")
 
@@ -78,3 +78,14 @@ def test_a_worker_killed_mid_run_costs_only_its_chunks(tmp_path):
     assert reporter.killed is not None
     assert (summary.labelled, summary.failed, summary.rows) == (25, 1, 25)
     assert_same_output(read_rows(tmp_path / "local.csv"), read_rows(tmp_path / "dask.csv"))
+
+
+def test_dask_flag_errors_are_one_line(tmp_path):
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, 2)
+    usage = run_cli("label", corpus, "--dask", "local:2")
+    assert usage.returncode == EXIT_USAGE and "--dask needs an output file (-o FILE)" in usage.stderr
+    bad = run_cli("label", corpus, "-o", tmp_path / "out.csv", "--dask", "local:zero")
+    assert bad.returncode == EXIT_ERROR
+    assert bad.stderr.strip().splitlines()[-1] == "error: --dask local:zero: expected local:N with N >= 1 worker processes"
+    assert not (tmp_path / "out.csv").exists()
