@@ -5,7 +5,7 @@ Exit codes (documented in README):
   1  error: nothing (more) was done; the message says why
   2  usage error (bad flags)
   3  finished, with problems: some files could not be read (their rows carry the error),
-     or evaluate's accuracy is below --min-accuracy
+     evaluate's accuracy is below --min-accuracy, or merge found missing or duplicated files
   75 label: another run holds the output's lock; nothing was done (EX_TEMPFAIL: try again later)
   130 interrupted (Ctrl-C)
 """
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch, _add_bench, _add_export, _add_info):
+    for add_command in (_add_train, _add_label, _add_evaluate, _add_synth, _add_manifest, _add_check, _add_fetch, _add_bench, _add_export, _add_info, _add_merge):
         add_command(sub, common)
     return parser
 
@@ -141,6 +141,9 @@ def _add_label(sub, common) -> None:
     p.add_argument("--force", action="store_true", help="relabel every file, not only new or changed ones")
     p.add_argument("--wait", action="store_true", help="when another run is writing the same output, wait for it instead of exiting with status 75")
     p.add_argument("--log", default=None, metavar="FILE", help="append the summary, warnings and errors to FILE, with timestamps")
+    p.add_argument("--dask", default=os.environ.get("KWSBATCH_DASK"), metavar="ADDRESS",
+                   help="score on a dask.distributed scheduler (tcp://host:8786), or 'local:N' for N local worker processes (default: $KWSBATCH_DASK)")
+    p.add_argument("--shard", default=None, metavar="K/N", help="label only shard K (0 to N-1) of N, chosen by a stable hash of each path; join with `kwsbatch merge`")
     p.set_defaults(run=cmd_label, parser=p)
 
 
@@ -251,6 +254,16 @@ def _add_info(sub, common) -> None:
     p.set_defaults(run=cmd_info)
 
 
+def _add_merge(sub, common) -> None:
+    p = sub.add_parser("merge", parents=[common], help="join the outputs of a sharded label run (label --shard K/N)")
+    p.add_argument("shards", nargs="+", metavar="SHARD", help="label outputs (.csv, .jsonl, .parquet), merged in the order given")
+    p.add_argument("-o", "--out", required=True, help="merged output: .csv, .jsonl or .parquet")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default=None, help="output format (default: from the -o extension, else csv)")
+    p.add_argument("--inputs", nargs="+", metavar="INPUT", default=None, help="the INPUTs the shards were given: report files no shard labelled")
+    _add_manifest_format(p, "--manifest-format")
+    p.set_defaults(run=cmd_merge)
+
+
 def _add_manifest_format(p: argparse.ArgumentParser, *flags: str) -> None:
     from kwsbatch.dialects import MANIFEST_FORMATS  # light: no torch
 
@@ -329,6 +342,8 @@ def cmd_train(args) -> int:
         reporter=reporter,
         manifest_format=args.manifest_format,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return EXIT_OK  # under torchrun: rank 0 speaks for the run
     print(
         f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.2%}, "
         f"temperature {result.temperature:.3f}; "
@@ -364,7 +379,11 @@ def cmd_label(args) -> int:
     from kwsbatch.errors import KwsError
     from kwsbatch.job import run_label_job, stream_labels
     from kwsbatch.label import Labeler
-    from kwsbatch.pipeline import LabelConfig
+    import contextlib
+    import functools
+
+    from kwsbatch.pipeline import LabelConfig, score_files
+    from kwsbatch.shard import Shard
     from kwsbatch.windows import WindowConfig
 
     from kwsbatch.output import output_format
@@ -373,6 +392,8 @@ def cmd_label(args) -> int:
     out_format = output_format(args.out, args.format)
     if to_stdout and (args.force or args.wait):
         args.parser.error("--force and --wait need an output file (-o FILE)")
+    if to_stdout and args.dask:
+        args.parser.error("--dask needs an output file (-o FILE): the driver writes it with the journal")
     if args.hop is not None and args.window is None:
         args.parser.error("--hop needs --window")
     if not 0.0 <= args.threshold <= 1.0:
@@ -380,6 +401,7 @@ def cmd_label(args) -> int:
     try:
         window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
         config = LabelConfig(batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds, window=window)
+        shard = Shard.parse(args.shard) if args.shard is not None else None
     except ValueError as e:
         args.parser.error(str(e))
     reporter = _reporter(args)
@@ -389,13 +411,21 @@ def cmd_label(args) -> int:
         labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model), threshold=args.threshold)
         if to_stdout:
             summary = stream_labels(
-                labeler, args.inputs, config, output_format=out_format, manifest_format=args.manifest_format, reporter=reporter
+                labeler, args.inputs, config, output_format=out_format, manifest_format=args.manifest_format, shard=shard,
+                reporter=reporter,
             )
         else:
-            summary = run_label_job(
-                labeler, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,
-                force=args.force, wait=args.wait, reporter=reporter,
-            )
+            with contextlib.ExitStack() as stack:
+                score = score_files
+                if args.dask:
+                    from kwsbatch.cluster import connect, score_on_cluster
+
+                    client = stack.enter_context(connect(args.dask))
+                    score = functools.partial(score_on_cluster, client, model.resolve(), labeler.model_id, args.device)
+                summary = run_label_job(
+                    labeler, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,
+                    force=args.force, wait=args.wait, shard=shard, score=score, reporter=reporter,
+                )
     except KwsError as e:
         reporter.record(f"error: {e}")
         raise
@@ -569,3 +599,11 @@ def cmd_info(args) -> int:
     info = describe_checkpoint(Path(args.checkpoint) if args.checkpoint else default_model_path())
     print(json.dumps(info, indent=2) if args.json else format_description(info))
     return EXIT_OK
+
+
+def cmd_merge(args) -> int:
+    from kwsbatch.merge import merge_outputs
+
+    summary = merge_outputs(args.shards, args.out, out_format=args.format, inputs=args.inputs, manifest_format=args.manifest_format)
+    print(summary.line(), file=sys.stderr)
+    return EXIT_PARTIAL if summary.problems else EXIT_OK

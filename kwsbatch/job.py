@@ -20,7 +20,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,6 +35,7 @@ from kwsbatch.manifest import ManifestRow, check_inputs_exist, input_extra_colum
 from kwsbatch.output import column_types, iter_label_output, json_line, label_output_header, write_predictions
 from kwsbatch.pipeline import FileResult, LabelConfig, score_files
 from kwsbatch.progress import Reporter
+from kwsbatch.shard import Shard, select_shard
 
 COMMIT_EVERY = 20_000  # input rows recorded between commits while files are only being skipped
 
@@ -92,9 +93,15 @@ def run_label_job(
     manifest_format: str | None = None,
     force: bool = False,
     wait: bool = False,
+    shard: Shard | None = None,
+    score: Callable = score_files,
     reporter: Reporter | None = None,
 ) -> JobSummary:
-    """Label inputs into out (csv, jsonl or parquet), keeping the rows of files unchanged since the previous run."""
+    """Label inputs into out (csv, jsonl or parquet), keeping the rows of files unchanged since the previous run.
+
+    With a shard, only the inputs it holds: the output then has that shard's rows alone. score
+    turns rows into (task, results) as score_files does (cluster.score_on_cluster: on Dask).
+    """
     reporter = reporter or Reporter()
     check_inputs_exist(inputs)
     out = Path(out)
@@ -121,8 +128,10 @@ def run_label_job(
                 journal.forget_imported()
             elif not journal.imported:
                 journal.import_previous(_previous_results(out, output_format, columns, labeler.model_id) if importable else ())
-            rows = iter_inputs(inputs, manifest_format=manifest_format)
-            _label_new_files(labeler, rows, journal, config, columns, summary, reporter)
+            # No shard in the journal's settings: the output is built from this attempt's inputs
+            # only, so results cached for another shard's files are never written.
+            rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
+            _label_new_files(labeler, rows, journal, config, columns, summary, reporter, score)
             _write_output(out, output_format, journal, columns, summary)
         finally:
             journal.close()
@@ -190,11 +199,12 @@ def _label_new_files(
     columns: _Columns,
     summary: JobSummary,
     reporter: Reporter,
+    score: Callable = score_files,
 ) -> None:
     identities: dict[str, tuple[int, int] | None] = {}  # files in flight only
     reporter.start("labelling", None)
     try:
-        for task, results in score_files(labeler, _new_files(rows, journal, columns, identities, summary, reporter), config):
+        for task, results in score(labeler, _new_files(rows, journal, columns, identities, summary, reporter), config):
             journal.record((_key(row), identities.pop(_key(row)), columns.result_values(r)) for row, r in zip(task, results))
             summary.labelled += len(task)
             summary.failed += sum(bool(r.error) for r in results)
@@ -296,6 +306,7 @@ def stream_labels(
     output_format: str = "csv",
     manifest_format: str | None = None,
     f: TextIO = sys.stdout,
+    shard: Shard | None = None,
     reporter: Reporter | None = None,
 ) -> JobSummary:
     """Label inputs to a CSV or JSON-lines stream, in input order, one row per input row: no lock, journal or skipping."""
@@ -314,7 +325,7 @@ def stream_labels(
     started = time.perf_counter()
     reporter.start("labelling", None)
     try:
-        for task, results in score_files(labeler, iter_inputs(inputs, manifest_format=manifest_format), config, ordered=True):
+        for task, results in score_files(labeler, select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard), config, ordered=True):
             for row, result in zip(task, results):
                 size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
                 rows = columns.result_values(result)

@@ -26,6 +26,7 @@ from kwsbatch.augment import Augmentation, AugmentConfig, load_noise
 from kwsbatch.calibrate import calibration_error, fit_temperature
 from kwsbatch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.data import ClipSet, load_clips, split_for_validation
+from kwsbatch.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.features import FeatureConfig, FeatureStats, pad_waveforms
 from kwsbatch.label import resolve_device
@@ -96,10 +97,24 @@ def train(
     reporter: Reporter | None = None,
     manifest_format: str | None = None,
 ) -> TrainResult:
+    """Train into run_dir; under torchrun, as one of WORLD_SIZE processes (distributed.py), rank 0 writing."""
+    process = join(resolve_device(device))
+    result = _train(
+        train_manifest, run_dir, config=config, features=features, augment=augment, val_manifest=val_manifest,
+        process=process, resume=resume, reporter=reporter if process.writes else None, manifest_format=manifest_format,
+    )
+    leave(process)
+    return result
+
+
+def _train(
+    train_manifest, run_dir, *, config: TrainConfig, features: FeatureConfig, augment: AugmentConfig, val_manifest,
+    process: Process, resume: bool, reporter: Reporter | None, manifest_format: str | None,
+) -> TrainResult:
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
     torch.manual_seed(config.seed)
-    device = resolve_device(device)
+    device = process.device
 
     train_rows, val_rows = _read_splits(train_manifest, val_manifest, config.val_fraction, manifest_format)
     classes = tuple(sorted({r.label for r in train_rows}))
@@ -124,13 +139,15 @@ def train(
     else:
         spotter = KeywordSpotter(features, replace(base.model_config, n_classes=len(classes))).to(device)
         reporter.log(_load_matching(spotter, base.state_dict, config.finetune))
+    broadcast_parameters(spotter, process)
     trainable = _trainable_parameters(spotter, frozen=base is not None)
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle = torch.Generator().manual_seed(config.seed)
     augmentation, noise_files = _augmentation(augment, train_manifest, features.sample_rate, reporter)
     # Its own stream, so switching augmentation on or off does not change the shuffling.
-    augment_rng = torch.Generator().manual_seed(config.seed + 0x5EED)
+    # Each rank its own stream: the same draws on every rank would augment their clips alike.
+    augment_rng = torch.Generator().manual_seed(config.seed + 0x5EED + 7919 * process.rank)
     if augmentation:
         reporter.log(f"augmentation: {augmentation!r}")
 
@@ -153,6 +170,8 @@ def train(
     start_epoch = 1
     if resume:
         start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes)
+        if process.rank:  # last.pt holds rank 0's augmentation stream; the others start theirs afresh
+            augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
         reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
 
     counts = torch.bincount(train_set.targets, minlength=len(classes)).clamp(min=1).float()
@@ -162,9 +181,10 @@ def train(
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        order = epoch_order(train_set.targets, counts, config.balance, shuffle)
+        # Every rank draws the same order from the same generator and trains on its share of it.
+        order = rank_share(epoch_order(train_set.targets, counts, config.balance, shuffle), process)
         train_loss, train_acc = _train_epoch(
-            spotter, train_set, order, optimizer, loss_fn, config, (augmentation, augment_rng), device, reporter, epoch
+            spotter, train_set, order, optimizer, loss_fn, config, (augmentation, augment_rng), process, reporter, epoch
         )
         val_loss, val_acc = evaluate_clips(spotter, val_set, config.batch_size, device)
         scheduler.step()
@@ -189,7 +209,7 @@ def train(
             state_dict=spotter.state_dict(),
             provenance={**provenance, "created": _now(), "metrics": metrics},
         )
-        if improved:
+        if improved and process.writes:
             save_checkpoint(checkpoint, run_dir / "best.pt")
         checkpoint.training_state = {
             "epoch": epoch,
@@ -201,8 +221,9 @@ def train(
             "history": history,
             "best": best,
         }
-        save_checkpoint(checkpoint, run_dir / "last.pt")
-        _write_history(run_dir / "history.csv", history)
+        if process.writes:
+            save_checkpoint(checkpoint, run_dir / "last.pt")
+            _write_history(run_dir / "history.csv", history)
         reporter.log(
             f"epoch {epoch:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
             f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
@@ -211,7 +232,7 @@ def train(
         if config.patience and stale >= config.patience:
             reporter.log(f"early stop: no better validation accuracy for {config.patience} epochs")
             break
-    temperature = _calibrate(run_dir / "best.pt", val_set, config.batch_size, device, reporter)
+    temperature = _calibrate(run_dir / "best.pt", val_set, config.batch_size, device, reporter) if process.writes else 1.0
     return TrainResult(run_dir, best["epoch"], best["val_accuracy"], history, provenance["skipped_unreadable"], temperature)
 
 
@@ -242,19 +263,21 @@ def epoch_order(targets: torch.Tensor, counts: torch.Tensor, balance: str, shuff
     return torch.multinomial(1.0 / counts[targets], len(targets), replacement=True, generator=shuffle)
 
 
-def _train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: TrainConfig, augment, device, reporter, epoch):
+def _train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: TrainConfig, augment, process: Process, reporter, epoch):
     # Frozen layers stay in eval mode when fine-tuning, so not even their dropout moves.
     spotter.train(config.finetune is None)
     spotter.head.classifier.train()
     batches = list(torch.split(order, config.batch_size))
     total_loss, correct, seen = 0.0, 0, 0
     optimizer.zero_grad()
-    reporter.start(f"epoch {epoch}/{config.epochs}", len(clips))
+    trainable = [p for p in spotter.parameters() if p.requires_grad]
+    reporter.start(f"epoch {epoch}/{config.epochs}", len(order))
     for step, idx in enumerate(batches, start=1):
-        logits, targets = _forward(spotter, clips, idx, device, augment)
+        logits, targets = _forward(spotter, clips, idx, process.device, augment)
         loss = loss_fn(logits, targets)
         (loss / config.accumulate).backward()
         if step % config.accumulate == 0 or step == len(batches):
+            average_gradients(trainable, process)
             optimizer.step()
             optimizer.zero_grad()
         total_loss += loss.item() * len(idx)
@@ -262,6 +285,7 @@ def _train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: Tra
         seen += len(idx)
         reporter.advance(len(idx), loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.1%}")
     reporter.stop()
+    total_loss, correct, seen = sum_across([total_loss, correct, seen], process)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
