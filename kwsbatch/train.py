@@ -2,7 +2,7 @@
 
 Clips are decoded once into memory; each epoch shuffles (or class-balance samples) them with a
 seeded generator, pads each batch, augments the padded batch on the device (augment.py), computes
-MFCCs there and trains the packed LSTM. last.pt carries the optimizer, scheduler and generator
+MFCCs there and trains the LSTM. last.pt carries the optimizer, scheduler and generator
 states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
 softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
 """
@@ -286,7 +286,7 @@ def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, repor
         folder = Path(config.noise_dir) if config.noise_dir else Path(train_manifest).parent / NOISE_DIR
         if folder.is_dir():
             noise, files = load_noise(folder, sample_rate)
-        if not len(files) or noise is None or not len(noise):
+        if not files:
             if config.noise_dir:
                 raise KwsError(f"{folder}: no readable audio files for background noise (--noise-dir)")
             reporter.warn(f"no {NOISE_DIR} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
