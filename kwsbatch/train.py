@@ -109,19 +109,19 @@ def train(
     base = load_checkpoint(config.finetune) if config.finetune else None
     if base is not None:
         # The frozen layers only make sense on the features they were trained on.
-        features = base.feature_config
-    train_set = _load(train_rows, classes, features, config, reporter, "loading train")
-    val_set = _load(val_rows, classes, features, config, reporter, "loading val")
-
-    if base is None:
+        features, model_config = base.feature_config, replace(base.model_config, n_classes=len(classes))
+    else:
         try:
             model_config = _model_config(config, features, len(classes))
         except ValueError as e:
             raise KwsError(f"invalid model settings: {e}") from None
-        spotter = KeywordSpotter(features, model_config).to(device)
+    train_set = _load(train_rows, classes, features, config, reporter, "loading train")
+    val_set = _load(val_rows, classes, features, config, reporter, "loading val")
+
+    spotter = KeywordSpotter(features, model_config).to(device)
+    if base is None:
         spotter.frontend.set_normalization(*_feature_stats(spotter, train_set, config.batch_size, device))
     else:
-        spotter = KeywordSpotter(features, replace(base.model_config, n_classes=len(classes))).to(device)
         reporter.log(_load_matching(spotter, base.state_dict, config.finetune))
     trainable = _trainable_parameters(spotter, frozen=base is not None)
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
