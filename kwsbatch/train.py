@@ -2,7 +2,7 @@
 
 Clips are decoded once into memory; each epoch shuffles (or class-balance samples) them with a
 seeded generator, pads each batch, augments the padded batch on the device (augment.py), computes
-MFCCs there and trains the packed LSTM. last.pt carries the optimizer, scheduler and generator
+MFCCs there and trains the LSTM. last.pt carries the optimizer, scheduler and generator
 states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
 softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
 """
@@ -125,19 +125,19 @@ def _train(
     base = load_checkpoint(config.finetune) if config.finetune else None
     if base is not None:
         # The frozen layers only make sense on the features they were trained on.
-        features = base.feature_config
-    train_set = _load(train_rows, classes, features, config, reporter, "loading train")
-    val_set = _load(val_rows, classes, features, config, reporter, "loading val")
-
-    if base is None:
+        features, model_config = base.feature_config, replace(base.model_config, n_classes=len(classes))
+    else:
         try:
             model_config = _model_config(config, features, len(classes))
         except ValueError as e:
             raise KwsError(f"invalid model settings: {e}") from None
-        spotter = KeywordSpotter(features, model_config).to(device)
+    train_set = _load(train_rows, classes, features, config, reporter, "loading train")
+    val_set = _load(val_rows, classes, features, config, reporter, "loading val")
+
+    spotter = KeywordSpotter(features, model_config).to(device)
+    if base is None:
         spotter.frontend.set_normalization(*_feature_stats(spotter, train_set, config.batch_size, device))
     else:
-        spotter = KeywordSpotter(features, replace(base.model_config, n_classes=len(classes))).to(device)
         reporter.log(_load_matching(spotter, base.state_dict, config.finetune))
     broadcast_parameters(spotter, process)
     trainable = _trainable_parameters(spotter, frozen=base is not None)
@@ -311,7 +311,7 @@ def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, repor
         folder = Path(config.noise_dir) if config.noise_dir else Path(train_manifest).parent / NOISE_DIR
         if folder.is_dir():
             noise, files = load_noise(folder, sample_rate)
-        if not len(files) or noise is None or not len(noise):
+        if not files:
             if config.noise_dir:
                 raise KwsError(f"{folder}: no readable audio files for background noise (--noise-dir)")
             reporter.warn(f"no {NOISE_DIR} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
