@@ -173,10 +173,12 @@ def test_train_killed_mid_epoch_resumes_from_the_last_completed_epoch(tone_manif
     last = load_checkpoint(run / "last.pt")
     assert last.training_state["epoch"] == len(done)
     load_checkpoint(run / "best.pt").build()
+    (run / ".last.pt.0123456789ab.tmp").write_bytes(b"half a checkpoint")  # as a kill inside save leaves it
     resumed = run_cli("train", tone_manifest, *flags, "--resume")
     assert resumed.returncode == EXIT_OK, resumed.stderr
     assert history_epochs(run) == [1, 2, 3, 4, 5, 6]
     assert load_checkpoint(run / "last.pt").training_state["epoch"] == 6
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # a killed writer's temporaries are cleaned
 
 
 # --- outputs that cannot be written -------------------------------------------------------------
