@@ -147,7 +147,7 @@ def _can_drop_to_nobody() -> str | None:
         return "running as root, where chmod 000 does not deny reads, and setpriv is missing to run as another user"
     probe = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", "import kwsbatch"],
-        capture_output=True, env={**os.environ},
+        capture_output=True, env={**os.environ}, check=False,
     )
     if probe.returncode != 0:
         return f"running as root, and user nobody cannot import kwsbatch: {probe.stderr.decode()[-200:]}"
@@ -175,7 +175,7 @@ def test_permission_denied_gets_an_error_row_and_the_rest_is_labelled(request):
     command = [sys.executable, "-m", "kwsbatch", "label", str(folder), str(closed / "hidden.wav"), "-o", str(tmp_path / "out.csv"), "-j", "1", "-q"]
     if os.geteuid() == 0:
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == EXIT_PARTIAL, result.stderr
     rows = read_rows(tmp_path / "out.csv")
     assert rows[str(folder / "locked.wav")]["error"] == f"{folder / 'locked.wav'}: permission denied"

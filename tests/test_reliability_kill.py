@@ -91,7 +91,7 @@ def test_sigkill_at_ten_random_moments_then_rerun_gives_the_uninterrupted_output
             time.sleep(value)
             alive = run.poll() is None
         else:
-            alive = wait_for(lambda: journaled(out) >= value, run)
+            alive = wait_for(lambda value=value: journaled(out) >= value, run)
         if alive:
             run.send_signal(signal.SIGKILL)
             killed += 1
@@ -188,7 +188,7 @@ def _chattr(flag: str, path: Path) -> str | None:
     """None when chattr worked, else why not (no chattr, or a file system without the attribute)."""
     if shutil.which("chattr") is None:
         return "chattr is not installed"
-    result = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True)
+    result = subprocess.run(["chattr", flag, str(path)], capture_output=True, text=True, check=False)
     return None if result.returncode == 0 else f"chattr {flag} failed here: {result.stderr.strip()}"
 
 
@@ -245,7 +245,7 @@ def small_disk(tmp_path):
     """A 200 KiB tmpfs: room for a one-file run, not for the journal of 2,000 files."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill (needs root and CAP_SYS_ADMIN): {result.stderr.strip()}")
     yield mount
@@ -260,7 +260,9 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_output_is_kept(tiny_corpu
     assert result.returncode == EXIT_ERROR
     assert result.stderr in (
         f"error: {out}.journal: cannot record results (database or disk is full); {out} is unchanged: free space and run the same command again\n",
-        f"error: {out}: cannot write the output (No space left on device); the previous out.csv is unchanged "
-        f"and labelled files are kept in {out}.journal: fix that and run the same command again\n",
+        (
+            f"error: {out}: cannot write the output (No space left on device); the previous out.csv is unchanged "
+            f"and labelled files are kept in {out}.journal: fix that and run the same command again\n"
+        ),
     )
     assert out.read_bytes() == before
