@@ -7,6 +7,7 @@ threads; torch is imported lazily by the resampler, which runs next to the model
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,14 +80,23 @@ def reading_errors(path: str | os.PathLike) -> Iterator[None]:
     except AudioError:
         raise
     except sf.LibsndfileError as e:
-        # libsndfile reports a missing file or a folder as "System error."; say which it was.
-        if not os.path.exists(path):
-            raise AudioError(f"{path}: file not found") from None
+        # libsndfile reports every system failure (missing, denied, looping link) as "System error.":
+        # open the file ourselves to learn which it was.
         if os.path.isdir(path):
             raise AudioError(f"{path}: is a folder, not an audio file") from None
-        raise AudioError(f"{path}: cannot decode audio ({_first_line(e.error_string)})") from None
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as os_error:
+            raise AudioError(f"{path}: {_system_reason(path, os_error)}") from None
+        if os.path.getsize(path) == 0:
+            raise AudioError(f"{path}: empty file (0 bytes)") from None
+        reason = _first_line(e.error_string)
+        if "does not exist or is not a regular file" in reason:
+            reason = "unsupported or corrupt format"  # what libsndfile says when no decoder accepts an existing file
+        raise AudioError(f"{path}: cannot decode audio ({reason})") from None
     except OSError as e:
-        raise AudioError(f"{path}: {e.strerror or e}") from None
+        raise AudioError(f"{path}: {_system_reason(path, e)}") from None
     except (RuntimeError, TypeError, ValueError) as e:
         raise AudioError(f"{path}: cannot decode audio ({_first_line(str(e))})") from None
 
@@ -151,6 +161,16 @@ def _segment_frames(f: sf.SoundFile, path, offset: float | None, duration: float
     # A duration running past the end is cut short: NeMo's rounded durations often do.
     stop = f.frames if duration is None else min(f.frames, start + round(duration * f.samplerate))
     return start, stop - start
+
+
+def _system_reason(path: str | os.PathLike, error: OSError) -> str:
+    if error.errno == errno.ENOENT:
+        return "symbolic link to a missing file" if os.path.islink(path) else "file not found"
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if error.errno == errno.EACCES:
+        return "permission denied"
+    return (error.strerror or str(error)).lower()
 
 
 def _first_line(text: str) -> str:

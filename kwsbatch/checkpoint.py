@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ FORMAT_VERSION = 1
 
 # How torch's weights-only unpickler words a refused class or call; anything else it rejects
 # ("Unsupported operand ...") is damage, not an attempt to run code.
-_REFUSED_MARKERS = ("GLOBAL ", "call reduce", "create new object")
+_REFUSED_MARKERS = ("global", "call reduce", "create new object")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Checkpoint:
     provenance: dict = field(default_factory=dict)  # version, training manifest hash, date, metrics
     training_state: dict | None = None  # optimizer, scheduler, epoch, RNG: only in last.pt, for --resume
     temperature: float = 1.0  # softmax temperature; 1.0 until calibrated
+    source: str = ""  # the file it was read from, for messages; not saved
 
     def build(self, device: torch.device | str = "cpu") -> KeywordSpotter:
         """The model in eval mode on device, with this checkpoint's weights."""
@@ -45,7 +47,8 @@ class Checkpoint:
             spotter.load_state_dict(self.state_dict)
         except RuntimeError as e:
             detail = str(e).strip().splitlines()
-            raise CheckpointError(f"weights do not match the stored model settings ({detail[-1].strip()})") from None
+            where = f"{self.source}: " if self.source else ""
+            raise CheckpointError(f"{where}weights do not match the stored model settings ({detail[-1].strip()})") from None
         return spotter.to(device).eval()
 
     def to_dict(self) -> dict:
@@ -80,25 +83,27 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: model file not found")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write; the error below says what matters.
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if any(marker in str(e) for marker in _REFUSED_MARKERS):
+        # The weights-only unpickler names the GLOBAL it blocked (a class or function to call);
+        # any other failure of it ("Unsupported operand") is bytes that are not a pickle at all.
+        if any(marker in str(e).lower() for marker in _REFUSED_MARKERS):
             raise CheckpointError(
                 f"{path}: refused to load: the file holds objects other than plain data and tensors "
                 "(it may run code); kwsbatch loads only its own checkpoint format"
             ) from None
         raise CheckpointError(f"{path}: not a readable kwsbatch model (corrupt or foreign file)") from None
     except Exception as e:  # damaged bytes can fail anywhere in torch.load: KeyError, IndexError, ...
-        reason = "truncated or corrupt" if _looks_truncated(e) else "corrupt or foreign file"
+        reason = "truncated or corrupt" if _looks_truncated(e, path) else "corrupt or foreign file"
         raise CheckpointError(f"{path}: not a readable kwsbatch model ({reason})") from None
     checkpoint = _from_dict(raw, path)
-    # Build once, so weights that do not fit the stored settings fail here and name the file;
-    # building initialises weights, so the caller's random state is left as it was.
+    # Build once, so weights that do not fit the stored settings fail here (the message names the
+    # file); building initialises weights, so the caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
-        try:
-            checkpoint.build()
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: {e}") from None
+        checkpoint.build()
     return checkpoint
 
 
@@ -141,9 +146,14 @@ def _from_dict(raw: object, path: Path) -> Checkpoint:
         provenance=provenance,
         training_state=raw.get("training_state"),
         temperature=temperature,
+        source=str(path),
     )
 
 
-def _looks_truncated(error: Exception) -> bool:
+def _looks_truncated(error: Exception, path: Path) -> bool:
     text = str(error).lower()
-    return isinstance(error, EOFError) or "central directory" in text or "failed finding" in text
+    if isinstance(error, EOFError) or "central directory" in text or "failed finding" in text:
+        return True
+    # A torch zip archive that failed to load otherwise (miniz seeks past the end: EINVAL) lost its tail.
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"

@@ -88,7 +88,7 @@ def _delimited_header(path: str | os.PathLike, layout: str) -> list[str]:
         try:
             header = next(csv.reader(f, delimiter=_DELIMITERS[layout]), None)
         except UnicodeDecodeError:
-            raise ManifestError(f"{path}: not UTF-8 text") from None
+            raise _not_utf8(path) from None
         except csv.Error as e:
             raise ManifestError(f"{path} line 1: malformed {layout.upper()} ({e})") from None
     if not header or not any(h.strip() for h in header):
@@ -119,7 +119,7 @@ def _delimited_rows(path: str | os.PathLike, layout: str) -> Iterator[tuple[int,
                     )
                 yield line, dict(zip(header, cells))
         except UnicodeDecodeError:
-            raise ManifestError(f"{path} after line {line}: not UTF-8 text") from None
+            raise _not_utf8(path) from None
         except csv.Error as e:
             raise ManifestError(f"{path} line {reader.line_num}: malformed {layout.upper()} ({e})") from None
 
@@ -143,7 +143,7 @@ def _json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, str]]]
                     raise ManifestError(f"{path} line {line}: expected a JSON object, found {type(record).__name__}{hint}")
                 yield line, {str(k): _text(v) for k, v in record.items()}
         except UnicodeDecodeError:
-            raise ManifestError(f"{path} after line {line}: not UTF-8 text") from None
+            raise _not_utf8(path) from None
 
 
 def _text(value: object) -> str:
@@ -153,6 +153,19 @@ def _text(value: object) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _not_utf8(path: str | os.PathLike) -> ManifestError:
+    """Name the line holding the first byte that is not UTF-8: decoding reads ahead, so the reader's own count is not it."""
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return ManifestError(
+                    f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the manifest as UTF-8"
+                )
+    return ManifestError(f"{path}: not UTF-8 text; save the manifest as UTF-8")
 
 
 def _open(path: str | os.PathLike):

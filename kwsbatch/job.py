@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -132,7 +133,17 @@ def run_label_job(
             # only, so results cached for another shard's files are never written.
             rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
             _label_new_files(labeler, rows, journal, config, columns, summary, reporter, score)
-            _write_output(out, output_format, journal, columns, summary)
+            try:
+                _write_output(out, output_format, journal, columns, summary)
+            except OSError as e:  # a full disk or a read-only folder: the rename never happened
+                raise KwsError(
+                    f"{out}: cannot write the output ({e.strerror or e}); the previous {out.name} is unchanged "
+                    f"and labelled files are kept in {journal.path}: fix that and run the same command again"
+                ) from None
+        except sqlite3.Error as e:  # the journal's disk filled up (or it broke) mid-run
+            raise KwsError(
+                f"{journal.path}: cannot record results ({e}); {out} is unchanged: free space and run the same command again"
+            ) from None
         finally:
             journal.close()
         remove_journal(journal.path)

@@ -157,12 +157,13 @@ def iter_inputs(inputs: Iterable[str], *, manifest_format: str | None = None) ->
     """Label inputs in the order given: folders (recursive, audio extensions, sorted), manifests, files."""
     for given in inputs:
         path = Path(given)
-        if path.is_dir():
+        # os.path, not Path: its is_dir() raises PermissionError under a folder we may not search.
+        if os.path.isdir(given):
             yield from _scan_folder(given)
         elif is_manifest_path(path, manifest_format):
             yield from iter_manifest(path, manifest_format=manifest_format)
-        elif path.exists() or os.path.islink(path):
-            yield ManifestRow(given, given, path)
+        elif os.path.lexists(given) or _access_denied(given):
+            yield ManifestRow(given, given, path)  # decoding says what is wrong with it, in its row
         else:
             raise KwsError(f"{given}: no such file or folder")
 
@@ -178,11 +179,21 @@ def input_extra_columns(inputs: Iterable[str], *, manifest_format: str | None = 
     """Extra columns the manifests among inputs carry, in order of first appearance; label included."""
     columns: list[str] = []
     for given in inputs:
-        if not Path(given).is_dir() and is_manifest_path(given, manifest_format):
+        if not os.path.isdir(given) and is_manifest_path(given, manifest_format):
             for name in manifest_header(given, manifest_format=manifest_format):
                 if name != "path" and name not in columns:
                     columns.append(name)
     return columns
+
+
+def _access_denied(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _scan_folder(root: str) -> Iterator[ManifestRow]:

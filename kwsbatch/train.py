@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import kwsbatch
-from kwsbatch.atomic import atomic_write
+from kwsbatch.atomic import atomic_write, remove_stale_temporaries
 from kwsbatch.augment import Augmentation, AugmentConfig, load_noise
 from kwsbatch.calibrate import calibration_error, fit_temperature
 from kwsbatch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -113,6 +113,8 @@ def _train(
 ) -> TrainResult:
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
+    for name in ("best.pt", "last.pt", "history.csv"):
+        remove_stale_temporaries(run_dir / name)  # left by a killed run's atomic writes
     torch.manual_seed(config.seed)
     device = process.device
 

@@ -168,7 +168,7 @@ def _too_long(path):
 @pytest.mark.parametrize(
     "write, reason",
     [
-        (_zero_bytes, "cannot decode audio ("),
+        (_zero_bytes, "empty file (0 bytes)"),
         (_random_bytes, "cannot decode audio ("),
         (_text, "cannot decode audio ("),
         (None, "file not found"),
