@@ -171,8 +171,12 @@ def iter_inputs(inputs: Iterable[str], *, manifest_format: str | None = None) ->
 def check_inputs_exist(inputs: Iterable[str]) -> None:
     """Fail before any work (no lock, journal or output) when an input does not exist."""
     for given in inputs:
-        if not (os.path.exists(given) or os.path.islink(given)):
-            raise KwsError(f"{given}: no such file or folder")
+        try:
+            os.lstat(given)
+        except FileNotFoundError:
+            raise KwsError(f"{given}: no such file or folder") from None
+        except OSError:
+            pass  # it may exist where we cannot look (an unsearchable folder): its row says why
 
 
 def input_extra_columns(inputs: Iterable[str], *, manifest_format: str | None = None) -> list[str]:

@@ -250,17 +250,17 @@ def test_a_corrupt_file_gets_an_error_row_and_exit_3(trained_model, speech_corpu
     sf.write(tmp_path / "long.wav", np.zeros(16000 * 3, dtype=np.int16), 16000)
     good = [str(speech_corpus / "up" / "v04.wav"), str(speech_corpus / "no" / "v06.wav")]
     result = run_cli("label", good[0], "corrupt.wav", "long.wav", good[1], "--model", trained_model, "--max-seconds", "2",
-                     "-q", cwd=tmp_path)
+                     cwd=tmp_path)
     assert result.returncode == 3
     rows = read_csv(result.stdout)
     assert [r["path"] for r in rows] == [good[0], "corrupt.wav", "long.wav", good[1]]
     assert rows[1]["error"].startswith("corrupt.wav: cannot decode audio")
     assert rows[2]["error"] == "long.wav: 3.0 s is longer than the 2 s limit for a clip (label long recordings with --window)"
     for failed in rows[1:3]:
-        assert all(failed[c] == "" for c in OWN_COLUMNS if c not in ("path", "model", "error"))
+        assert all(failed[c] == "" for c in OWN_COLUMNS if c not in ("path", "model", "error", "file_size", "file_mtime_ns"))
     for ok in (rows[0], rows[3]):
         assert ok["error"] == "" and ok["label"] in CLASSES
-    assert "labelled 2 of 4 files (2 failed)" in result.stderr
+    assert "labelled 4 new or changed files (2 failed)" in result.stderr.splitlines()[-1]
 
 
 def test_jobs_2_writes_the_same_csv_as_jobs_1(trained_model, speech_corpus, audio_tree, tmp_path):

@@ -171,7 +171,9 @@ def test_train_killed_mid_epoch_resumes_from_the_last_completed_epoch(tone_manif
     assert done == list(range(1, len(done) + 1)) and len(done) < 6
     # Whatever the moment of the kill, both checkpoints are whole files that load.
     last = load_checkpoint(run / "last.pt")
-    assert last.training_state["epoch"] == len(done)
+    # history.csv is written just after last.pt, so a kill between the two leaves it one epoch behind;
+    # --resume rewrites it from the history last.pt carries.
+    assert last.training_state["epoch"] in (len(done), len(done) + 1)
     load_checkpoint(run / "best.pt").build()
     (run / ".last.pt.0123456789ab.tmp").write_bytes(b"half a checkpoint")  # as a kill inside save leaves it
     resumed = run_cli("train", tone_manifest, *flags, "--resume")
