@@ -247,10 +247,9 @@ def _augment_config(args):
 
 def cmd_label(args) -> int:
     from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
+    from kwsbatch.errors import KwsError
     from kwsbatch.label import Labeler, write_label_csv
     from kwsbatch.manifest import input_extra_columns, iter_inputs
-
-    from kwsbatch.errors import KwsError
 
     if not 0.0 <= args.threshold <= 1.0:
         raise KwsError(f"--threshold must be a probability in [0, 1], got {args.threshold}")
