@@ -375,18 +375,17 @@ def _augment_config(args):
 
 
 def cmd_label(args) -> int:
+    import contextlib
+    import functools
+
     from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
     from kwsbatch.errors import KwsError
     from kwsbatch.job import run_label_job, stream_labels
     from kwsbatch.label import Labeler
-    import contextlib
-    import functools
-
+    from kwsbatch.output import output_format
     from kwsbatch.pipeline import LabelConfig, score_files
     from kwsbatch.shard import Shard
     from kwsbatch.windows import WindowConfig
-
-    from kwsbatch.output import output_format
 
     to_stdout = args.out == "-"
     out_format = output_format(args.out, args.format)
