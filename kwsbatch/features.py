@@ -95,7 +95,7 @@ class MfccFrontend(nn.Module):
         features = self.mfcc(waveforms).transpose(1, 2)
         frame_lengths = self.config.frame_count(lengths.cpu())
         if self.config.clip_norm != "none":
-            features = _normalize_clips(features, frame_lengths.to(features.device), self.config.clip_norm == "meanvar")
+            features = normalize_clips(features, frame_lengths.to(features.device), self.config.clip_norm == "meanvar")
         return features, frame_lengths
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +107,7 @@ class MfccFrontend(nn.Module):
         self.std.copy_(torch.clamp(std, min=1e-5))
 
 
-def _normalize_clips(features: torch.Tensor, frame_lengths: torch.Tensor, scale: bool) -> torch.Tensor:
+def normalize_clips(features: torch.Tensor, frame_lengths: torch.Tensor, scale: bool) -> torch.Tensor:
     """Each clip's coefficients to zero mean (and unit std) over its own valid frames only."""
     valid = (torch.arange(features.shape[1], device=features.device) < frame_lengths[:, None])[:, :, None]
     n = frame_lengths.to(features.dtype)[:, None, None]

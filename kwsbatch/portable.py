@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kwsbatch.checkpoint import Checkpoint
-from kwsbatch.features import MfccFrontend
+from kwsbatch.features import MfccFrontend, normalize_clips
 from kwsbatch.model import KeywordLSTM
 
 LOG_OFFSET = 1e-6  # torchaudio's MFCC with log_mels=True takes log(mel + 1e-6)
@@ -66,6 +66,7 @@ class DftMfcc(nn.Module):
         self.register_buffer("dct", frontend.mfcc.dct_mat.detach().cpu().clone())  # (n_mels, n_mfcc)
         self.register_buffer("mean", frontend.mean.detach().cpu().clone())
         self.register_buffer("std", frontend.std.detach().cpu().clone())
+        self.clip_norm = config.clip_norm
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # n_fft zeros on the right give a batch of clips shorter than one window its one frame (as
@@ -77,6 +78,8 @@ class DftMfcc(nn.Module):
         mfcc = torch.log(power @ self.mel_fb + LOG_OFFSET) @ self.dct  # (batch, frames, n_mfcc)
         lengths = torch.minimum(lengths, torch.full_like(lengths, waveforms.shape[1]))
         frame_lengths = 1 + torch.div(torch.clamp(lengths, min=self.n_fft) - self.n_fft, self.hop_length, rounding_mode="floor")
+        if self.clip_norm != "none":
+            mfcc = normalize_clips(mfcc, frame_lengths, self.clip_norm == "meanvar")
         return (mfcc - self.mean) / self.std, frame_lengths
 
 
@@ -102,8 +105,12 @@ class PaddedLSTM(nn.Module):
             self.layers.append(directions)
         self.classifier = nn.Linear(head.classifier.in_features, head.classifier.out_features)
         self.classifier.load_state_dict(head.classifier.state_dict())
+        # The causal conv front end is plain conv1d and padding, which every runtime has: reuse it as it is.
+        self.conv = head.conv if config.conv_channels else None
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        if self.conv is not None:
+            features, frame_lengths = self.conv(features, frame_lengths)
         steps = torch.arange(features.shape[1], device=features.device)[None, :]
         valid = steps < frame_lengths[:, None]  # (batch, frames)
         # Step t of a clip of length L reads step L-1-t; padding stays put. Applied twice, it is the identity.

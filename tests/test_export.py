@@ -163,3 +163,10 @@ def test_exporting_a_file_that_is_not_a_model_fails_cleanly(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {tmp_path / 'notes.pt'}: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_bundled_model_exports_with_its_conv_front_end_and_clip_norm(tmp_path):
+    """The default model uses the causal conv and per-clip normalisation; export checks itself within 1e-4."""
+    result = run_cli("export", "-o", tmp_path / "default.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "matches kwsbatch on 4 clips" in result.stderr
