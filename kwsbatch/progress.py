@@ -74,10 +74,6 @@ class RichReporter(Reporter):
         status = "  ".join(f"{k} {v}" for k, v in fields.items())
         self._progress.update(self._task, advance=n, rate=f"{self.done / elapsed:,.0f}", status=status)
 
-    @property
-    def rate(self) -> float:
-        return self.done / max(time.perf_counter() - self._started, 1e-9)
-
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
