@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,27 +123,51 @@ def mix_to_mono(data: np.ndarray) -> np.ndarray:
     return mono
 
 
+_RESAMPLE_BLOCKS = 4096
+
+
 class Resampler:
-    """Resamples to one target rate, keeping one torchaudio kernel per source rate."""
+    """Resamples to one target rate with torchaudio's windowed-sinc kernels, one per source rate.
+
+    torchaudio applies a kernel as a strided convolution, and oneDNN, torch's CPU convolution,
+    compiles a kernel for every new input length: nearly every clip has one, so resampling a
+    1 s 44.1 kHz clip took 2.3 ms. The same sums as a matrix product over strided views of the
+    clip take 0.14 ms and agree with torchaudio to float32 rounding (1e-4 on unit-variance noise).
+    """
 
     def __init__(self, target_rate: int):
         self.target_rate = target_rate
-        self._kernels: dict[int, object] = {}
+        self._kernels: dict[int, tuple] = {}
 
     def __call__(self, samples: np.ndarray, sample_rate: int):
         """(n_samples,) float32 at sample_rate -> (n_resampled,) float32 torch tensor at target_rate."""
         import torch
-        import torchaudio
 
         wave = torch.from_numpy(samples)
         if sample_rate == self.target_rate:
             return wave
-        kernel = self._kernels.get(sample_rate)
-        if kernel is None:
-            kernel = torchaudio.transforms.Resample(sample_rate, self.target_rate)
-            self._kernels[sample_rate] = kernel
+        if sample_rate not in self._kernels:
+            self._kernels[sample_rate] = self._kernel(sample_rate)
+        step, block, width, kernel = self._kernels[sample_rate]
+        # Every `step` input samples make `block` output samples: block k is the kernel applied
+        # to the input from sample k * step - width on.
+        padded = torch.nn.functional.pad(wave[None], (width, width + step))[0]
+        frames = padded.unfold(0, kernel.shape[0], step)  # (blocks, taps), a view
+        # The product copies its rows of the view; a few thousand at a time keeps that copy small
+        # when taps overlap a lot (48 kHz: 41 taps every 3 samples), whatever the file's length.
         with torch.no_grad():
-            return kernel(wave)
+            out = torch.cat([rows @ kernel for rows in frames.split(_RESAMPLE_BLOCKS)]).reshape(-1)
+        return out[: -(-len(wave) * block // step)]  # ceil(n * block / step), as torchaudio
+
+    def _kernel(self, sample_rate: int) -> tuple:
+        import torchaudio
+
+        transform = torchaudio.transforms.Resample(sample_rate, self.target_rate)
+        gcd = math.gcd(sample_rate, self.target_rate)
+        step = sample_rate // gcd
+        # transform.kernel: (new, 1, taps), one row per output phase; here (taps, new).
+        kernel = transform.kernel[:, 0, :].T.contiguous()
+        return step, self.target_rate // gcd, transform.width, kernel
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float | None = DEFAULT_MAX_SECONDS):

@@ -26,10 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from kwsbatch.checkpoint import Checkpoint
-from kwsbatch.features import MfccFrontend, normalize_clips
+from kwsbatch.features import LOG_OFFSET, MfccFrontend, normalize_clips
 from kwsbatch.model import KeywordLSTM
-
-LOG_OFFSET = 1e-6  # torchaudio's MFCC with log_mels=True takes log(mel + 1e-6)
 
 
 def dft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 from conftest import tone
 
 from kwsbatch.audio import DecodedClip, Resampler, decode_audio, decode_many, is_audio_path, load_audio
@@ -112,6 +113,23 @@ def test_downsampling_removes_content_above_the_new_nyquist():
     high = tone(11000, 1.0, rate=44100)  # above 8 kHz: must not alias into the 16 kHz signal
     out = Resampler(16000)(high, 44100).numpy()
     assert np.sqrt(np.mean(out[800:-800] ** 2)) < 0.01 * np.sqrt(np.mean(high**2))
+
+
+@pytest.mark.parametrize("rate", [44100, 22050, 48000, 8000, 11025, 32000])
+@pytest.mark.parametrize("n", [1, 37, 441, 4096, 44117])
+def test_resampler_computes_what_torchaudio_resample_does(rate, n):
+    samples = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    expected = torchaudio.functional.resample(torch.from_numpy(samples), rate, 16000)
+    out = Resampler(16000)(samples, rate)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)  # float32 sums of up to 900 taps
+
+
+def test_resampling_a_long_file_in_pieces_matches_one_piece():
+    # 48 kHz -> 16 kHz goes through the product a few thousand output blocks at a time.
+    samples = np.random.default_rng(1).standard_normal(48000 * 3 + 5).astype(np.float32)
+    expected = torchaudio.functional.resample(torch.from_numpy(samples), 48000, 16000)
+    torch.testing.assert_close(Resampler(16000)(samples, 48000), expected, rtol=0, atol=1e-4)
 
 
 def test_resampler_at_the_target_rate_returns_the_samples_unchanged():

@@ -148,6 +148,15 @@ def test_batch_invariance_holds_for_any_lengths(clips):
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("settings_", [{}, {"n_mfcc": 20, "n_mels": 64, "n_fft": 512, "hop_length": 128}])
+def test_mfcc_computes_what_torchaudios_mfcc_transform_does(speech, settings_):
+    frontend = MfccFrontend(FeatureConfig(**settings_))
+    batch, lengths = pad_waveforms([torch.from_numpy(s) for s in speech[:8]], min_samples=512)
+    expected = frontend.mfcc(batch).transpose(1, 2)  # torchaudio's own
+    features, _ = frontend.raw(batch, lengths)
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-4)
+
+
 def test_feature_stats_count_only_valid_frames():
     rng = np.random.default_rng(3)
     features = torch.from_numpy(rng.normal(4.0, 2.0, size=(4, 30, 12)))
