@@ -1,4 +1,5 @@
-"""Scores for `kwsbatch evaluate`: confusion, per-class precision/recall/F1, calibration.
+"""Scores for `kwsbatch evaluate`: confusion, per-class precision/recall/F1, calibration, and the
+keyword spotter's two numbers: keywords found, and background clips taken for a keyword.
 
 Pure numpy/pandas, no I/O; `report` writes and displays what `evaluate_predictions` returns.
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kwsbatch.classes import is_background
 from kwsbatch.errors import KwsError
 
 ECE_BINS = 15
@@ -105,6 +107,26 @@ def macro_f1(confusion: np.ndarray) -> float:
     return float(f1[seen].mean()) if seen.any() else 0.0
 
 
+def keyword_recall(confusion: np.ndarray, labels: Sequence[str]) -> float:
+    """Share of keyword clips (truth not a background class) labelled as their own keyword."""
+    keywords = [i for i, label in enumerate(labels) if not is_background(label)]
+    return float(_ratio(confusion[keywords, keywords].sum(), confusion[keywords].sum()))
+
+
+def tagged_as_keyword(confusion: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """For each background class with support: the share of its clips labelled as some keyword.
+
+    The false alarms a tagger raises: an `_unknown_` word taken for a keyword is a wrong tag in
+    the output, while a keyword taken for `_unknown_` is only a missed one.
+    """
+    keywords = [i for i, label in enumerate(labels) if not is_background(label)]
+    return {
+        label: float(_ratio(confusion[i, keywords].sum(), confusion[i].sum()))
+        for i, label in enumerate(labels)
+        if is_background(label) and confusion[i].sum()
+    }
+
+
 def expected_calibration_error(
     confidence: Sequence[float], correct: Sequence[bool], *, n_bins: int = ECE_BINS
 ) -> float:
@@ -147,6 +169,8 @@ class Evaluation:
     balanced_accuracy: float
     macro_f1: float
     ece: float
+    keyword_recall: float  # keyword clips labelled as their keyword
+    tagged_as_keyword: dict[str, float]  # background class -> share of its clips labelled as a keyword
     n_scored: int
     n_failed: int
     failures: pd.DataFrame  # path, error
@@ -163,6 +187,8 @@ class Evaluation:
             "balanced_accuracy": _round(self.balanced_accuracy),
             "macro_f1": _round(self.macro_f1),
             "ece": _round(self.ece),
+            "keyword_recall": _round(self.keyword_recall),
+            "tagged_as_keyword": {label: _round(share) for label, share in self.tagged_as_keyword.items()},
             "per_class": [
                 {
                     "label": str(row.label),
@@ -236,6 +262,8 @@ def evaluate_predictions(predictions: pd.DataFrame, classes: Sequence[str]) -> E
         balanced_accuracy=balanced_accuracy(confusion),
         macro_f1=macro_f1(confusion),
         ece=expected_calibration_error(confidence, ~wrong),
+        keyword_recall=keyword_recall(confusion, labels),
+        tagged_as_keyword=tagged_as_keyword(confusion, labels),
         n_scored=len(scored),
         n_failed=int(failed.sum()),
         failures=failures,

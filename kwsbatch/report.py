@@ -161,6 +161,9 @@ def _summary_table(evaluation: Evaluation) -> Table:
     table.add_row("balanced accuracy", f"{evaluation.balanced_accuracy:.3f}")
     table.add_row("macro F1", f"{evaluation.macro_f1:.3f}")
     table.add_row(f"ECE ({ECE_BINS} bins)", f"{evaluation.ece:.3f}")
+    table.add_row("keyword recall", f"{evaluation.keyword_recall:.3f}")
+    for label, share in evaluation.tagged_as_keyword.items():
+        table.add_row(f"{label} tagged as a keyword", f"{share:.3f}")
     table.add_row("files scored", str(evaluation.n_scored))
     table.add_row("files failed", str(evaluation.n_failed))
     table.add_row("misclassified", str(len(evaluation.misclassified)))

@@ -16,6 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from kwsbatch.audio import check_finite, mix_to_mono, reading_errors
+from kwsbatch.classes import is_background
 from kwsbatch.errors import AudioError
 
 BLOCK_SECONDS = 60.0  # audio read from disk at a time
@@ -128,7 +129,3 @@ class DetectionMerger:
             Detection(s / rate, e / rate, self.classes[c], p)
             for s, e, c, p in sorted(spans, key=lambda span: (span[0], self.classes[span[2]]))
         ]
-
-
-def is_background(label: str) -> bool:
-    return len(label) > 1 and label.startswith("_") and label.endswith("_")

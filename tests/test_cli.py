@@ -317,6 +317,9 @@ def test_evaluate_report_agrees_with_its_predictions(evaluated):
     assert len(read_csv(out / "misclassified.csv")) == 12 - correct
     per_class = read_csv(out / "per_class.csv")
     assert [(r["label"], r["support"]) for r in per_class] == [(c, "3") for c in CLASSES]
+    # Every class here is a keyword: recall over all of them, and no background class to mistake.
+    assert report["keyword_recall"] == pytest.approx(correct / 12, abs=1e-6)
+    assert report["tagged_as_keyword"] == {}
 
 
 def test_evaluate_predictions_scores_an_existing_csv_without_a_model(evaluated, trained_model, speech_corpus, tmp_path):

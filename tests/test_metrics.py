@@ -183,6 +183,33 @@ def test_to_dict_is_plain_rounded_json():
     assert all(type(n) is int for row in data["confusion"] for n in row)
 
 
+def test_keyword_recall_and_background_tagged_as_keyword_count_by_hand():
+    classes = ["_silence_", "_unknown_", "yes", "no"]
+    rows = [
+        ("k1.wav", "yes", "yes", 0.9),
+        ("k2.wav", "yes", "no", 0.8),  # a keyword taken for another: missed
+        ("k3.wav", "no", "_unknown_", 0.7),  # a keyword taken for unknown: missed, no false alarm
+        ("k4.wav", "no", "no", 0.9),
+        ("u1.wav", "_unknown_", "yes", 0.6),  # the false alarm
+        ("u2.wav", "_unknown_", "_silence_", 0.5),  # wrong, but not a keyword
+        ("u3.wav", "_unknown_", "_unknown_", 0.9),
+        ("u4.wav", "_unknown_", "_unknown_", 0.9),
+        ("s1.wav", "_silence_", "_silence_", 0.99),
+    ]
+    evaluation = evaluate_predictions(make_predictions(rows, classes), classes)
+    assert evaluation.keyword_recall == pytest.approx(2 / 4)
+    assert evaluation.tagged_as_keyword == {"_silence_": 0.0, "_unknown_": pytest.approx(1 / 4)}
+    data = evaluation.to_dict()
+    assert (data["keyword_recall"], data["tagged_as_keyword"]) == (0.5, {"_silence_": 0.0, "_unknown_": 0.25})
+
+
+def test_background_classes_without_clips_have_no_false_alarm_share():
+    classes = ["_unknown_", "yes", "no"]
+    evaluation = evaluate_predictions(make_predictions([("a.wav", "yes", "yes", 0.9)], classes), classes)
+    assert evaluation.tagged_as_keyword == {}
+    assert evaluation.keyword_recall == 1.0
+
+
 def test_evaluation_is_frozen_and_confusion_read_only():
     evaluation = evaluate_predictions(make_predictions(ROWS), CLASSES)
     with pytest.raises(AttributeError):

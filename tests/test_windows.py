@@ -5,7 +5,8 @@ import pytest
 import soundfile as sf
 
 from kwsbatch.errors import AudioError
-from kwsbatch.windows import DetectionMerger, WindowConfig, WindowReader, is_background
+from kwsbatch.classes import is_background
+from kwsbatch.windows import DetectionMerger, WindowConfig, WindowReader
 
 CLASSES = ("_silence_", "_unknown_", "no", "yes")
 
