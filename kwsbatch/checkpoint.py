@@ -7,6 +7,7 @@ A checkpoint is a dict of plain Python values and tensors, read with
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import warnings
@@ -107,12 +108,19 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return checkpoint
 
 
-def checkpoint_id(path: str | os.PathLike) -> str:
-    """A short content hash that names a model in output rows and reports."""
+def checkpoint_id(checkpoint: Checkpoint) -> str:
+    """A short hash of what the model computes: classes, settings, temperature and weights.
+
+    Not of the file: its provenance (training date, paths) and, in last.pt, the optimizer state
+    would give two bit-identical trainings different ids, and so different output CSVs.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    settings = [list(checkpoint.classes), checkpoint.feature_config.to_dict(), checkpoint.model_config.to_dict(), checkpoint.temperature]
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for name in sorted(checkpoint.state_dict):
+        tensor = checkpoint.state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()[:12]
 
 

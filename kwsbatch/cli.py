@@ -407,7 +407,8 @@ def cmd_label(args) -> int:
     reporter.log_file = args.log
     try:
         model = Path(args.model) if args.model else default_model_path()
-        labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model), threshold=args.threshold)
+        checkpoint = load_checkpoint(model)
+        labeler = Labeler(checkpoint, device=args.device, model_id=checkpoint_id(checkpoint), threshold=args.threshold)
         if to_stdout:
             summary = stream_labels(
                 labeler, args.inputs, config, output_format=out_format, manifest_format=args.manifest_format, shard=shard,
@@ -569,7 +570,8 @@ def cmd_bench(args) -> int:
     except ValueError as e:
         args.parser.error(str(e))
     model = Path(args.model) if args.model else default_model_path()
-    labeler = Labeler(load_checkpoint(model), device=args.device, model_id=checkpoint_id(model))
+    checkpoint = load_checkpoint(model)
+    labeler = Labeler(checkpoint, device=args.device, model_id=checkpoint_id(checkpoint))
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     result = run_bench(config, labeler, model, folder=Path(args.dir) if args.dir else None, log=log)
     print("\n".join(result.lines()))

@@ -30,7 +30,7 @@ def predict_manifest(
     rows = read_manifest(manifest, require_label=True, manifest_format=manifest_format)
     checkpoint = load_checkpoint(model)
     check_known_labels(rows, checkpoint.classes)
-    labeler = Labeler(checkpoint, device=device, model_id=checkpoint_id(model))
+    labeler = Labeler(checkpoint, device=device, model_id=checkpoint_id(checkpoint))
     extras = list(dict.fromkeys(k for row in rows for k in row.extras))
     columns = labeler.columns(["label", *extras])
     results = []

@@ -89,7 +89,7 @@ def export_model(
     checkpoint = load_checkpoint(checkpoint_path)
     portable = PortableSpotter(checkpoint)
     waveforms, lengths = check_batch(checkpoint.feature_config)
-    metadata = export_metadata(checkpoint, checkpoint_id(checkpoint_path))
+    metadata = export_metadata(checkpoint, checkpoint_id(checkpoint))
     if export_format == "onnx":
         data = _onnx_bytes(portable, (waveforms, lengths), metadata, opset)
         got = _run_onnx(data, waveforms, lengths)

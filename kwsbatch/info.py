@@ -18,7 +18,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict:
     provenance = dict(checkpoint.provenance)
     return {
         "path": str(path),
-        "model_id": checkpoint_id(path),
+        "model_id": checkpoint_id(checkpoint),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "classes": list(checkpoint.classes),

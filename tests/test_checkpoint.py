@@ -1,5 +1,6 @@
 """checkpoint.py: checkpoints rebuild their model exactly, and anything else is refused in one line."""
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ from conftest import run_cli, tone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kwsbatch.checkpoint import FORMAT, FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
+from kwsbatch.checkpoint import FORMAT, FORMAT_VERSION, Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
 from kwsbatch.errors import CheckpointError
 from kwsbatch.features import FeatureConfig
 from kwsbatch.model import KeywordSpotter, ModelConfig
@@ -64,6 +65,27 @@ def test_round_trip_rebuilds_identical_outputs(tmp_path, waves, model):
         expected = original.build()(*waves)
         assert torch.equal(loaded.build()(*waves), expected)
     assert loaded.build().training is False
+
+
+def test_the_model_id_names_what_the_model_computes_not_when_it_was_written(tmp_path):
+    original = make_checkpoint()
+    save_checkpoint(original, tmp_path / "a.pt")
+    rewritten = dataclasses.replace(
+        original, provenance={"created": "another day"}, training_state={"epoch": 3}, source="elsewhere"
+    )
+    save_checkpoint(rewritten, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
+    ids = {checkpoint_id(load_checkpoint(tmp_path / name)) for name in ("a.pt", "b.pt")}
+    assert ids == {checkpoint_id(original)} and len(checkpoint_id(original)) == 12
+
+    nudged = {k: v.clone() for k, v in original.state_dict.items()}
+    nudged["head.classifier.bias"][0] += 1e-6
+    others = [
+        dataclasses.replace(original, state_dict=nudged),
+        dataclasses.replace(original, temperature=1.0),
+        dataclasses.replace(original, classes=("down", "no", "yes", "up")),
+    ]
+    assert len({checkpoint_id(c) for c in [original, *others]}) == 4
 
 
 def test_a_saved_checkpoint_is_plain_data_for_weights_only_loading(saved):

@@ -67,7 +67,8 @@ class KillAWorker(Reporter):
 def test_a_worker_killed_mid_run_costs_only_its_chunks(tmp_path):
     corpus = corpus_with_a_broken_file(tmp_path / "corpus")
     model = default_model_path()
-    labeler = Labeler(load_checkpoint(model), device="cpu", model_id=checkpoint_id(model))
+    checkpoint = load_checkpoint(model)
+    labeler = Labeler(checkpoint, device="cpu", model_id=checkpoint_id(checkpoint))
     config = LabelConfig(batch_size=1, sort_window=2, jobs=1)  # 13 chunks of 2 files, 4 in flight
     run_label_job(labeler, [str(corpus)], tmp_path / "local.csv", config)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:

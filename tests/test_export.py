@@ -75,7 +75,7 @@ def test_onnx_metadata_says_what_the_model_is(exported, trained_model):
     assert json.loads(meta["classes"]) == list(checkpoint.classes) == ["down", "no", "up", "yes"]
     assert json.loads(meta["feature_config"]) == checkpoint.feature_config.to_dict()
     assert json.loads(meta["model_config"]) == checkpoint.model_config.to_dict()
-    assert (meta["sample_rate"], meta["temperature"], meta["model_id"]) == ("16000", str(checkpoint.temperature), checkpoint_id(trained_model))
+    assert (meta["sample_rate"], meta["temperature"], meta["model_id"]) == ("16000", str(checkpoint.temperature), checkpoint_id(checkpoint))
     inputs = {i.name: (i.type, i.shape) for i in session.get_inputs()}
     assert inputs == {"waveforms": ("tensor(float)", ["batch", "samples"]), "lengths": ("tensor(int64)", ["batch"])}
     assert [(o.name, o.type) for o in session.get_outputs()] == [("probabilities", "tensor(float)")]

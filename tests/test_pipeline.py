@@ -20,7 +20,8 @@ SAMPLES = REPO / "kwsbatch" / "assets" / "samples"
 @pytest.fixture(scope="module")
 def labeler() -> Labeler:
     model = default_model_path()
-    return Labeler(load_checkpoint(model), device="cpu", model_id=checkpoint_id(model))
+    checkpoint = load_checkpoint(model)
+    return Labeler(checkpoint, device="cpu", model_id=checkpoint_id(checkpoint))
 
 
 @pytest.fixture(scope="module")
