@@ -83,13 +83,13 @@ def _add_train(sub, common) -> None:
     p.add_argument("--layers", type=int, default=3, help="stacked LSTM layers")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout between LSTM layers")
     p.add_argument("--bidirectional", action="store_true")
-    p.add_argument("--pooling", choices=["last", "mean"], default="last", help="last hidden state, or mean over valid frames")
-    p.add_argument("--conv-channels", type=int, default=0, help="causal convolution with this many channels before the LSTM (0: none)")
+    p.add_argument("--pooling", choices=["last", "mean"], default="mean", help="mean over valid frames (default), or the last hidden state (the notebook's)")
+    p.add_argument("--conv-channels", type=int, default=64, help="causal convolution with this many channels before the LSTM (0: none, the notebook's)")
     p.add_argument("--conv-kernel", type=int, default=5, help="frames each convolution output sees")
     p.add_argument("--conv-stride", type=int, default=2, help="frames between convolution outputs")
     p.add_argument("--n-mfcc", type=int, default=12, help="MFCC coefficients per frame")
     p.add_argument("--n-mels", type=int, default=40)
-    p.add_argument("--clip-norm", choices=["none", "mean", "meanvar"], default="none", help="normalise each clip's coefficients over its own frames")
+    p.add_argument("--clip-norm", choices=["none", "mean", "meanvar"], default="mean", help="normalise each clip's coefficients over its own frames (none: the notebook's)")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--balance", choices=["none", "sample", "weight"], default="none", help="class-balanced sampling or loss weights")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
@@ -103,7 +103,11 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "augmentation", "each transform: a probability per clip, then its range; numbers left out keep the preset's"
     )
-    g.add_argument("--augment", choices=["none", "light", "standard", "strong"], default="none", help="preset (default: none)")
+    g.add_argument(
+        "--augment",
+        choices=["none", "light", "standard", "strong"],
+        help="preset (default: standard, with background noise when the manifest's folder has _background_noise_/)",
+    )
     for flag, numbers, what in (
         ("--time-shift", "P,MAX_S", "move the clip up to MAX_S seconds either way"),
         ("--zero-pad", "P,MAX_S", "add up to MAX_S seconds of silence at each end"),
@@ -360,8 +364,11 @@ def _augment_config(args):
 
     from kwsbatch.augment import AugmentConfig
 
-    preset = AugmentConfig.preset(args.augment)
+    preset = AugmentConfig.preset(args.augment or "standard")
     overrides = {}
+    if args.augment is None and args.noise is None and args.noise_dir is None and not _has_noise_folder(args.manifest):
+        # Noise was not asked for, and there is none beside the manifest: the default goes without, quietly.
+        overrides["noise"] = (0.0, *preset.noise[1:])
     for name in ("time_shift", "zero_pad", "amplify", "speed", "noise", "time_mask", "freq_mask"):
         given = getattr(args, name)
         if given is not None:
@@ -372,6 +379,12 @@ def _augment_config(args):
     if args.noise_dir is not None:
         overrides["noise_dir"] = args.noise_dir
     return replace(preset, **overrides)
+
+
+def _has_noise_folder(manifest: str) -> bool:
+    from kwsbatch.train import NOISE_DIR
+
+    return (Path(manifest).parent / NOISE_DIR).is_dir()
 
 
 def cmd_label(args) -> int:

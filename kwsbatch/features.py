@@ -128,14 +128,19 @@ class MfccFrontend(nn.Module):
 
 
 def normalize_clips(features: torch.Tensor, frame_lengths: torch.Tensor, scale: bool) -> torch.Tensor:
-    """Each clip's coefficients to zero mean (and unit std) over its own valid frames only."""
-    valid = (torch.arange(features.shape[1], device=features.device) < frame_lengths[:, None])[:, :, None]
+    """Each clip's coefficients to zero mean (and unit std) over its own valid frames only.
+
+    The sums are running sums read at each clip's last frame: a running sum adds frame after
+    frame, so what follows a clip cannot change it, while a plain sum over the padded batch
+    groups its additions by the batch's length and moved probabilities by up to 2e-6.
+    """
+    last = (frame_lengths - 1).clamp(min=0)[:, None, None].expand(-1, 1, features.shape[2])
     n = frame_lengths.to(features.dtype)[:, None, None]
-    mean = features.masked_fill(~valid, 0.0).sum(1, keepdim=True) / n
+    mean = features.cumsum(1).gather(1, last) / n
     centred = features - mean
     if not scale:
         return centred
-    var = centred.masked_fill(~valid, 0.0).pow(2).sum(1, keepdim=True) / n
+    var = centred.pow(2).cumsum(1).gather(1, last) / n
     return centred / (var.sqrt() + 1e-3)
 
 

@@ -49,11 +49,17 @@ def format_description(info: dict) -> str:
         (
             "features",
             f"{features['n_mfcc']} MFCC from {features['n_mels']} mel bands ({features['f_min']:g}-{features['f_max']:g} Hz) "
-            f"at {features['sample_rate']} Hz, window {features['n_fft']}, hop {features['hop_length']} samples",
+            f"at {features['sample_rate']} Hz, window {features['n_fft']}, hop {features['hop_length']} samples"
+            + (f", per-clip {features['clip_norm']} normalisation" if features.get("clip_norm", "none") != "none" else ""),
         ),
         (
             "network",
-            f"{directions} LSTM, {model['layers']} layers x {model['hidden']} units, {model['pooling']} pooling, "
+            (
+                f"causal conv {model['conv_channels']} channels (kernel {model['conv_kernel']}, stride {model['conv_stride']}), "
+                if model.get("conv_channels")
+                else ""
+            )
+            + f"{directions} LSTM, {model['layers']} layers x {model['hidden']} units, {model['pooling']} pooling, "
             f"dropout {model['dropout']:g}",
         ),
         ("size", f"{size['parameters']:,} parameters ({_bytes(size['parameter_bytes'])})"),

@@ -5,9 +5,10 @@ import json
 from conftest import run_cli
 from kwsbatch.checkpoint import load_checkpoint
 
-# The trained_model fixture: 12 MFCCs -> 2 LSTM layers of 32 units -> 4 classes.
-# Per layer 4 gates x hidden x (inputs + hidden) weights + 2 x 4 x hidden biases; then the classifier.
-PARAMETERS = (4 * 32 * (12 + 32) + 8 * 32) + (4 * 32 * (32 + 32) + 8 * 32) + (32 * 4 + 4)
+# The trained_model fixture: 12 MFCCs -> the default causal conv (64 channels, kernel 5) -> 2 LSTM
+# layers of 32 units -> 4 classes. The conv has 64 x 12 x 5 weights + 64 biases; per LSTM layer
+# 4 gates x hidden x (inputs + hidden) weights + 2 x 4 x hidden biases; then the classifier.
+PARAMETERS = (64 * 12 * 5 + 64) + (4 * 32 * (64 + 32) + 8 * 32) + (4 * 32 * (32 + 32) + 8 * 32) + (32 * 4 + 4)
 
 
 def test_json_describes_the_checkpoint(trained_model, speech_corpus):
@@ -20,7 +21,7 @@ def test_json_describes_the_checkpoint(trained_model, speech_corpus):
     assert info["feature_config"]["n_mfcc"] == 12 and info["feature_config"]["hop_length"] == 160
     assert info["model_config"] == checkpoint.model_config.to_dict()
     assert (info["model_config"]["hidden"], info["model_config"]["layers"], info["model_config"]["pooling"]) == (32, 2, "mean")
-    assert info["size"]["parameters"] == PARAMETERS == 14468
+    assert info["size"]["parameters"] == PARAMETERS == 25028
     assert info["size"]["parameter_bytes"] == 4 * PARAMETERS
     assert info["size"]["file_bytes"] == trained_model.stat().st_size
     # Training fits a temperature on validation; the fixture's model is calibrated.
@@ -37,8 +38,9 @@ def test_text_names_each_part_on_one_line(trained_model, speech_corpus):
     fields = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
     assert list(fields) == ["model", "classes", "features", "network", "size", "calibration", "trained", "settings", "metrics", "resumable"]
     assert fields["classes"] == "4: down, no, up, yes"
-    assert fields["network"] == "unidirectional LSTM, 2 layers x 32 units, mean pooling, dropout 0"
-    assert fields["size"] == "14,468 parameters (57.9 kB)"
+    assert fields["network"] == "causal conv 64 channels (kernel 5, stride 2), unidirectional LSTM, 2 layers x 32 units, mean pooling, dropout 0"
+    assert fields["features"].endswith(", per-clip mean normalisation")
+    assert fields["size"] == "25,028 parameters (100.1 kB)"
     assert fields["calibration"].startswith(f"temperature {load_checkpoint(trained_model).temperature:g}")
     assert f"train {speech_corpus / 'train.csv'} (sha256 " in fields["trained"]
     assert fields["resumable"] == "no"

@@ -123,7 +123,7 @@ def test_finetune_trains_only_the_classifier_and_says_what_it_skipped(speech_cor
     )
     assert result.returncode == 0, result.stderr
     assert (
-        f"fine-tuning {trained_model}: loaded 13 of 15 tensors, training only the classifier; skipped (newly initialised): "
+        f"fine-tuning {trained_model}: loaded 15 of 17 tensors, training only the classifier; skipped (newly initialised): "
         "head.classifier.weight (3, 32) (checkpoint has (4, 32)), head.classifier.bias (3,) (checkpoint has (4,))"
     ) in result.stderr.replace("\n", "")
     base = load_checkpoint(trained_model)
@@ -142,7 +142,7 @@ def test_finetune_on_the_same_classes_starts_from_the_whole_model(speech_corpus,
         "--epochs", "1", "--batch-size", "8", "--lr", "0.05", "--val-fraction", "0.25",
     )
     assert result.returncode == 0, result.stderr
-    assert f"fine-tuning {trained_model}: loaded 15 of 15 tensors, training only the classifier" in result.stderr.replace("\n", "")
+    assert f"fine-tuning {trained_model}: loaded 17 of 17 tensors, training only the classifier" in result.stderr.replace("\n", "")
     base, tuned = load_checkpoint(trained_model), load_checkpoint(tmp_path / "ft" / "last.pt")
     assert torch.equal(base.state_dict["head.lstm.weight_hh_l1"], tuned.state_dict["head.lstm.weight_hh_l1"])
     assert not torch.equal(base.state_dict["head.classifier.weight"], tuned.state_dict["head.classifier.weight"])
