@@ -132,7 +132,7 @@ def normalize_clips(features: torch.Tensor, frame_lengths: torch.Tensor, scale: 
 
     The sums are running sums read at each clip's last frame: a running sum adds frame after
     frame, so what follows a clip cannot change it, while a plain sum over the padded batch
-    groups its additions by the batch's length and moved probabilities by up to 2e-6.
+    groups its additions by the batch's length and moved features by up to 4e-6.
     """
     last = (frame_lengths - 1).clamp(min=0)[:, None, None].expand(-1, 1, features.shape[2])
     n = frame_lengths.to(features.dtype)[:, None, None]
