@@ -391,14 +391,9 @@ def cmd_label(args) -> int:
     import contextlib
     import functools
 
-    from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
     from kwsbatch.errors import KwsError
-    from kwsbatch.job import run_label_job, stream_labels
-    from kwsbatch.label import Labeler
+    from kwsbatch.lock import lock_path, output_lock
     from kwsbatch.output import output_format
-    from kwsbatch.pipeline import LabelConfig, score_files
-    from kwsbatch.shard import Shard
-    from kwsbatch.windows import WindowConfig
 
     to_stdout = args.out == "-"
     out_format = output_format(args.out, args.format)
@@ -410,14 +405,32 @@ def cmd_label(args) -> int:
         args.parser.error("--hop needs --window")
     if not 0.0 <= args.threshold <= 1.0:
         args.parser.error(f"--threshold must be a probability in [0, 1], got {args.threshold}")
+    reporter = _reporter(args)
+    reporter.log_file = args.log
+    if not (to_stdout or args.wait) and lock_path(args.out).is_file():
+        # A cron run that finds another one writing the output stops here, before torch and the
+        # model load (0.1 s instead of 1.5 s). run_label_job takes the lock for the run itself;
+        # without a lock file no run holds it, and this check would only leave one behind.
+        try:
+            with output_lock(args.out):
+                pass
+        except KwsError as e:
+            reporter.record(f"error: {e}")
+            raise
+
+    from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
+    from kwsbatch.job import run_label_job, stream_labels
+    from kwsbatch.label import Labeler
+    from kwsbatch.pipeline import LabelConfig, score_files
+    from kwsbatch.shard import Shard
+    from kwsbatch.windows import WindowConfig
+
     try:
         window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
         config = LabelConfig(batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds, window=window)
         shard = Shard.parse(args.shard) if args.shard is not None else None
     except ValueError as e:
         args.parser.error(str(e))
-    reporter = _reporter(args)
-    reporter.log_file = args.log
     try:
         model = Path(args.model) if args.model else default_model_path()
         checkpoint = load_checkpoint(model)
