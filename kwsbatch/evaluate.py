@@ -59,14 +59,21 @@ def read_predictions(
     classes = tuple(c[2:] for c in table.columns if c.startswith("p_"))
     if missing or not classes:
         raise KwsError(f"{predictions_csv}: not a kwsbatch predictions CSV (needs path, label and p_<class> columns)")
-    by_path = table.drop_duplicates("path", keep="last").set_index("path")
+    # Segments of one file (NeMo's offset and duration, carried into the output) are rows of their own.
+    no_column = [None] * len(table)
+    keys = [
+        _segment_key(path, offset, duration)
+        for path, offset, duration in zip(table["path"], table.get("offset", no_column), table.get("duration", no_column))
+    ]
+    by_key = dict(zip(keys, table.to_dict("records")))  # a key given twice: its last row
     check_known_labels(rows, classes)
     records = []
     for row in rows:
-        if row.path not in by_path.index:
-            raise ManifestError(f"{row.source}: no prediction for {row.path} in {predictions_csv}")
-        record = by_path.loc[row.path].to_dict()
-        record.update(path=row.path, true_label=row.label)
+        record = by_key.get(_segment_key(row.path, row.offset_s, row.duration_s))
+        if record is None:
+            segment = f" (offset {row.offset_s:g} s)" if row.offset_s is not None else ""
+            raise ManifestError(f"{row.source}: no prediction for {row.path}{segment} in {predictions_csv}")
+        record = {**record, "path": row.path, "true_label": row.label}
         records.append(record)
     predictions = pd.DataFrame(records)
     predictions = predictions[["path", "true_label", *[c for c in predictions.columns if c not in ("path", "true_label")]]]
@@ -74,6 +81,24 @@ def read_predictions(
         predictions["error"] = ""
     info = {"predictions": str(predictions_csv), "classes": list(classes)}
     return _typed(predictions, classes), classes, info
+
+
+def _segment_key(path, offset, duration) -> tuple:
+    """(path, offset, duration) in seconds for a segment, (path, None, None) for a whole file.
+
+    As a manifest reads them: only an offset makes a segment, and a blank cell is no value.
+    """
+    offset = _seconds_or_none(offset)
+    return (str(path), offset, _seconds_or_none(duration) if offset is not None else None)
+
+
+def _seconds_or_none(value) -> float | None:
+    if value is None or str(value).strip() in ("", "nan"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
 
 def _typed(predictions: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:

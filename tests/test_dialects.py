@@ -194,6 +194,25 @@ def test_offset_and_duration_label_each_segment_as_its_own_clip(long_recording, 
     assert set(got["duration_s"]) == {"1.000"}
 
 
+def test_evaluate_predictions_matches_each_segment_to_its_own_row(long_recording, trained_model, tmp_path):
+    folder, clips = long_recording
+    manifest = folder / "scored.jsonl"
+    write_jsonl(
+        manifest,
+        [{"audio_filepath": "session.wav", "offset": 0.5 + 1.5 * i, "duration": 1.0, "label": c.parent.name} for i, c in enumerate(clips)],
+    )
+    run_cli("label", manifest, "--model", trained_model, "-o", tmp_path / "segments.csv", "-q", check=True)
+    by_model = run_cli("evaluate", manifest, "--model", trained_model, "-o", tmp_path / "by-model", "-q", check=True)
+    scored = run_cli("evaluate", manifest, "--predictions", tmp_path / "segments.csv", "-o", tmp_path / "scored", "-q")
+    assert scored.returncode == 0, scored.stderr
+    report = json.loads((tmp_path / "scored" / "report.json").read_text())
+    assert report["n_scored"] == 4
+    assert report["confusion"] == json.loads((tmp_path / "by-model" / "report.json").read_text())["confusion"]
+    predictions = pd.read_csv(tmp_path / "scored" / "predictions.csv", dtype=str, keep_default_na=False)
+    assert list(predictions["offset"]) == ["0.5", "2.0", "3.5", "5.0"]  # each segment its own prediction
+    assert by_model.returncode == 0
+
+
 def test_segments_past_the_end_are_cut_or_fail_their_row(long_recording, trained_model, tmp_path):
     folder, _ = long_recording
     write_jsonl(
