@@ -115,6 +115,10 @@ def _train(
     run_dir = Path(run_dir)
     for name in ("best.pt", "last.pt", "history.csv"):
         remove_stale_temporaries(run_dir / name)  # left by a killed run's atomic writes
+    if resume and not any((run_dir / name).exists() for name in ("last.pt", "history.csv")):
+        # Killed before its first epoch ended (while decoding, say): the same --resume command starts over.
+        reporter.log(f"nothing to resume in {run_dir} (no epoch finished yet): starting at epoch 1")
+        resume = False
     torch.manual_seed(config.seed)
     device = process.device
 

@@ -143,10 +143,21 @@ def test_resume_with_other_model_settings_is_refused(runs, speech_corpus, tmp_pa
     assert len(read_csv(run / "history.csv")) == 2  # nothing was overwritten
 
 
-def test_resume_without_a_last_checkpoint(speech_corpus, tmp_path):
-    result = run_cli("train", speech_corpus / "train.csv", "-o", tmp_path / "new", "--epochs", "2", "--resume", *TINY, "-q")
+def test_resume_before_any_epoch_finished_starts_over(speech_corpus, tmp_path):
+    # A run killed while decoding leaves nothing behind: the same command with --resume just trains.
+    result = run_cli("train", speech_corpus / "train.csv", "-o", tmp_path / "new", "--epochs", "2", "--resume", *TINY)
+    assert result.returncode == 0, result.stderr
+    assert f"nothing to resume in {tmp_path / 'new'} (no epoch finished yet): starting at epoch 1" in result.stderr
+    assert [int(r["epoch"]) for r in read_csv(tmp_path / "new" / "history.csv")] == [1, 2]
+
+
+def test_resume_with_a_history_but_no_last_checkpoint_is_an_error(speech_corpus, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text("epoch,train_loss\n1,0.5\n")
+    result = run_cli("train", speech_corpus / "train.csv", "-o", run, "--epochs", "2", "--resume", *TINY, "-q")
     assert result.returncode == 1
-    assert one_error_line(result) == f"error: {tmp_path / 'new' / 'last.pt'}: model file not found"
+    assert one_error_line(result) == f"error: {run / 'last.pt'}: model file not found"
 
 
 def test_without_val_the_split_is_by_speaker_whatever_the_row_order(runs, speech_corpus):
