@@ -363,10 +363,11 @@ def _augment_config(args):
     from dataclasses import replace
 
     from kwsbatch.augment import AugmentConfig
+    from kwsbatch.train import default_noise_dir
 
     preset = AugmentConfig.preset(args.augment or "standard")
     overrides = {}
-    if args.augment is None and args.noise is None and args.noise_dir is None and not _has_noise_folder(args.manifest):
+    if args.augment is None and args.noise is None and args.noise_dir is None and not default_noise_dir(args.manifest).is_dir():
         # Noise was not asked for, and there is none beside the manifest: the default goes without, quietly.
         overrides["noise"] = (0.0, *preset.noise[1:])
     for name in ("time_shift", "zero_pad", "amplify", "speed", "noise", "time_mask", "freq_mask"):
@@ -379,12 +380,6 @@ def _augment_config(args):
     if args.noise_dir is not None:
         overrides["noise_dir"] = args.noise_dir
     return replace(preset, **overrides)
-
-
-def _has_noise_folder(manifest: str) -> bool:
-    from kwsbatch.train import NOISE_DIR
-
-    return (Path(manifest).parent / NOISE_DIR).is_dir()
 
 
 def cmd_label(args) -> int:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from kwsbatch.checkpoint import checkpoint_id, load_checkpoint
 from kwsbatch.errors import KwsError, ManifestError
+from kwsbatch.job import output_row_key, row_key
 from kwsbatch.label import Labeler
 from kwsbatch.manifest import check_known_labels, read_manifest
 from kwsbatch.output import read_label_output
@@ -59,17 +60,13 @@ def read_predictions(
     classes = tuple(c[2:] for c in table.columns if c.startswith("p_"))
     if missing or not classes:
         raise KwsError(f"{predictions_csv}: not a kwsbatch predictions CSV (needs path, label and p_<class> columns)")
-    # Segments of one file (NeMo's offset and duration, carried into the output) are rows of their own.
-    no_column = [None] * len(table)
-    keys = [
-        _segment_key(path, offset, duration)
-        for path, offset, duration in zip(table["path"], table.get("offset", no_column), table.get("duration", no_column))
-    ]
-    by_key = dict(zip(keys, table.to_dict("records")))  # a key given twice: its last row
+    # Segments of one file (NeMo's offset and duration, carried into the output) are rows of
+    # their own: matched as a rerun of `label` matches them.
+    by_key = {output_row_key(record): record for record in table.to_dict("records")}  # a key twice: its last row
     check_known_labels(rows, classes)
     records = []
     for row in rows:
-        record = by_key.get(_segment_key(row.path, row.offset_s, row.duration_s))
+        record = by_key.get(row_key(row))
         if record is None:
             segment = f" (offset {row.offset_s:g} s)" if row.offset_s is not None else ""
             raise ManifestError(f"{row.source}: no prediction for {row.path}{segment} in {predictions_csv}")
@@ -81,24 +78,6 @@ def read_predictions(
         predictions["error"] = ""
     info = {"predictions": str(predictions_csv), "classes": list(classes)}
     return _typed(predictions, classes), classes, info
-
-
-def _segment_key(path, offset, duration) -> tuple:
-    """(path, offset, duration) in seconds for a segment, (path, None, None) for a whole file.
-
-    As a manifest reads them: only an offset makes a segment, and a blank cell is no value.
-    """
-    offset = _seconds_or_none(offset)
-    return (str(path), offset, _seconds_or_none(duration) if offset is not None else None)
-
-
-def _seconds_or_none(value) -> float | None:
-    if value is None or str(value).strip() in ("", "nan"):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
 
 
 def _typed(predictions: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:

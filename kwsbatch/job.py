@@ -156,15 +156,16 @@ def run_label_job(
 _SEGMENT_MARK = "\x1f"
 
 
-def _key(row: ManifestRow) -> str:
-    """What the journal keys a result by: the path, plus the segment for a row with an offset."""
+def row_key(row: ManifestRow) -> str:
+    """What a result is keyed by (in the journal, and by evaluate --predictions): the path, plus
+    the segment for a row with an offset."""
     if row.offset_s is None:
         return row.path
     return f"{row.path}{_SEGMENT_MARK}{row.offset_s!r}{_SEGMENT_MARK}{row.duration_s!r}"
 
 
-def _previous_key(record: dict[str, str]) -> str:
-    """The journal key of a previous output row; its carried offset and duration columns name a segment."""
+def output_row_key(record: dict[str, str]) -> str:
+    """The row_key of an output row (text fields); its carried offset and duration columns name a segment."""
     offset, duration = record.get("offset", "").strip(), record.get("duration", "").strip()
     if not offset:
         return record["path"]
@@ -216,7 +217,7 @@ def _label_new_files(
     reporter.start("labelling", None)
     try:
         for task, results in score(labeler, _new_files(rows, journal, columns, identities, summary, reporter), config):
-            journal.record((_key(row), identities.pop(_key(row)), columns.result_values(r)) for row, r in zip(task, results))
+            journal.record((row_key(row), identities.pop(row_key(row)), columns.result_values(r)) for row, r in zip(task, results))
             summary.labelled += len(task)
             summary.failed += sum(bool(r.error) for r in results)
             reporter.advance(len(task), skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
@@ -233,7 +234,7 @@ def _new_files(
         if n % COMMIT_EVERY == 0:
             journal.commit()
             reporter.advance(0, skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
-        key = _key(row)
+        key = row_key(row)
         if not journal.add_input(key, str(row.audio_path), row.source, columns.input_values(row)):
             continue  # the same path given twice: one row
         identity = None if row.error else file_identity(row.audio_path)
@@ -270,7 +271,7 @@ def _previous_results(out: Path, output_format: str, columns: _Columns, model_id
     """(path, size, mtime_ns, rows) of the previous output's files that this model labelled without error."""
     try:
         # Window mode writes a file's detections on consecutive rows.
-        for path, group in itertools.groupby(iter_label_output(out, output_format), key=_previous_key):
+        for path, group in itertools.groupby(iter_label_output(out, output_format), key=output_row_key):
             group = list(group)
             first = group[0]
             if first["model"] != model_id or any(r["error"] for r in group):

@@ -310,11 +310,16 @@ def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device,
     return logits, clips.targets[idx].to(device)
 
 
+def default_noise_dir(train_manifest) -> Path:
+    """Where background noise is looked for without --noise-dir: beside the training manifest."""
+    return Path(train_manifest).parent / NOISE_DIR
+
+
 def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
     """The configured transforms, with the background noise read from disk when they need it."""
     noise, files = None, []
     if config.uses_noise:
-        folder = Path(config.noise_dir) if config.noise_dir else Path(train_manifest).parent / NOISE_DIR
+        folder = Path(config.noise_dir) if config.noise_dir else default_noise_dir(train_manifest)
         if folder.is_dir():
             noise, files = load_noise(folder, sample_rate)
         if not files:
