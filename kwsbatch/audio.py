@@ -65,12 +65,25 @@ def decode_audio(
             )
         if start:
             f.seek(start)
-        data = f.read(frames if offset is not None else -1, dtype="float32", always_2d=True)
+        samples = read_mono(f, frames if offset is not None else -1, path)
         sample_rate, channels = f.samplerate, f.channels
-    if data.shape[0] == 0:
+    if samples.shape[0] == 0:
         raise AudioError(f"{path}: contains no samples")
+    return DecodedClip(samples, sample_rate, channels)
+
+
+def read_mono(f: sf.SoundFile, frames: int, path: str | os.PathLike) -> np.ndarray:
+    """The next `frames` frames of an open file (-1: all the rest) as mono float32, checked finite.
+
+    16-bit files are read as integers and scaled here by libsndfile's own 1/32768, to the same
+    floats: libsndfile converts them a sample at a time, which made reading a WAV twice as slow.
+    Integers need no check for NaN either.
+    """
+    if f.subtype == "PCM_16":
+        return mix_to_mono(f.read(frames, dtype="int16", always_2d=True))
+    data = f.read(frames, dtype="float32", always_2d=True)
     check_finite(data, path)
-    return DecodedClip(mix_to_mono(data), sample_rate, channels)
+    return mix_to_mono(data)
 
 
 @contextlib.contextmanager
@@ -108,19 +121,26 @@ def check_finite(data: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def mix_to_mono(data: np.ndarray) -> np.ndarray:
-    """(frames, channels) float32 -> contiguous (frames,) float32: the mean of the channels.
+    """(frames, channels) float32, or int16 scaled by 1/32768 -> contiguous (frames,) float32: the mean of the channels.
 
     Summed a channel at a time rather than with data.mean(axis=1), which walks the two or three
     values of each frame one by one: the same floats (the same additions in the same order), 13x
-    faster, and for stereo files that was a sixth of the time spent labelling one.
+    faster, and for stereo files that was a sixth of the time spent labelling one. Sums of 16-bit
+    integers are exact in float32, so scaling after mixing gives the floats of scaling before.
     """
-    if data.shape[1] == 1:
+    if data.shape[1] == 1 and data.dtype == np.float32:
         return np.ascontiguousarray(data[:, 0])
-    mono = data[:, 0].copy()
+    mono = data[:, 0].astype(np.float32)
     for channel in range(1, data.shape[1]):
         mono += data[:, channel]
-    mono /= np.float32(data.shape[1])
+    if data.shape[1] > 1:
+        mono /= np.float32(data.shape[1])
+    if data.dtype == np.int16:
+        mono *= _PCM16_SCALE
     return mono
+
+
+_PCM16_SCALE = np.float32(1 / 32768)  # libsndfile's scaling of 16-bit samples to floats
 
 
 _RESAMPLE_BLOCKS = 4096

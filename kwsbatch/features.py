@@ -18,6 +18,7 @@ from torch import nn
 
 CLIP_NORMS = ("none", "mean", "meanvar")
 LOG_OFFSET = 1e-6  # log(mel + 1e-6), torchaudio's MFCC with log_mels=True
+_CPU_BLOCK = 16  # clips whose spectrograms are computed together on the CPU: they stay in cache
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,18 @@ class MfccFrontend(nn.Module):
 
     def _mfcc(self, waveforms: torch.Tensor) -> torch.Tensor:
         """torchaudio's MFCC with its own window, filterbank and DCT, as (batch, frames, n_mfcc).
+
+        On the CPU, a few clips at a time: the spectrogram of a batch of 64 one-second clips is
+        10 MB, more than a core's cache, and each step after the STFT read it back from memory;
+        in blocks of 16 clips the features cost a quarter less (half less in batches of 256).
+        Each clip's features are computed on its own row either way.
+        """
+        if waveforms.device.type != "cpu":
+            return self._mfcc_block(waveforms)
+        return torch.cat([self._mfcc_block(block) for block in waveforms.split(_CPU_BLOCK)])
+
+    def _mfcc_block(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """The MFCC of a batch in one go.
 
         The power spectrum is re^2 + im^2 here: torchaudio takes the complex magnitude (a square
         root) and squares it again, which made its MFCC twice as slow as this, the same values

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from kwsbatch.audio import check_finite, mix_to_mono, reading_errors
+from kwsbatch.audio import read_mono, reading_errors
 from kwsbatch.classes import is_background
 from kwsbatch.errors import AudioError
 
@@ -70,11 +70,10 @@ class WindowReader:
             buffer, buffer_start, start, covered, end_of_file = np.zeros(0, np.float32), 0, 0, 0, False
             while True:
                 while not end_of_file and buffer_start + len(buffer) < start + window:
-                    data = f.read(block, dtype="float32", always_2d=True)
+                    data = read_mono(f, block, self.path)
                     end_of_file = len(data) < block
                     if len(data):
-                        check_finite(data, self.path)
-                        buffer = np.concatenate([buffer, mix_to_mono(data)])
+                        buffer = np.concatenate([buffer, data])
                 buffer_end = buffer_start + len(buffer)
                 self.frames = buffer_end
                 if buffer_end < start + window:

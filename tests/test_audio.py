@@ -35,6 +35,22 @@ def test_int16_decodes_to_exact_floats(tmp_path, name, fmt, subtype):
     assert (clip.sample_rate, clip.channels) == (16000, 1)
 
 
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_int16_files_decode_to_the_floats_libsndfile_makes_of_them(tmp_path, fmt, channels):
+    # 16-bit files are read as integers and scaled by us: the result must be the very floats
+    # that reading them as float32 and mixing the channels gives.
+    samples = np.random.default_rng(channels).integers(-32768, 32768, size=(5000, channels), dtype=np.int16)
+    path = tmp_path / f"noise.{fmt.lower()}"
+    sf.write(path, samples, 16000, format=fmt, subtype="PCM_16")
+    as_float, _ = sf.read(path, dtype="float32", always_2d=True)
+    expected = as_float[:, 0].copy()
+    for channel in range(1, channels):
+        expected += as_float[:, channel]
+    expected /= np.float32(channels)
+    np.testing.assert_array_equal(decode_audio(path).samples, expected)
+
+
 @pytest.mark.parametrize(
     "name, fmt",
     [("int24.wav", "WAV"), ("int24.flac", "FLAC")],
