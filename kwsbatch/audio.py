@@ -120,6 +120,9 @@ def check_finite(data: np.ndarray, path: str | os.PathLike) -> None:
         raise AudioError(f"{path}: contains NaN or infinite samples")
 
 
+_PCM16_SCALE = np.float32(1 / 32768)  # libsndfile's scaling of 16-bit samples to floats
+
+
 def mix_to_mono(data: np.ndarray) -> np.ndarray:
     """(frames, channels) float32, or int16 scaled by 1/32768 -> contiguous (frames,) float32: the mean of the channels.
 
@@ -138,9 +141,6 @@ def mix_to_mono(data: np.ndarray) -> np.ndarray:
     if data.dtype == np.int16:
         mono *= _PCM16_SCALE
     return mono
-
-
-_PCM16_SCALE = np.float32(1 / 32768)  # libsndfile's scaling of 16-bit samples to floats
 
 
 _RESAMPLE_BLOCKS = 4096
