@@ -13,6 +13,7 @@ import csv
 import datetime
 import hashlib
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -99,12 +100,28 @@ def train(
 ) -> TrainResult:
     """Train into run_dir; under torchrun, as one of WORLD_SIZE processes (distributed.py), rank 0 writing."""
     process = join(resolve_device(device))
+    _reproducible_on(process.device)
     result = _train(
         train_manifest, run_dir, config=config, features=features, augment=augment, val_manifest=val_manifest,
         process=process, resume=resume, reporter=reporter if process.writes else None, manifest_format=manifest_format,
     )
     leave(process)
     return result
+
+
+def _reproducible_on(device: torch.device) -> None:
+    """Same seed, same data, same model on a GPU too.
+
+    By default cuDNN and cuBLAS pick kernels by speed, and some of them sum in an order that varies
+    from run to run; these settings pin the deterministic ones (cuBLAS reads its setting when it
+    starts, so before the first matrix product).
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _train(
@@ -175,7 +192,7 @@ def _train(
     best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf}
     start_epoch = 1
     if resume:
-        start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes)
+        start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes, device)
         if process.rank:  # last.pt holds rank 0's augmentation stream; the others start theirs afresh
             augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
         reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
@@ -224,6 +241,8 @@ def _train(
             "shuffle_state": shuffle.get_state(),
             "augment_state": augment_rng.get_state(),
             "torch_rng_state": torch.get_rng_state(),
+            # On a GPU, dropout draws from the device's own generator.
+            "cuda_rng_state": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "history": history,
             "best": best,
         }
@@ -417,7 +436,7 @@ def _model_config(config: TrainConfig, features: FeatureConfig, n_classes: int) 
     )
 
 
-def _restore(path: Path, spotter, optimizer, scheduler, generators, classes):
+def _restore(path: Path, spotter, optimizer, scheduler, generators, classes, device: torch.device):
     checkpoint = load_checkpoint(path)
     state = checkpoint.training_state
     if state is None:
@@ -439,6 +458,8 @@ def _restore(path: Path, spotter, optimizer, scheduler, generators, classes):
     if "augment_state" in state:  # absent from runs saved before augmentation existed
         augment_rng.set_state(state["augment_state"])
     torch.set_rng_state(state["torch_rng_state"])
+    if device.type == "cuda" and state.get("cuda_rng_state") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng_state"], device)
     return state["epoch"] + 1, list(state["history"]), dict(state["best"])
 
 
