@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kwsbatch.errors import KwsError
+
 
 @dataclass(frozen=True)
 class Process:
@@ -45,11 +47,21 @@ def join(device: torch.device) -> Process:
     if world_size <= 1:
         return Process(device=device)
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = local_gpu(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Process(dist.get_rank(), dist.get_world_size(), device)
+
+
+def local_gpu(local_rank: int, gpus: int) -> torch.device:
+    """This process's GPU: one per process on a node, so a node cannot run more processes than it has GPUs."""
+    if local_rank >= gpus:
+        raise KwsError(
+            f"torchrun started process {local_rank} on a node with {gpus} GPU{'s' * (gpus != 1)}: "
+            f"start one process per GPU (--nproc-per-node {gpus}), or train on the CPU with --device cpu"
+        )
+    return torch.device("cuda", local_rank)
 
 
 def leave(process: Process) -> None:

@@ -34,6 +34,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def full_float32(device: torch.device) -> None:
+    """Run cuDNN's float32 convolutions and LSTMs in float32, not TF32 (process-wide).
+
+    cuDNN uses TF32, a 10-bit mantissa, by default on recent GPUs: on an H200 a clip's confidence
+    moved by up to 1.6e-4 with the other clips in its batch, so a file's row depended on which
+    files were labelled with it. The model is small, and labelling on a GPU is bound by decoding.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+
+
 class Labeler:
     """A checkpoint's model on a device: scores waveforms and turns results into output rows."""
 
@@ -42,6 +53,7 @@ class Labeler:
         self.threshold = threshold  # below this top probability the label is UNKNOWN
         self.classes = checkpoint.classes
         self.device = resolve_device(device) if isinstance(device, str) else device
+        full_float32(self.device)
         self.spotter = checkpoint.build(self.device)
         self.model_id = model_id
         self.sample_rate = checkpoint.feature_config.sample_rate

@@ -30,7 +30,7 @@ from kwsbatch.data import ClipSet, load_clips, split_for_validation
 from kwsbatch.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.features import FeatureConfig, FeatureStats, pad_waveforms
-from kwsbatch.label import resolve_device
+from kwsbatch.label import full_float32, resolve_device
 from kwsbatch.manifest import ManifestRow, check_known_labels, read_manifest
 from kwsbatch.model import KeywordSpotter, ModelConfig
 from kwsbatch.progress import Reporter
@@ -114,14 +114,26 @@ def _reproducible_on(device: torch.device) -> None:
 
     By default cuDNN and cuBLAS pick kernels by speed, and some of them sum in an order that varies
     from run to run; these settings pin the deterministic ones (cuBLAS reads its setting when it
-    starts, so before the first matrix product).
+    starts, so before the first matrix product), in full float32 as labelling runs.
     """
     if device.type != "cuda":
         return
+    full_float32(device)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _seed_gpu_dropout(device: torch.device, seed: int, epoch: int, rank: int) -> None:
+    """On a GPU, seed this epoch's dropout from (seed, epoch, rank), so that --resume draws what an uninterrupted run does.
+
+    There the LSTM's dropout masks come from cuDNN's own generator state, which last.pt cannot
+    hold; cuDNN draws a fresh state from the device's generator after each seeding. On the CPU,
+    dropout draws from torch's generator, which last.pt holds.
+    """
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed + 104729 * epoch + 7919 * rank)
 
 
 def _train(
@@ -192,7 +204,7 @@ def _train(
     best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf}
     start_epoch = 1
     if resume:
-        start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes, device)
+        start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes)
         if process.rank:  # last.pt holds rank 0's augmentation stream; the others start theirs afresh
             augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
         reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
@@ -203,6 +215,7 @@ def _train(
     stale = 0
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
+        _seed_gpu_dropout(device, config.seed, epoch, process.rank)
         lr = optimizer.param_groups[0]["lr"]
         # Every rank draws the same order from the same generator and trains on its share of it.
         order = rank_share(epoch_order(train_set.targets, counts, config.balance, shuffle), process)
@@ -241,8 +254,6 @@ def _train(
             "shuffle_state": shuffle.get_state(),
             "augment_state": augment_rng.get_state(),
             "torch_rng_state": torch.get_rng_state(),
-            # On a GPU, dropout draws from the device's own generator.
-            "cuda_rng_state": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "history": history,
             "best": best,
         }
@@ -436,7 +447,7 @@ def _model_config(config: TrainConfig, features: FeatureConfig, n_classes: int) 
     )
 
 
-def _restore(path: Path, spotter, optimizer, scheduler, generators, classes, device: torch.device):
+def _restore(path: Path, spotter, optimizer, scheduler, generators, classes):
     checkpoint = load_checkpoint(path)
     state = checkpoint.training_state
     if state is None:
@@ -458,8 +469,6 @@ def _restore(path: Path, spotter, optimizer, scheduler, generators, classes, dev
     if "augment_state" in state:  # absent from runs saved before augmentation existed
         augment_rng.set_state(state["augment_state"])
     torch.set_rng_state(state["torch_rng_state"])
-    if device.type == "cuda" and state.get("cuda_rng_state") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng_state"], device)
     return state["epoch"] + 1, list(state["history"]), dict(state["best"])
 
 

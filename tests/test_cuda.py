@@ -53,6 +53,15 @@ def test_the_default_model_gives_the_same_probabilities_on_cuda(clips):
     assert (on_cuda.argmax(1) == on_cpu.argmax(1)).all()
 
 
+def test_on_cuda_a_clips_probabilities_do_not_depend_on_its_batch(clips):
+    """As on the CPU (test_features.py): in TF32, confidences moved by 1.6e-4 between batches."""
+    labeler = Labeler(load_checkpoint(default_model_path()), device="cuda")
+    together = labeler.probabilities(clips)
+    alone = np.concatenate([labeler.probabilities([clip]) for clip in clips])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(labeler.probabilities(clips[::-1])[::-1], alone, rtol=0, atol=1e-5)
+
+
 def test_label_with_device_cuda_writes_the_rows_cpu_writes(tmp_path):
     rows = {}
     for device in ("cpu", "cuda"):

@@ -11,10 +11,11 @@ import torch
 from conftest import run_cli
 
 from kwsbatch.checkpoint import load_checkpoint
-from kwsbatch.distributed import Process, rank_share
+from kwsbatch.distributed import Process, local_gpu, rank_share
+from kwsbatch.errors import KwsError
 
 # No augmentation: each rank draws its own, so two ranks could not match one process's draws.
-FLAGS = ("--epochs", "6", "--hidden", "16", "--layers", "1", "--pooling", "mean", "--augment", "none", "--lr", "1e-2",
+FLAGS = ("--device", "cpu", "--epochs", "6", "--hidden", "16", "--layers", "1", "--pooling", "mean", "--augment", "none", "--lr", "1e-2",
          "--val-fraction", "0.25", "-q")
 TOLERANCE = 1e-4  # per-epoch losses and accuracies; only the order of float sums differs between the runs
 
@@ -28,6 +29,14 @@ def test_rank_shares_cover_an_epoch_once_each_rank_the_same_length(n):
     assert sorted(set(together)) == list(range(n))
     assert len(together) - n == n % 2  # the one padding clip of an odd epoch
     assert torch.equal(rank_share(order, Process()), order)
+
+
+def test_each_process_of_a_node_takes_its_own_gpu_and_no_more_processes_than_gpus():
+    assert local_gpu(0, 1) == torch.device("cuda", 0) and local_gpu(3, 4) == torch.device("cuda", 3)
+    with pytest.raises(KwsError, match=r"process 1 on a node with 1 GPU: .*--nproc-per-node 1.*--device cpu"):
+        local_gpu(1, 1)
+    with pytest.raises(KwsError, match=r"process 2 on a node with 2 GPUs"):
+        local_gpu(2, 2)
 
 
 def _history(run) -> list[dict]:
