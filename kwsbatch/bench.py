@@ -85,6 +85,7 @@ class BenchResult:
     compute: Timing
     end_to_end: LabelRun
     one_at_a_time: LabelRun
+    processes: LabelRun | None = None  # end to end with worker processes (--processes), on the CPU
 
     @property
     def back_to_back(self) -> Timing:
@@ -106,10 +107,14 @@ class BenchResult:
             line("compute floor", self.compute, "resampling + features + model on decoded clips in memory, all cores"),
             line("back-to-back floor", floor, "decode everything, then compute everything"),
             line("label end to end", e2e, f"{e2e.seconds:.1f} s ({e2e.wall_seconds:.1f} s with interpreter start-up), peak RSS {e2e.peak_rss * mib:,.0f} MiB"),
+            *([line("label --processes", self.processes, f"{self.processes.seconds:.1f} s, worker processes; peak RSS "
+                        f"{self.processes.peak_rss * mib:,.0f} MiB in the parent, and each worker's own")] if self.processes else []),
             line("one at a time", single, f"--batch-size 1 --jobs 1 on {single.files:,} files, {single.seconds:.1f} s, peak RSS {single.peak_rss * mib:,.0f} MiB"),
             f"  end to end / back-to-back floor  {e2e.rate / floor.rate:.2f}   (cpu per file: floor / end to end {floor.cpu_ms / e2e.cpu_ms:.2f})",
             f"  end to end / compute floor       {e2e.rate / self.compute.rate:.2f}",
             f"  end to end / one at a time       {e2e.rate / single.rate:.2f}   (cpu per file: {single.cpu_ms / e2e.cpu_ms:.2f})",
+            *([f"  --processes / threads            {self.processes.rate / e2e.rate:.2f}   (with start-up: "
+               f"{e2e.wall_seconds / self.processes.wall_seconds:.2f})"] if self.processes else []),
             f"  end to end with start-up / back-to-back floor  {e2e.files / e2e.wall_seconds / floor.rate:.2f}",
         ]
 
@@ -135,6 +140,14 @@ def run_bench(config: BenchConfig, labeler: Labeler, model: Path, *, folder: Pat
             folder / "labels.csv",
             len(paths),
         )
+        processes = None
+        if labeler.device.type == "cpu":
+            log("timing kwsbatch label --processes end to end ...")
+            processes = time_label(
+                [str(folder / "clips"), *common, "--batch-size", str(config.batch_size), "--jobs", str(config.jobs), "--processes"],
+                folder / "labels_processes.csv",
+                len(paths),
+            )
         single = paths[: config.single_files] if config.single_files else paths
         manifest = folder / "single.csv"
         manifest.write_text("path\n" + "".join(f"{p}\n" for p in single), encoding="utf-8")
@@ -143,7 +156,7 @@ def run_bench(config: BenchConfig, labeler: Labeler, model: Path, *, folder: Pat
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
-    return BenchResult(config, workers, str(labeler.device), decode, compute, e2e, one)
+    return BenchResult(config, workers, str(labeler.device), decode, compute, e2e, one, processes)
 
 
 def make_clips(folder: Path, n: int, *, seed: int, workers: int) -> list[str]:

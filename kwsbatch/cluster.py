@@ -71,7 +71,7 @@ def score_on_cluster(
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     done = as_completed()
     chunks: dict = {}  # future -> its rows; a future is dropped once its result is taken
-    worker_config = replace(config, jobs=1)
+    worker_config = replace(config, jobs=1, processes=False)  # a dask worker is already a process of its own
     try:
         for chunk in chunked(rows, config.task_size):
             future = client.submit(_score_chunk, str(model), model_id, device, chunk, worker_config, pure=False, retries=RETRIES)

@@ -7,10 +7,14 @@ Results come back a task at a time, in completion order (a slow task, such as an
 recording, never holds up the others) or in input order; at most ``2 * jobs`` tasks are in
 flight, so memory does not grow with the corpus.
 
-Why threads rather than processes: libsndfile and every torch op release the GIL, so threads
-keep all cores busy without seconds of worker start-up, pickled waveforms or a model copy per
-worker. Why one torch thread per worker: torch's own thread pool, competing with the workers
-(or with other programs) for the same cores, made labelling several times slower.
+Threads by default: libsndfile and every torch op release the GIL, so threads start at once and
+share one model. Yet each file still takes the GIL a dozen times (soundfile's wrapper makes 12
+library calls per file, and the pipeline has Python of its own), and the main thread's journal and
+output need it too, so threads wait on one another and leave cores idle: on 2 cores, labelling
+20,000 files kept 1.6 cores busy. With ``processes``, each worker is a process of its own
+(spawned, with a copy of the model; about 1.6 s to start), which keeps both busy and paid off
+from about 20,000 files. Why one torch thread per worker: torch's own thread pool, competing with
+the workers (or with other programs) for the same cores, made labelling several times slower.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import collections
 import contextlib
 import ctypes
 import functools
+import multiprocessing
 import os
+import signal
 import threading
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,7 +37,7 @@ import torch
 
 from kwsbatch.audio import DEFAULT_MAX_SECONDS, decode_audio
 from kwsbatch.data import chunked
-from kwsbatch.errors import AudioError
+from kwsbatch.errors import AudioError, KwsError
 from kwsbatch.manifest import ManifestRow
 from kwsbatch.windows import Detection, DetectionMerger, WindowConfig, WindowReader
 
@@ -42,7 +48,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class LabelConfig:
     batch_size: int = 64  # clips (or windows) per model batch
-    jobs: int = 0  # worker threads; 0: one per usable core
+    jobs: int = 0  # workers; 0: one per usable core
+    processes: bool = False  # workers are processes rather than threads (the CPU only)
     sort_window: int = 4  # batches' worth of upcoming clips sorted by length together (one task)
     max_seconds: float | None = DEFAULT_MAX_SECONDS  # clip mode: longer files get an error row
     window: WindowConfig | None = None  # window mode: slide over each file, report detections
@@ -114,20 +121,61 @@ def score_files(
     """Yield (task rows, their results) as tasks finish: in input order when ordered, else as they come."""
     jobs = config.workers
     keep_freed_memory()
-    stop = threading.Event()
     pending: collections.deque[tuple[list[ManifestRow], Future]] = collections.deque()
-    with _single_threaded_torch(), ThreadPoolExecutor(jobs, thread_name_prefix="kwsbatch-label") as pool:
-        try:
-            for task in chunked(rows, config.task_size):
-                pending.append((task, pool.submit(_score_task, labeler, task, config, stop)))
-                if len(pending) >= 2 * jobs:  # one task running and one queued per worker
-                    yield _take_finished(pending, ordered)
-            while pending:
+    with _workers(labeler, config) as submit:
+        for task in chunked(rows, config.task_size):
+            pending.append((task, submit(task)))
+            if len(pending) >= 2 * jobs:  # one task running and one queued per worker
                 yield _take_finished(pending, ordered)
+        while pending:
+            yield _take_finished(pending, ordered)
+
+
+@contextlib.contextmanager
+def _workers(labeler: Labeler, config: LabelConfig) -> Iterator[Callable[[list[ManifestRow]], Future]]:
+    """submit(task) -> the Future of its results, scored on worker threads or worker processes."""
+    if config.processes:
+        if labeler.device.type != "cpu":
+            raise KwsError(f"worker processes score on the CPU, not on {labeler.device.type}: add --device cpu, or use threads")
+        # Spawned, not forked: a fork copies whatever locks the parent's threads hold at that moment.
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(config.workers, mp_context=context, initializer=_start_worker, initargs=(labeler, os.getpid()))
+        try:
+            yield lambda task: pool.submit(_score_in_worker, task, config)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # queued tasks never start
+        return
+    stop = threading.Event()
+    with _single_threaded_torch(), ThreadPoolExecutor(config.workers, thread_name_prefix="kwsbatch-label") as pool:
+        try:
+            yield lambda task: pool.submit(_score_task, labeler, task, config, stop)
         finally:
             # On an error or Ctrl-C, running tasks stop at their next batch; queued ones never start.
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_labeler: Labeler | None = None  # in a worker process: the model it scores with
+_NEVER = threading.Event()
+
+
+def _start_worker(labeler: Labeler, parent: int) -> None:
+    """A worker process's start: one torch thread, Ctrl-C left to the parent, and gone when the parent is."""
+    global _worker_labeler
+    _worker_labeler = labeler
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run; a worker finishes its task
+    with contextlib.suppress(OSError, AttributeError):
+        # Linux: a SIGKILLed parent takes its workers with it (PR_SET_PDEATHSIG), rather than leaving
+        # them waiting for tasks forever.
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+
+def _score_in_worker(rows: list[ManifestRow], config: LabelConfig) -> list[FileResult]:
+    return _score_task(_worker_labeler, rows, config, _NEVER)
 
 
 def _take_finished(pending: collections.deque, ordered: bool) -> tuple[list[ManifestRow], list[FileResult]]:

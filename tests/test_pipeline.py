@@ -1,5 +1,6 @@
-"""pipeline.py: worker threads, length-sorted batches, and results that none of that changes."""
+"""pipeline.py: worker threads (or processes), length-sorted batches, and results that none of that changes."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,28 @@ def test_a_long_recording_does_not_hold_up_the_files_after_it(labeler, tmp_path)
     finished = [task[0].path for task, _ in score_files(labeler, rows_for(paths), config)]
     assert finished[-1] == str(tmp_path / "a_hour.flac")  # everything else got through while it was being read
     assert len(finished) == 1 + len(paths[1:]) // 4
+
+
+def test_worker_processes_give_what_threads_give(labeler, mixed_clips, tmp_path):
+    """The same batches on the same CPU, so the same numbers, not merely close ones; errors and window mode too."""
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    rate = 16000
+    recording = np.zeros(rate * 6, dtype=np.float32)
+    recording[2 * rate : 3 * rate] = sf.read(SAMPLES / "yes_0.wav", dtype="float32")[0][:rate]
+    sf.write(tmp_path / "recording.wav", recording, rate)
+    clip_mode = (LabelConfig(batch_size=5, jobs=2), [*mixed_clips, tmp_path / "broken.wav"])
+    window_mode = (LabelConfig(batch_size=4, jobs=2, window=WindowConfig(1.0, 0.5)), [tmp_path / "recording.wav", *mixed_clips[:4]])
+    for config, paths in (clip_mode, window_mode):
+        threads = run(labeler, paths, config)
+        processes = run(labeler, paths, replace(config, processes=True))
+        assert [row.path for row, _ in processes] == [row.path for row, _ in threads] == [str(p) for p in paths]
+        for (_, a), (_, b) in zip(threads, processes):
+            assert (a.error, a.duration_s, a.sample_rate, a.channels, a.detections) == (b.error, b.duration_s, b.sample_rate, b.channels, b.detections)
+            assert (a.probabilities is None and b.probabilities is None) or np.array_equal(a.probabilities, b.probabilities)
+        if config.window is None:
+            assert "broken.wav: cannot decode audio" in processes[-1][1].error
+        else:
+            assert any(d.label == "yes" for d in processes[0][1].detections)
 
 
 def test_torch_threads_are_restored_after_a_run(labeler, mixed_clips):

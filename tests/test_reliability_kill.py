@@ -3,6 +3,7 @@ moments and SIGINT, train under SIGKILL then --resume, and outputs that cannot b
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -115,6 +116,40 @@ def test_sigkill_at_ten_random_moments_then_rerun_gives_the_uninterrupted_output
         assert np.allclose([float(row[i]) for i in probabilities], [float(ref[i]) for i in probabilities], atol=2e-5)
     assert not Path(f"{out}.journal").exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def children(pid: int) -> set[int]:
+    """The processes pid started (Linux /proc), found through each of its threads."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigkill_of_a_run_with_worker_processes_takes_its_workers_and_a_rerun_finishes(tiny_corpus, tmp_path):
+    reference = tmp_path / "reference.csv"
+    assert run_cli("label", tiny_corpus, "-o", reference, *FLAGS).returncode == EXIT_OK
+    out = tmp_path / "out.csv"
+    flags = ("--batch-size", "16", "-j", "2", "--processes", "-q")
+    run = start("label", tiny_corpus, "-o", out, *flags)
+    assert wait_for(lambda: journaled(out) >= N_FILES // 4, run)
+    workers = children(run.pid)
+    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=60)  # workers left alive would hold its output pipes open
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], "workers outlived the run"
+    final = run_cli("label", tiny_corpus, "-o", out, *flags)
+    assert final.returncode == EXIT_OK, final.stderr
+    header, rows = read_table(out)
+    ref_header, ref_rows = read_table(reference)
+    assert header == ref_header and [r[0] for r in rows] == [r[0] for r in ref_rows]  # every file once, in order
+    assert [r[1] for r in rows] == [r[1] for r in ref_rows]
 
 
 @pytest.mark.slow
