@@ -139,11 +139,15 @@ def _workers(labeler: Labeler, config: LabelConfig) -> Iterator[Callable[[list[M
             raise KwsError(f"worker processes score on the CPU, not on {labeler.device.type}: add --device cpu, or use threads")
         # Spawned, not forked: a fork copies whatever locks the parent's threads hold at that moment.
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(config.workers, mp_context=context, initializer=_start_worker, initargs=(labeler, os.getpid()))
+        stop = context.Event()
+        pool = ProcessPoolExecutor(
+            config.workers, mp_context=context, initializer=_start_worker, initargs=(labeler, stop, os.getpid())
+        )
         try:
             yield lambda task: pool.submit(_score_in_worker, task, config)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # queued tasks never start
+            stop.set()  # as with threads: running tasks stop at their next batch, queued ones never start
+            pool.shutdown(wait=True, cancel_futures=True)
         return
     stop = threading.Event()
     with _single_threaded_torch(), ThreadPoolExecutor(config.workers, thread_name_prefix="kwsbatch-label") as pool:
@@ -156,13 +160,13 @@ def _workers(labeler: Labeler, config: LabelConfig) -> Iterator[Callable[[list[M
 
 
 _worker_labeler: Labeler | None = None  # in a worker process: the model it scores with
-_NEVER = threading.Event()
+_worker_stop = None  # in a worker process: the parent's stop event
 
 
-def _start_worker(labeler: Labeler, parent: int) -> None:
+def _start_worker(labeler: Labeler, stop, parent: int) -> None:
     """A worker process's start: one torch thread, Ctrl-C left to the parent, and gone when the parent is."""
-    global _worker_labeler
-    _worker_labeler = labeler
+    global _worker_labeler, _worker_stop
+    _worker_labeler, _worker_stop = labeler, stop
     torch.set_num_threads(1)
     keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run; a worker finishes its task
@@ -175,7 +179,7 @@ def _start_worker(labeler: Labeler, parent: int) -> None:
 
 
 def _score_in_worker(rows: list[ManifestRow], config: LabelConfig) -> list[FileResult]:
-    return _score_task(_worker_labeler, rows, config, _NEVER)
+    return _score_task(_worker_labeler, rows, config, _worker_stop)
 
 
 def _take_finished(pending: collections.deque, ordered: bool) -> tuple[list[ManifestRow], list[FileResult]]:

@@ -153,12 +153,13 @@ def test_sigkill_of_a_run_with_worker_processes_takes_its_workers_and_a_rerun_fi
 
 
 @pytest.mark.slow
-def test_sigint_stops_cleanly_keeps_progress_and_says_how_to_resume(tiny_corpus, tmp_path):
+@pytest.mark.parametrize("workers", [["-j", "1"], ["-j", "2", "--processes"]], ids=["threads", "processes"])
+def test_sigint_stops_cleanly_keeps_progress_and_says_how_to_resume(tiny_corpus, tmp_path, workers):
     out = tmp_path / "out.csv"
-    run = start("label", tiny_corpus, "-o", out, *FLAGS)
+    run = start("label", tiny_corpus, "-o", out, "--batch-size", "16", *workers, "-q")
     assert wait_for(lambda: journaled(out) >= 100, run), run.communicate()[1]
     run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate()
+    _, stderr = run.communicate(timeout=60)
     assert run.returncode == EXIT_INTERRUPTED
     assert stderr.strip().splitlines()[-1] == f"interrupted; files labelled so far are kept in {out}.journal: run the same command again to finish"
     assert "Traceback" not in stderr
