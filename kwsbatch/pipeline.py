@@ -29,6 +29,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -169,7 +170,7 @@ def _start_worker(labeler: Labeler, stop, parent: int) -> None:
     _worker_labeler, _worker_stop = labeler, stop
     torch.set_num_threads(1)
     keep_freed_memory()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the run; a worker finishes its task
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it sets stop, and tasks end at their next batch
     with contextlib.suppress(OSError, AttributeError):
         # Linux: a SIGKILLed parent takes its workers with it (PR_SET_PDEATHSIG), rather than leaving
         # them waiting for tasks forever.
@@ -190,7 +191,11 @@ def _take_finished(pending: collections.deque, ordered: bool) -> tuple[list[Mani
                 pending.rotate(-i)
                 break
     task, future = pending.popleft()
-    return task, future.result()
+    try:
+        return task, future.result()
+    except BrokenProcessPool:
+        # Killed (out of memory, say) or crashed in a decoder: the finished tasks are kept, and a rerun resumes.
+        raise KwsError(f"a worker process died while labelling the files from {task[0].source} on; run again to resume") from None
 
 
 @contextlib.contextmanager

@@ -153,6 +153,25 @@ def test_sigkill_of_a_run_with_worker_processes_takes_its_workers_and_a_rerun_fi
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_worker_process_killed_mid_run_is_one_error_line_and_a_rerun_finishes(tiny_corpus, tmp_path):
+    out = tmp_path / "out.csv"
+    flags = ("--batch-size", "16", "-j", "2", "--processes", "-q")
+    run = start("label", tiny_corpus, "-o", out, *flags)
+    assert wait_for(lambda: journaled(out) >= N_FILES // 4, run)
+    workers = [w for w in children(run.pid) if "resource_tracker" not in Path(f"/proc/{w}/cmdline").read_text()]
+    os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == EXIT_ERROR
+    assert stderr.strip().splitlines()[-1].startswith("error: a worker process died while labelling the files from ")
+    assert "Traceback" not in stderr and not out.exists()
+    final = run_cli("label", tiny_corpus, "-o", out, *flags)
+    assert final.returncode == EXIT_OK, final.stderr
+    paths = [r[0] for r in read_table(out)[1]]
+    assert len(paths) == len(set(paths)) == N_FILES
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [["-j", "1"], ["-j", "2", "--processes"]], ids=["threads", "processes"])
 def test_sigint_stops_cleanly_keeps_progress_and_says_how_to_resume(tiny_corpus, tmp_path, workers):
     out = tmp_path / "out.csv"
