@@ -118,6 +118,12 @@ def test_sigkill_at_ten_random_moments_then_rerun_gives_the_uninterrupted_output
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+needs_proc_children = pytest.mark.skipif(
+    not any(Path("/proc/self/task").glob("*/children")),
+    reason="needs Linux's /proc/PID/task/TID/children to find a run's worker processes",
+)
+
+
 def children(pid: int) -> set[int]:
     """The processes pid started (Linux /proc), found through each of its threads."""
     found = set()
@@ -128,7 +134,7 @@ def children(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@needs_proc_children
 def test_sigkill_of_a_run_with_worker_processes_takes_its_workers_and_a_rerun_finishes(tiny_corpus, tmp_path):
     reference = tmp_path / "reference.csv"
     assert run_cli("label", tiny_corpus, "-o", reference, *FLAGS).returncode == EXIT_OK
@@ -153,7 +159,7 @@ def test_sigkill_of_a_run_with_worker_processes_takes_its_workers_and_a_rerun_fi
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@needs_proc_children
 def test_a_worker_process_killed_mid_run_is_one_error_line_and_a_rerun_finishes(tiny_corpus, tmp_path):
     out = tmp_path / "out.csv"
     flags = ("--batch-size", "16", "-j", "2", "--processes", "-q")
