@@ -3,7 +3,8 @@
 It makes N clips of 0.5-1.5 s (WAV and FLAC; one in five stereo at 44.1 kHz, the rest mono at
 16 kHz) and times, on the same files and the same machine:
 
-- the decode floor: soundfile reads alone (the better of one thread and all workers);
+- the decode floor: soundfile reads alone (the best of one thread, a thread per worker and a process per
+  worker: on many cores, threads queue for the interpreter lock);
 - the compute floor: resampling, features and the model on clips already decoded in memory,
   all cores, threaded as `label` threads it (one worker per core, one torch thread each; torch's
   own thread pool was measured slower, and on a busy machine many times slower);
@@ -19,6 +20,7 @@ page cache in every measurement.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,7 @@ class BenchResult:
     workers: int
     device: str
     decode: Timing
+    decode_how: str  # which of the decode floor's ways was fastest: "1 thread", "N threads" or "N processes"
     compute: Timing
     end_to_end: LabelRun
     one_at_a_time: LabelRun
@@ -103,7 +106,7 @@ class BenchResult:
             f"{self.workers} workers, batch {self.config.batch_size}, {self.device}, {os.cpu_count()} cores, "
             f"load average {os.getloadavg()[0]:.1f}",
             f"  {'':<20}{'files/s':>10}{'cpu ms/file':>13}",
-            line("decode floor", self.decode, "soundfile reads alone"),
+            line("decode floor", self.decode, f"soundfile reads alone, fastest in {self.decode_how}"),
             line("compute floor", self.compute, "resampling + features + model on decoded clips in memory, all cores"),
             line("back-to-back floor", floor, "decode everything, then compute everything"),
             line("label end to end", e2e, f"{e2e.seconds:.1f} s ({e2e.wall_seconds:.1f} s with interpreter start-up), peak RSS {e2e.peak_rss * mib:,.0f} MiB"),
@@ -130,7 +133,13 @@ def run_bench(config: BenchConfig, labeler: Labeler, model: Path, *, folder: Pat
         decode_audio(paths[0])  # open libsndfile and the page cache before timing anything
         keep_freed_memory()  # as label does
         log("timing the decode floor ...")
-        decode = max(decode_floor(paths, 1), decode_floor(paths, workers), key=lambda t: t.rate)
+        floors = {
+            "1 thread": decode_floor(paths, 1),
+            f"{workers} threads": decode_floor(paths, workers),
+            f"{workers} processes": decode_floor_in_processes(paths, workers),
+        }
+        decode_how = max(floors, key=lambda how: floors[how].rate)
+        decode = floors[decode_how]
         log("timing the compute floor ...")
         compute = compute_floor(labeler, paths, config, workers)
         log("timing kwsbatch label end to end ...")
@@ -156,7 +165,7 @@ def run_bench(config: BenchConfig, labeler: Labeler, model: Path, *, folder: Pat
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
-    return BenchResult(config, workers, str(labeler.device), decode, compute, e2e, one, processes)
+    return BenchResult(config, workers, str(labeler.device), decode, decode_how, compute, e2e, one, processes)
 
 
 def make_clips(folder: Path, n: int, *, seed: int, workers: int) -> list[str]:
@@ -202,6 +211,32 @@ def decode_floor(paths: list[str], threads: int) -> Timing:
 
 def _decode_many(paths: list[str]) -> int:
     return sum(decode_audio(p, max_seconds=None).samples.size > 0 for p in paths)
+
+
+def decode_floor_in_processes(paths: list[str], processes: int) -> Timing:
+    """The same in worker processes, which share no interpreter lock; their start-up is not timed.
+
+    Threads queue for the lock on every call into libsndfile: on 16 cores they decoded no faster
+    than 2 do, and this floor tells the machine's limit from the lock's.
+    """
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_start, [0.5] * processes))  # every worker started, with this module imported, before the clock
+        started = time.perf_counter()
+        cpu = sum(pool.map(_decode_many_cpu, chunked(paths, 256)))
+        seconds = time.perf_counter() - started
+    return Timing(len(paths), seconds, cpu)
+
+
+def _start(seconds: float) -> None:
+    """In a worker process: nothing but this module's imports (torch's among them), and long enough that every worker gets one."""
+    time.sleep(seconds)
+
+
+def _decode_many_cpu(paths: list[str]) -> float:
+    """In a worker process: decode the files, and say how much CPU time that took."""
+    cpu = time.process_time()
+    _decode_many(paths)
+    return time.process_time() - cpu
 
 
 def compute_floor(labeler: Labeler, paths: list[str], config: BenchConfig, workers: int) -> Timing:
