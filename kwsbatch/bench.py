@@ -144,19 +144,12 @@ def run_bench(config: BenchConfig, labeler: Labeler, model: Path, *, folder: Pat
         compute = compute_floor(labeler, paths, config, workers)
         log("timing kwsbatch label end to end ...")
         common = ["--model", str(model), "--device", config.device]
-        e2e = time_label(
-            [str(folder / "clips"), *common, "--batch-size", str(config.batch_size), "--jobs", str(config.jobs)],
-            folder / "labels.csv",
-            len(paths),
-        )
+        batched = [str(folder / "clips"), *common, "--batch-size", str(config.batch_size), "--jobs", str(config.jobs)]
+        e2e = time_label(batched, folder / "labels.csv", len(paths))
         processes = None
         if labeler.device.type == "cpu":
             log("timing kwsbatch label --processes end to end ...")
-            processes = time_label(
-                [str(folder / "clips"), *common, "--batch-size", str(config.batch_size), "--jobs", str(config.jobs), "--processes"],
-                folder / "labels_processes.csv",
-                len(paths),
-            )
+            processes = time_label([*batched, "--processes"], folder / "labels_processes.csv", len(paths))
         single = paths[: config.single_files] if config.single_files else paths
         manifest = folder / "single.csv"
         manifest.write_text("path\n" + "".join(f"{p}\n" for p in single), encoding="utf-8")
