@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     from kwsbatch.errors import KwsError
-    from kwsbatch.lock import LockedError
+    from kwsbatch.files.lock import LockedError
 
     try:
         return args.run(args)
@@ -271,7 +271,7 @@ def _add_merge(sub, common) -> None:
 
 
 def _add_manifest_format(p: argparse.ArgumentParser, *flags: str) -> None:
-    from kwsbatch.dialects import MANIFEST_FORMATS  # light: no torch
+    from kwsbatch.files.dialects import MANIFEST_FORMATS  # light: no torch
 
     p.add_argument(
         *flags,
@@ -297,8 +297,8 @@ def _reporter(args, unit: str = "files"):
 
 def cmd_train(args) -> int:
     from kwsbatch.errors import KwsError
-    from kwsbatch.features import FeatureConfig
-    from kwsbatch.train import TrainConfig, train
+    from kwsbatch.model.features import FeatureConfig
+    from kwsbatch.train.loop import TrainConfig, train
 
     try:
         augment = _augment_config(args)
@@ -364,8 +364,8 @@ def _augment_config(args):
     """The --augment preset with the individual flags given laid over it (ValueError when invalid)."""
     from dataclasses import replace
 
-    from kwsbatch.augment import AugmentConfig
-    from kwsbatch.train import default_noise_dir
+    from kwsbatch.train.augment import AugmentConfig
+    from kwsbatch.train.loop import default_noise_dir
 
     preset = AugmentConfig.preset(args.augment or "standard")
     overrides = {}
@@ -389,8 +389,8 @@ def cmd_label(args) -> int:
     import functools
 
     from kwsbatch.errors import KwsError
-    from kwsbatch.lock import lock_path, output_lock
-    from kwsbatch.output import output_format
+    from kwsbatch.files.lock import lock_path, output_lock
+    from kwsbatch.files.output import output_format
 
     to_stdout = args.out == "-"
     out_format = output_format(args.out, args.format)
@@ -415,12 +415,13 @@ def cmd_label(args) -> int:
             reporter.record(f"error: {e}")
             raise
 
-    from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
-    from kwsbatch.job import run_label_job, stream_labels
-    from kwsbatch.label import Labeler
-    from kwsbatch.pipeline import LabelConfig, score_files
-    from kwsbatch.shard import Shard
-    from kwsbatch.windows import WindowConfig
+    from kwsbatch.label.job import run_label_job, stream_labels
+    from kwsbatch.label.pipeline import LabelConfig, score_files
+    from kwsbatch.label.rows import RowLayout
+    from kwsbatch.label.shard import Shard
+    from kwsbatch.label.windows import WindowConfig
+    from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
+    from kwsbatch.model.scorer import Scorer
 
     try:
         window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
@@ -434,23 +435,24 @@ def cmd_label(args) -> int:
         model = Path(args.model) if args.model else default_model_path()
         checkpoint = load_checkpoint(model)
         device = "cpu" if args.processes and args.device == "auto" else args.device  # worker processes score on the CPU
-        labeler = Labeler(checkpoint, device=device, model_id=checkpoint_id(checkpoint), threshold=args.threshold)
+        scorer = Scorer(checkpoint, device=device)
+        layout = RowLayout(checkpoint.classes, model_id=scorer.model_id, threshold=args.threshold)
         if to_stdout:
             summary = stream_labels(
-                labeler, args.inputs, config, output_format=out_format, manifest_format=args.manifest_format, shard=shard,
+                functools.partial(score_files, scorer), layout, args.inputs, config, output_format=out_format, manifest_format=args.manifest_format, shard=shard,
                 reporter=reporter,
             )
         else:
             with contextlib.ExitStack() as stack:
-                score = score_files
+                score = functools.partial(score_files, scorer)
                 if args.dask:
-                    from kwsbatch.cluster import connect, score_on_cluster
+                    from kwsbatch.label.cluster import connect, score_on_cluster
 
                     client = stack.enter_context(connect(args.dask))
-                    score = functools.partial(score_on_cluster, client, model.resolve(), labeler.model_id, args.device)
+                    score = functools.partial(score_on_cluster, client, model.resolve(), scorer.model_id, args.device)
                 summary = run_label_job(
-                    labeler, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,
-                    force=args.force, wait=args.wait, shard=shard, score=score, reporter=reporter,
+                    score, layout, args.inputs, args.out, config, output_format=out_format, manifest_format=args.manifest_format,
+                    force=args.force, wait=args.wait, shard=shard, reporter=reporter,
                 )
     except KwsError as e:
         reporter.record(f"error: {e}")
@@ -469,10 +471,10 @@ def cmd_label(args) -> int:
 def cmd_evaluate(args) -> int:
     from rich.console import Console
 
-    from kwsbatch.checkpoint import default_model_path
-    from kwsbatch.evaluate import default_report_dir, predict_manifest, read_predictions
-    from kwsbatch.metrics import evaluate_predictions
-    from kwsbatch.report import render_report, write_report
+    from kwsbatch.evaluate.metrics import evaluate_predictions
+    from kwsbatch.evaluate.predict import default_report_dir, predict_manifest, read_predictions
+    from kwsbatch.evaluate.report import render_report, write_report
+    from kwsbatch.model.checkpoint import default_model_path
 
     if args.predictions:
         predictions, classes, info = read_predictions(args.manifest, args.predictions, manifest_format=args.manifest_format)
@@ -502,7 +504,7 @@ def cmd_synth(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kwsbatch.synth import SynthConfig, read_word_list, summarize, synthesize_corpus
+    from kwsbatch.corpus.synth import SynthConfig, read_word_list, summarize, synthesize_corpus
 
     config = SynthConfig(
         words=tuple(w for w in args.words.split(",") if w.strip()),
@@ -539,7 +541,7 @@ def _write_manifests(args, data_dir, out) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from kwsbatch.speech_commands import SPLITS, STANDARD_WORDS, ManifestConfig, write_manifests
+    from kwsbatch.corpus.speech_commands import SPLITS, STANDARD_WORDS, ManifestConfig, write_manifests
 
     words = STANDARD_WORDS if args.words is None else None if args.words.strip() == "all" else tuple(args.words.split(","))
     config = ManifestConfig(words=words, unknown_percent=args.unknown_percent, silence_percent=args.silence_percent,
@@ -562,8 +564,8 @@ def cmd_check(args) -> int:
 
     from rich.console import Console
 
-    from kwsbatch.atomic import atomic_write
-    from kwsbatch.check import check_corpus, render_check
+    from kwsbatch.corpus.check import check_corpus, render_check
+    from kwsbatch.files.atomic import atomic_write
 
     report = check_corpus(args.inputs, jobs=args.jobs, max_listed=args.max_listed, reporter=_reporter(args))
     render_check(report, Console())
@@ -575,7 +577,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from kwsbatch.fetch import fetch_dataset
+    from kwsbatch.corpus.fetch import fetch_dataset
 
     result = fetch_dataset(args.dataset, args.version, args.data_dir, url=args.url, sha256=args.sha256,
                            keep_archive=args.keep_archive, reporter=_reporter(args, unit="bytes"))
@@ -585,9 +587,9 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from kwsbatch.bench import BenchConfig, run_bench
-    from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
-    from kwsbatch.label import Labeler
+    from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
+    from kwsbatch.model.scorer import Scorer
+    from kwsbatch.tools.bench import BenchConfig, run_bench
 
     try:
         config = BenchConfig(
@@ -597,15 +599,15 @@ def cmd_bench(args) -> int:
         args.parser.error(str(e))
     model = Path(args.model) if args.model else default_model_path()
     checkpoint = load_checkpoint(model)
-    labeler = Labeler(checkpoint, device=args.device, model_id=checkpoint_id(checkpoint))
+    scorer = Scorer(checkpoint, device=args.device)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
-    result = run_bench(config, labeler, model, folder=Path(args.dir) if args.dir else None, log=log)
+    result = run_bench(config, scorer, model, folder=Path(args.dir) if args.dir else None, log=log)
     print("\n".join(result.lines()))
 
 
 def cmd_export(args) -> int:
-    from kwsbatch.checkpoint import default_model_path
-    from kwsbatch.export import TOLERANCE, export_format, export_model
+    from kwsbatch.model.checkpoint import default_model_path
+    from kwsbatch.tools.export import TOLERANCE, export_format, export_model
 
     model = Path(args.checkpoint) if args.checkpoint else default_model_path()
     result = export_model(model, args.out, export_format=export_format(args.out, args.format), opset=args.opset)
@@ -620,8 +622,8 @@ def cmd_export(args) -> int:
 def cmd_info(args) -> int:
     import json
 
-    from kwsbatch.checkpoint import default_model_path
-    from kwsbatch.info import describe_checkpoint, format_description
+    from kwsbatch.model.checkpoint import default_model_path
+    from kwsbatch.tools.info import describe_checkpoint, format_description
 
     info = describe_checkpoint(Path(args.checkpoint) if args.checkpoint else default_model_path())
     print(json.dumps(info, indent=2) if args.json else format_description(info))
@@ -629,7 +631,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from kwsbatch.merge import merge_outputs
+    from kwsbatch.label.merge import merge_outputs
 
     summary = merge_outputs(args.shards, args.out, out_format=args.format, inputs=args.inputs, manifest_format=args.manifest_format)
     print(summary.line(), file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from kwsbatch.speech_commands import which_set
+from kwsbatch.corpus.speech_commands import which_set
 
 RATE = 16000
 WORDS = ("yes", "no", "up", "cat", "dog")  # yes,no,up: keywords in the tests; cat,dog fold into _unknown_

@@ -7,8 +7,8 @@ import torch
 import torchaudio
 from conftest import tone
 
-from kwsbatch.audio import DecodedClip, Resampler, decode_audio, decode_many, is_audio_path, load_audio
 from kwsbatch.errors import AudioError
+from kwsbatch.files.audio import DecodedClip, Resampler, decode_audio, decode_many, is_audio_path, load_audio
 
 INT16 = np.array([0, 1, -1, 32767, -32768, 16384, -8192], dtype=np.int16)
 INT16_AS_FLOAT = [0.0, 1 / 32768, -1 / 32768, 32767 / 32768, -1.0, 0.5, -0.25]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kwsbatch.augment import (
+from kwsbatch.train.augment import (
     AUGMENT_PRESETS,
     Amplify,
     AugmentConfig,

@@ -6,10 +6,10 @@ import csv
 
 import pytest
 import torch
-
 from conftest import run_cli
-from kwsbatch.calibrate import MAX_TEMPERATURE, MIN_TEMPERATURE, calibration_error, fit_temperature
-from kwsbatch.checkpoint import load_checkpoint
+
+from kwsbatch.model.checkpoint import load_checkpoint
+from kwsbatch.train.calibrate import MAX_TEMPERATURE, MIN_TEMPERATURE, calibration_error, fit_temperature
 
 
 def overconfident_logits(true_temperature: float, n: int = 20000, classes: int = 6, seed: int = 0):

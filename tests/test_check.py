@@ -1,4 +1,4 @@
-"""kwsbatch.check and `kwsbatch check`: the preflight audit of manifests and folders."""
+"""kwsbatch.corpus.check and `kwsbatch check`: the preflight audit of manifests and folders."""
 
 import csv
 import json
@@ -10,7 +10,7 @@ import soundfile as sf
 from conftest import run_cli, tone
 from sc_tree import make_tree
 
-from kwsbatch.check import check_corpus, inspect_file
+from kwsbatch.corpus.check import check_corpus, inspect_file
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from conftest import run_cli, tone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kwsbatch.checkpoint import FORMAT, FORMAT_VERSION, Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
 from kwsbatch.errors import CheckpointError
-from kwsbatch.features import FeatureConfig
-from kwsbatch.model import KeywordSpotter, ModelConfig
+from kwsbatch.model.checkpoint import FORMAT, FORMAT_VERSION, Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
+from kwsbatch.model.features import FeatureConfig
+from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
 
 CLASSES = ("down", "no", "up", "yes")
 

@@ -15,10 +15,10 @@ import torch
 import torchaudio
 from conftest import REPO, WORDS, run_cli
 
-from kwsbatch.checkpoint import checkpoint_id, load_checkpoint
 from kwsbatch.cli import build_parser
-from kwsbatch.data import split_for_validation
-from kwsbatch.manifest import ManifestRow, read_manifest
+from kwsbatch.files.manifest import ManifestRow, read_manifest
+from kwsbatch.model.checkpoint import checkpoint_id, load_checkpoint
+from kwsbatch.train.data import split_for_validation
 
 CLASSES = sorted(WORDS)  # train sorts the manifest's labels
 OWN_COLUMNS = [

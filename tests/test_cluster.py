@@ -10,11 +10,12 @@ from test_job import EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, make_corpus, read_row
 
 distributed = pytest.importorskip("distributed")
 
-from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint  # noqa: E402
-from kwsbatch.cluster import score_on_cluster  # noqa: E402
-from kwsbatch.job import run_label_job  # noqa: E402
-from kwsbatch.label import Labeler  # noqa: E402
-from kwsbatch.pipeline import LabelConfig  # noqa: E402
+from kwsbatch.label.cluster import score_on_cluster  # noqa: E402
+from kwsbatch.label.job import run_label_job  # noqa: E402
+from kwsbatch.label.pipeline import LabelConfig, score_files  # noqa: E402
+from kwsbatch.label.rows import RowLayout  # noqa: E402
+from kwsbatch.model.checkpoint import default_model_path, load_checkpoint  # noqa: E402
+from kwsbatch.model.scorer import Scorer  # noqa: E402
 from kwsbatch.progress import Reporter  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -68,14 +69,15 @@ def test_a_worker_killed_mid_run_costs_only_its_chunks(tmp_path):
     corpus = corpus_with_a_broken_file(tmp_path / "corpus")
     model = default_model_path()
     checkpoint = load_checkpoint(model)
-    labeler = Labeler(checkpoint, device="cpu", model_id=checkpoint_id(checkpoint))
+    scorer = Scorer(checkpoint, device="cpu")
+    layout = RowLayout(checkpoint.classes, model_id=scorer.model_id)
     config = LabelConfig(batch_size=1, sort_window=2, jobs=1)  # 13 chunks of 2 files, 4 in flight
-    run_label_job(labeler, [str(corpus)], tmp_path / "local.csv", config)
+    run_label_job(functools.partial(score_files, scorer), layout, [str(corpus)], tmp_path / "local.csv", config)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
             reporter = KillAWorker(client)
-            score = functools.partial(score_on_cluster, client, model, labeler.model_id, "cpu")
-            summary = run_label_job(labeler, [str(corpus)], tmp_path / "dask.csv", config, score=score, reporter=reporter)
+            score = functools.partial(score_on_cluster, client, model, scorer.model_id, "cpu")
+            summary = run_label_job(score, layout, [str(corpus)], tmp_path / "dask.csv", config, reporter=reporter)
     assert reporter.killed is not None
     assert (summary.labelled, summary.failed, summary.rows) == (25, 1, 25)
     assert_same_output(read_rows(tmp_path / "local.csv"), read_rows(tmp_path / "dask.csv"))

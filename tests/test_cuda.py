@@ -12,9 +12,9 @@ import torch
 from conftest import run_cli
 from test_cli import TINY, assert_same_weights, read_csv
 
-from kwsbatch.checkpoint import default_model_path, load_checkpoint
-from kwsbatch.features import FeatureConfig, MfccFrontend
-from kwsbatch.label import Labeler
+from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
+from kwsbatch.model.features import FeatureConfig, MfccFrontend
+from kwsbatch.model.scorer import Scorer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -45,21 +45,21 @@ def test_mfcc_on_cuda_matches_the_cpu(clips):
 
 def test_the_default_model_gives_the_same_probabilities_on_cuda(clips):
     checkpoint = load_checkpoint(default_model_path())
-    on_cpu = Labeler(checkpoint, device="cpu").probabilities(clips)
-    labeler = Labeler(checkpoint, device="cuda")
-    assert next(labeler.spotter.parameters()).device.type == "cuda"
-    on_cuda = labeler.probabilities(clips)
+    on_cpu = Scorer(checkpoint, device="cpu").probabilities(clips)
+    scorer = Scorer(checkpoint, device="cuda")
+    assert next(scorer.spotter.parameters()).device.type == "cuda"
+    on_cuda = scorer.probabilities(clips)
     np.testing.assert_allclose(on_cuda, on_cpu, atol=1e-4)
     assert (on_cuda.argmax(1) == on_cpu.argmax(1)).all()
 
 
 def test_on_cuda_a_clips_probabilities_do_not_depend_on_its_batch(clips):
     """As on the CPU (test_features.py): in TF32, confidences moved by 1.6e-4 between batches."""
-    labeler = Labeler(load_checkpoint(default_model_path()), device="cuda")
-    together = labeler.probabilities(clips)
-    alone = np.concatenate([labeler.probabilities([clip]) for clip in clips])
+    scorer = Scorer(load_checkpoint(default_model_path()), device="cuda")
+    together = scorer.probabilities(clips)
+    alone = np.concatenate([scorer.probabilities([clip]) for clip in clips])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(labeler.probabilities(clips[::-1])[::-1], alone, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(scorer.probabilities(clips[::-1])[::-1], alone, rtol=0, atol=1e-5)
 
 
 def test_label_with_device_cuda_writes_the_rows_cpu_writes(tmp_path):

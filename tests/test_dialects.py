@@ -16,7 +16,7 @@ import soundfile as sf
 from conftest import run_cli
 
 from kwsbatch.errors import ManifestError
-from kwsbatch.manifest import iter_inputs, iter_manifest, manifest_header, read_manifest
+from kwsbatch.files.manifest import iter_inputs, iter_manifest, manifest_header, read_manifest
 
 
 def csv_rows(path) -> list[dict]:

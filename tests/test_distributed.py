@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-from kwsbatch.checkpoint import load_checkpoint
-from kwsbatch.distributed import Process, local_gpu, rank_share
 from kwsbatch.errors import KwsError
+from kwsbatch.model.checkpoint import load_checkpoint
+from kwsbatch.train.distributed import Process, local_gpu, rank_share
 
 # No augmentation: each rank draws its own, so two ranks could not match one process's draws.
 # On the CPU (gloo), also on a machine with one GPU, where two processes would need two.

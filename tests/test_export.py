@@ -12,10 +12,10 @@ import soundfile as sf
 import torch
 from conftest import REPO, run_cli
 
-from kwsbatch.checkpoint import Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
-from kwsbatch.features import FeatureConfig
-from kwsbatch.label import Labeler
-from kwsbatch.model import KeywordSpotter, ModelConfig
+from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
+from kwsbatch.model.features import FeatureConfig
+from kwsbatch.model.scorer import Scorer
+from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -49,7 +49,7 @@ def exported(trained_model, tmp_path_factory):
 
 def test_onnx_probabilities_equal_pytorch_for_clips_of_several_lengths_in_one_batch(exported, trained_model, speech_corpus):
     waves = real_clips(speech_corpus)
-    expected = Labeler(load_checkpoint(trained_model), device="cpu").probabilities(waves)
+    expected = Scorer(load_checkpoint(trained_model), device="cpu").probabilities(waves)
     session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
     waveforms, lengths = padded(waves)
     got = session.run(["probabilities"], {"waveforms": waveforms, "lengths": lengths})[0]
@@ -83,7 +83,7 @@ def test_onnx_metadata_says_what_the_model_is(exported, trained_model):
 
 def test_torchscript_runs_without_kwsbatch_and_equals_pytorch(exported, trained_model, speech_corpus, tmp_path):
     waves = real_clips(speech_corpus)
-    expected = Labeler(load_checkpoint(trained_model), device="cpu").probabilities(waves)
+    expected = Scorer(load_checkpoint(trained_model), device="cpu").probabilities(waves)
     waveforms, lengths = padded(waves)
     np.save(tmp_path / "waveforms.npy", waveforms)
     np.save(tmp_path / "lengths.npy", lengths)
@@ -135,7 +135,7 @@ def test_bidirectional_models_export_exactly(bidirectional, pooling, tmp_path, s
     save_checkpoint(Checkpoint(("a", "b", "c"), FeatureConfig(), config, spotter.state_dict(), temperature=0.2), tmp_path / "bi.pt")
     run_cli("export", tmp_path / "bi.pt", "-o", tmp_path / "bi.onnx", "-q", check=True)
     waves = real_clips(speech_corpus)
-    expected = Labeler(load_checkpoint(tmp_path / "bi.pt"), device="cpu").probabilities(waves)
+    expected = Scorer(load_checkpoint(tmp_path / "bi.pt"), device="cpu").probabilities(waves)
     session = ort.InferenceSession(str(tmp_path / "bi.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, dict(zip(("waveforms", "lengths"), padded(waves))))[0]
     assert expected.max() > 0.6

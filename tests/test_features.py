@@ -7,10 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kwsbatch.checkpoint import load_checkpoint
-from kwsbatch.features import FeatureConfig, FeatureStats, MfccFrontend, pad_waveforms
-from kwsbatch.label import Labeler
-from kwsbatch.model import KeywordSpotter, ModelConfig
+from kwsbatch.model.checkpoint import load_checkpoint
+from kwsbatch.model.features import FeatureConfig, FeatureStats, MfccFrontend, pad_waveforms
+from kwsbatch.model.scorer import Scorer
+from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
 
 RATE = 16000
 
@@ -106,15 +106,15 @@ def test_whatever_follows_a_clip_cannot_change_its_frames(speech, n):
     assert not torch.allclose(features[0, -1], features[2, -1], atol=1e-3)
 
 
-def test_labeler_probabilities_are_batch_invariant(trained_model, random_clips):
-    labeler = Labeler(load_checkpoint(trained_model), device="cpu")
-    together = labeler.probabilities(random_clips)
-    alone = np.concatenate([labeler.probabilities([clip]) for clip in random_clips])
+def test_scorer_probabilities_are_batch_invariant(trained_model, random_clips):
+    scorer = Scorer(load_checkpoint(trained_model), device="cpu")
+    together = scorer.probabilities(random_clips)
+    alone = np.concatenate([scorer.probabilities([clip]) for clip in random_clips])
     assert together.shape == (64, 4)
     np.testing.assert_allclose(together.sum(1), 1.0, atol=1e-6)
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
     # In reverse order each clip lands beside different neighbours and padding.
-    np.testing.assert_allclose(labeler.probabilities(random_clips[::-1])[::-1], alone, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(scorer.probabilities(random_clips[::-1])[::-1], alone, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""kwsbatch.fetch and `kwsbatch fetch`, against an HTTP server on 127.0.0.1 (no test uses the internet)."""
+"""kwsbatch.corpus.fetch and `kwsbatch fetch`, against an HTTP server on 127.0.0.1 (no test uses the internet)."""
 
 import csv
 import hashlib
@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 from sc_tree import make_tree
 
-from kwsbatch.fetch import ARCHIVES, MARKER, FetchError, extract
+from kwsbatch.corpus.fetch import ARCHIVES, MARKER, FetchError, extract
 
 
 class ArchiveServer:
@@ -225,7 +225,7 @@ def test_published_archives_are_pinned():
     assert (v2.size, v2.sha256[:8]) == (2428923189, "af14739e")
     assert ARCHIVES["speech-commands", "0.01"].sha256[:8] == "74393542"
     with pytest.raises(FetchError, match="64 hex digits"):
-        from kwsbatch.fetch import fetch_dataset
+        from kwsbatch.corpus.fetch import fetch_dataset
         fetch_dataset("speech-commands", "0.02", "unused", sha256="abc")
 
 
@@ -257,7 +257,7 @@ def test_a_complete_part_file_is_finished_without_downloading_again(server, arch
 
 
 def test_a_server_that_keeps_failing_gives_up_with_a_one_line_error(tmp_path):
-    from kwsbatch.fetch import download
+    from kwsbatch.corpus.fetch import download
 
     with pytest.raises(FetchError, match=r"download failed 1 times in a row \(.*\); run again to resume"):
         download("http://127.0.0.1:9/nothing.tar.gz", tmp_path / "x.tar.gz", retries=1, timeout=5)

@@ -3,7 +3,8 @@
 import json
 
 from conftest import run_cli
-from kwsbatch.checkpoint import load_checkpoint
+
+from kwsbatch.model.checkpoint import load_checkpoint
 
 # The trained_model fixture: 12 MFCCs -> the default causal conv (64 channels, kernel 5) -> 2 LSTM
 # layers of 32 units -> 4 classes. The conv has 64 x 12 x 5 weights + 64 biases; per LSTM layer

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import REPO, run_cli, tone
-from kwsbatch.lock import output_lock
+
+from kwsbatch.files.lock import output_lock
 
 SAMPLES = REPO / "kwsbatch" / "assets" / "samples"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130

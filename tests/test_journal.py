@@ -3,7 +3,7 @@
 import pytest
 
 from kwsbatch.errors import KwsError
-from kwsbatch.journal import Journal, file_identity, journal_path, remove_journal
+from kwsbatch.label.journal import Journal, file_identity, journal_path, remove_journal
 
 SETTINGS = {"model": "abc", "columns": ["path", "label"], "window": None}
 

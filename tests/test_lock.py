@@ -2,7 +2,7 @@
 
 import pytest
 
-from kwsbatch.lock import LockedError, lock_path, output_lock
+from kwsbatch.files.lock import LockedError, lock_path, output_lock
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_pid(tmp_path):

@@ -2,16 +2,15 @@
 
 import csv
 import io
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import pytest
 import soundfile as sf
 from conftest import run_cli, tone
 
 from kwsbatch.errors import ManifestError
-from kwsbatch.manifest import check_known_labels, iter_manifest, read_manifest
+from kwsbatch.files.manifest import check_known_labels, iter_manifest, read_manifest
 
 
 @pytest.fixture

@@ -7,15 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kwsbatch.errors import KwsError
-from kwsbatch.metrics import (
-    accuracy,
-    balanced_accuracy,
-    confusion_matrix,
-    evaluate_predictions,
-    expected_calibration_error,
-    macro_f1,
-    per_class_scores,
-)
+from kwsbatch.evaluate.metrics import accuracy, balanced_accuracy, confusion_matrix, evaluate_predictions, macro_f1, per_class_scores
+from kwsbatch.train.calibrate import expected_calibration_error
 
 CLASSES = ["yes", "no", "stop"]
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kwsbatch.features import FeatureConfig
-from kwsbatch.model import KeywordLSTM, KeywordSpotter, ModelConfig
+from kwsbatch.model.features import FeatureConfig
+from kwsbatch.model.spotter import KeywordLSTM, KeywordSpotter, ModelConfig
 
 # Unsorted on purpose (packing sorts internally and must hand rows back in this order); 1 is the
 # shortest a clip can be, 40 fills the batch.

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from kwsbatch.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from kwsbatch.features import FeatureConfig, MfccFrontend, pad_waveforms
-from kwsbatch.model import CausalConv, KeywordSpotter, ModelConfig
+from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from kwsbatch.model.features import FeatureConfig, MfccFrontend, pad_waveforms
+from kwsbatch.model.spotter import CausalConv, KeywordSpotter, ModelConfig
 
 
 def clips(n: int = 64, seed: int = 0) -> list[torch.Tensor]:

@@ -9,20 +9,20 @@ import soundfile as sf
 import torch
 from conftest import REPO, tone
 
-from kwsbatch.checkpoint import checkpoint_id, default_model_path, load_checkpoint
-from kwsbatch.label import Labeler
-from kwsbatch.manifest import ManifestRow
-from kwsbatch.pipeline import LabelConfig, score_files
-from kwsbatch.windows import WindowConfig
+from kwsbatch.files.manifest import ManifestRow
+from kwsbatch.label.pipeline import LabelConfig, score_files
+from kwsbatch.label.windows import WindowConfig
+from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
+from kwsbatch.model.scorer import Scorer
 
 SAMPLES = REPO / "kwsbatch" / "assets" / "samples"
 
 
 @pytest.fixture(scope="module")
-def labeler() -> Labeler:
+def scorer() -> Scorer:
     model = default_model_path()
     checkpoint = load_checkpoint(model)
-    return Labeler(checkpoint, device="cpu", model_id=checkpoint_id(checkpoint))
+    return Scorer(checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,13 @@ def rows_for(paths) -> list[ManifestRow]:
     return [ManifestRow(str(p), str(p), Path(p)) for p in paths]
 
 
-def run(labeler, paths, config, *, ordered=True) -> list[tuple[ManifestRow, object]]:
-    return [(row, result) for task, results in score_files(labeler, rows_for(paths), config, ordered=ordered) for row, result in zip(task, results)]
+def run(scorer, paths, config, *, ordered=True) -> list[tuple[ManifestRow, object]]:
+    return [(row, result) for task, results in score_files(scorer, rows_for(paths), config, ordered=ordered) for row, result in zip(task, results)]
 
 
-def test_results_do_not_depend_on_workers_batch_size_or_sorting(labeler, mixed_clips):
-    one_by_one = run(labeler, mixed_clips, LabelConfig(batch_size=1, jobs=1, sort_window=1))
-    batched = run(labeler, mixed_clips, LabelConfig(batch_size=7, jobs=3, sort_window=3), ordered=False)
+def test_results_do_not_depend_on_workers_batch_size_or_sorting(scorer, mixed_clips):
+    one_by_one = run(scorer, mixed_clips, LabelConfig(batch_size=1, jobs=1, sort_window=1))
+    batched = run(scorer, mixed_clips, LabelConfig(batch_size=7, jobs=3, sort_window=3), ordered=False)
     by_path = {row.path: result for row, result in batched}
     assert len(by_path) == len(batched) == len(one_by_one) == len(mixed_clips)
     for row, alone in one_by_one:
@@ -62,33 +62,33 @@ def test_results_do_not_depend_on_workers_batch_size_or_sorting(labeler, mixed_c
         assert (together.duration_s, together.sample_rate, together.channels) == (alone.duration_s, alone.sample_rate, alone.channels)
 
 
-def test_ordered_results_follow_the_input_and_unordered_ones_cover_it_once(labeler, mixed_clips):
+def test_ordered_results_follow_the_input_and_unordered_ones_cover_it_once(scorer, mixed_clips):
     config = LabelConfig(batch_size=2, jobs=2, sort_window=2)
-    assert [row.path for row, _ in run(labeler, mixed_clips, config)] == [str(p) for p in mixed_clips]
-    unordered = [row.path for row, _ in run(labeler, mixed_clips, config, ordered=False)]
+    assert [row.path for row, _ in run(scorer, mixed_clips, config)] == [str(p) for p in mixed_clips]
+    unordered = [row.path for row, _ in run(scorer, mixed_clips, config, ordered=False)]
     assert sorted(unordered) == sorted(str(p) for p in mixed_clips)
 
 
-def test_a_file_that_cannot_be_read_spoils_only_its_own_result(labeler, tmp_path):
+def test_a_file_that_cannot_be_read_spoils_only_its_own_result(scorer, tmp_path):
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wave file")
     sf.write(tmp_path / "long.wav", np.zeros(16000 * 3, dtype=np.float32), 16000)
     paths = [SAMPLES / "yes_0.wav", tmp_path / "broken.wav", tmp_path / "missing.wav", tmp_path / "long.wav", SAMPLES / "no_0.wav"]
-    results = [result for _, result in run(labeler, paths, LabelConfig(batch_size=4, jobs=2, max_seconds=2.0))]
+    results = [result for _, result in run(scorer, paths, LabelConfig(batch_size=4, jobs=2, max_seconds=2.0))]
     assert [bool(r.error) for r in results] == [False, True, True, True, False]
     assert "broken.wav: cannot decode audio" in results[1].error
     assert "missing.wav: file not found" in results[2].error
     assert "3.0 s is longer than the 2 s limit" in results[3].error and "--window" in results[3].error
-    assert [labeler.classes[r.probabilities.argmax()] for r in (results[0], results[4])] == ["yes", "no"]
+    assert [scorer.classes[r.probabilities.argmax()] for r in (results[0], results[4])] == ["yes", "no"]
 
 
-def test_window_mode_finds_keywords_where_they_are_spoken(labeler, tmp_path):
+def test_window_mode_finds_keywords_where_they_are_spoken(scorer, tmp_path):
     rate = 16000
     audio = np.zeros(rate * 20, dtype=np.float32)
     for second, word in [(3, "yes"), (12, "stop")]:
         clip, _ = sf.read(SAMPLES / f"{word}_0.wav", dtype="float32")
         audio[second * rate : second * rate + len(clip)] = clip
     sf.write(tmp_path / "recording.flac", audio, rate)
-    [(_, result)] = run(labeler, [tmp_path / "recording.flac"], LabelConfig(batch_size=8, jobs=2, window=WindowConfig(1.0, 0.25)))
+    [(_, result)] = run(scorer, [tmp_path / "recording.flac"], LabelConfig(batch_size=8, jobs=2, window=WindowConfig(1.0, 0.25)))
     assert not result.error and result.duration_s == 20.0
     for second, word in [(3, "yes"), (12, "stop")]:
         # A detection of the word covers the second it was spoken in.
@@ -97,16 +97,16 @@ def test_window_mode_finds_keywords_where_they_are_spoken(labeler, tmp_path):
     assert all(2 <= d.start_s <= 4 or 11 <= d.start_s <= 14 for d in result.detections)
 
 
-def test_a_long_recording_does_not_hold_up_the_files_after_it(labeler, tmp_path):
+def test_a_long_recording_does_not_hold_up_the_files_after_it(scorer, tmp_path):
     sf.write(tmp_path / "a_hour.flac", np.zeros(16000 * 1200, dtype=np.float32), 16000)  # 20 minutes
     paths = [tmp_path / "a_hour.flac"] + [SAMPLES / f"{w}_0.wav" for w in ("yes", "no", "up", "down", "left", "right")] * 4
     config = LabelConfig(batch_size=4, jobs=2, sort_window=1, window=WindowConfig(1.0, 0.5))
-    finished = [task[0].path for task, _ in score_files(labeler, rows_for(paths), config)]
+    finished = [task[0].path for task, _ in score_files(scorer, rows_for(paths), config)]
     assert finished[-1] == str(tmp_path / "a_hour.flac")  # everything else got through while it was being read
     assert len(finished) == 1 + len(paths[1:]) // 4
 
 
-def test_worker_processes_give_what_threads_give(labeler, mixed_clips, tmp_path):
+def test_worker_processes_give_what_threads_give(scorer, mixed_clips, tmp_path):
     """The same batches on the same CPU, so the same numbers, not merely close ones; errors and window mode too."""
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wave file")
     rate = 16000
@@ -116,8 +116,8 @@ def test_worker_processes_give_what_threads_give(labeler, mixed_clips, tmp_path)
     clip_mode = (LabelConfig(batch_size=5, jobs=2), [*mixed_clips, tmp_path / "broken.wav"])
     window_mode = (LabelConfig(batch_size=4, jobs=2, window=WindowConfig(1.0, 0.5)), [tmp_path / "recording.wav", *mixed_clips[:4]])
     for config, paths in (clip_mode, window_mode):
-        threads = run(labeler, paths, config)
-        processes = run(labeler, paths, replace(config, processes=True))
+        threads = run(scorer, paths, config)
+        processes = run(scorer, paths, replace(config, processes=True))
         assert [row.path for row, _ in processes] == [row.path for row, _ in threads] == [str(p) for p in paths]
         for (_, a), (_, b) in zip(threads, processes):
             assert (a.error, a.duration_s, a.sample_rate, a.channels, a.detections) == (b.error, b.duration_s, b.sample_rate, b.channels, b.detections)
@@ -128,9 +128,9 @@ def test_worker_processes_give_what_threads_give(labeler, mixed_clips, tmp_path)
             assert any(d.label == "yes" for d in processes[0][1].detections)
 
 
-def test_torch_threads_are_restored_after_a_run(labeler, mixed_clips):
+def test_torch_threads_are_restored_after_a_run(scorer, mixed_clips):
     before = torch.get_num_threads()
-    run(labeler, mixed_clips[:3], LabelConfig(jobs=2))
+    run(scorer, mixed_clips[:3], LabelConfig(jobs=2))
     assert torch.get_num_threads() == before
 
 

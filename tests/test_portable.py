@@ -5,11 +5,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from kwsbatch.checkpoint import Checkpoint, load_checkpoint
-from kwsbatch.features import FeatureConfig, MfccFrontend, pad_waveforms
-from kwsbatch.label import Labeler
-from kwsbatch.model import KeywordLSTM, KeywordSpotter, ModelConfig
-from kwsbatch.portable import DftMfcc, PaddedLSTM, PortableSpotter, dft_basis
+from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint
+from kwsbatch.model.features import FeatureConfig, MfccFrontend, pad_waveforms
+from kwsbatch.model.portable import DftMfcc, PaddedLSTM, PortableSpotter, dft_basis
+from kwsbatch.model.scorer import Scorer
+from kwsbatch.model.spotter import KeywordLSTM, KeywordSpotter, ModelConfig
 
 # Frame lengths in no particular order: the longest, one frame, and lengths between.
 FRAME_LENGTHS = [50, 1, 17, 33, 2, 49]
@@ -84,7 +84,7 @@ def test_portable_spotter_equals_kwsbatch_probabilities_on_real_clips(trained_mo
         torch.from_numpy(sf.read(speech_corpus / path, dtype="float32")[0])[:n]
         for path, n in (("yes/v03.wav", 16000), ("no/v07.wav", 9000), ("up/v11.wav", 4000), ("down/v03.wav", 300))
     ]
-    expected = Labeler(checkpoint, device="cpu").probabilities(waves)
+    expected = Scorer(checkpoint, device="cpu").probabilities(waves)
     batch, lengths = pad_waveforms(waves, min_samples=1)  # true lengths: the portable model pads short clips itself
     with torch.no_grad():
         got = PortableSpotter(checkpoint)(batch, lengths).numpy()
@@ -102,7 +102,7 @@ def test_portable_spotter_equals_kwsbatch_for_every_head(bidirectional, pooling,
     checkpoint = Checkpoint(("a", "b", "c", "d"), FeatureConfig(), config, spotter.state_dict(), temperature=0.1)
     waves = [torch.from_numpy(sf.read(speech_corpus / f"{w}/v01.wav", dtype="float32")[0]) for w in ("yes", "no", "up")]
     waves = [waves[0][:12000], waves[1], waves[2][:2500]]
-    expected = Labeler(checkpoint, device="cpu").probabilities(waves)
+    expected = Scorer(checkpoint, device="cpu").probabilities(waves)
     batch, lengths = pad_waveforms(waves, min_samples=1)
     with torch.no_grad():
         got = PortableSpotter(checkpoint)(batch, lengths).numpy()

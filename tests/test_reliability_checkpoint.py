@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from kwsbatch.checkpoint import default_model_path, load_checkpoint
 from kwsbatch.errors import CheckpointError
+from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
 
 EXIT_ERROR = 1
 

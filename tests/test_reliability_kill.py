@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from conftest import run_cli, tone
 
-from kwsbatch.checkpoint import load_checkpoint
+from kwsbatch.model.checkpoint import load_checkpoint
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 N_FILES = 2000

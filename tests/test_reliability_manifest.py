@@ -11,7 +11,7 @@ import soundfile as sf
 from conftest import run_cli, tone
 
 from kwsbatch.errors import ManifestError
-from kwsbatch.manifest import read_manifest
+from kwsbatch.files.manifest import read_manifest
 
 EXIT_OK, EXIT_ERROR = 0, 1
 

@@ -14,9 +14,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kwsbatch.checkpoint import default_model_path, load_checkpoint
-from kwsbatch.label import Labeler
-from kwsbatch.manifest import iter_manifest
+from kwsbatch.files.manifest import iter_manifest
+from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
+from kwsbatch.model.scorer import Scorer
 
 # Cell text as people write it: commas, quotes, tabs, newlines, non-ASCII; never NUL (csv cannot hold it)
 # and no surrounding blanks on path and label, which kwsbatch strips.
@@ -49,8 +49,8 @@ def test_manifest_rows_round_trip_through_every_delimited_dialect(kind, rows):
 
 
 @pytest.fixture(scope="module")
-def labeler() -> Labeler:
-    return Labeler(load_checkpoint(default_model_path()), device="cpu")
+def scorer() -> Scorer:
+    return Scorer(load_checkpoint(default_model_path()), device="cpu")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -58,9 +58,9 @@ def labeler() -> Labeler:
     lengths=st.lists(st.integers(min_value=1, max_value=16000), min_size=1, max_size=8),
     seed=st.integers(min_value=0, max_value=2**31),
 )
-def test_a_clips_probabilities_do_not_depend_on_the_batch_it_is_scored_in(labeler, lengths, seed):
+def test_a_clips_probabilities_do_not_depend_on_the_batch_it_is_scored_in(scorer, lengths, seed):
     rng = np.random.default_rng(seed)
     waves = [torch.from_numpy((0.3 * rng.standard_normal(n)).astype(np.float32)) for n in lengths]
-    together = labeler.probabilities(waves)
-    alone = np.concatenate([labeler.probabilities([w]) for w in waves])
+    together = scorer.probabilities(waves)
+    alone = np.concatenate([scorer.probabilities([w]) for w in waves])
     np.testing.assert_allclose(together, alone, atol=1e-5, rtol=0)

@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 
 from kwsbatch import __version__
-from kwsbatch.metrics import evaluate_predictions
-from kwsbatch.report import render_report, write_report
+from kwsbatch.evaluate.metrics import evaluate_predictions
+from kwsbatch.evaluate.report import render_report, write_report
 
 CLASSES = ["yes", "no", "stop"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

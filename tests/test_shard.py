@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli
 from test_job import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, make_corpus, read_rows
 
-from kwsbatch.shard import Shard, shard_of
+from kwsbatch.label.shard import Shard, shard_of
 
 
 def test_shard_of_is_pinned_so_arrays_agree_across_machines_and_versions():

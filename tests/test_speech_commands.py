@@ -1,4 +1,4 @@
-"""kwsbatch.speech_commands and `kwsbatch manifest`: published splits, unknown folding, silence cutting."""
+"""kwsbatch.corpus.speech_commands and `kwsbatch manifest`: published splits, unknown folding, silence cutting."""
 
 import csv
 import json
@@ -10,8 +10,8 @@ import soundfile as sf
 from conftest import run_cli
 from sc_tree import NOISE_TONES, RATE, make_tree
 
-from kwsbatch.manifest import read_manifest
-from kwsbatch.speech_commands import ManifestConfig, DatasetError, speaker_of, which_set, write_manifests
+from kwsbatch.corpus.speech_commands import DatasetError, ManifestConfig, speaker_of, which_set, write_manifests
+from kwsbatch.files.manifest import read_manifest
 
 KEYWORDS = "yes,no,up"
 

@@ -1,4 +1,4 @@
-"""kwsbatch.synth: a small real corpus from espeak-ng (and flite when installed)."""
+"""kwsbatch.corpus.synth: a small real corpus from espeak-ng (and flite when installed)."""
 
 import hashlib
 import shutil
@@ -8,11 +8,22 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from kwsbatch import synth
+from kwsbatch.corpus import synth
+from kwsbatch.corpus.synth import (
+    COLUMNS,
+    SILENCE,
+    SPLITS,
+    UNKNOWN,
+    SynthConfig,
+    SynthError,
+    colored_noise,
+    filter_unknown_words,
+    read_word_list,
+    summarize,
+    synthesize_corpus,
+    trim_silence,
+)
 from kwsbatch.errors import KwsError
-from kwsbatch.synth import (COLUMNS, SILENCE, SPLITS, UNKNOWN, SynthConfig, SynthError,
-                            colored_noise, filter_unknown_words, read_word_list, summarize,
-                            synthesize_corpus, trim_silence)
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng not installed (apt-get install espeak-ng)")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import run_cli
-from kwsbatch.checkpoint import load_checkpoint
-from kwsbatch.train import epoch_order
+
+from kwsbatch.model.checkpoint import load_checkpoint
+from kwsbatch.train.loop import epoch_order
 
 TINY = ("--epochs", "1", "--batch-size", "8", "--hidden", "16", "--layers", "1", "--val-fraction", "0.25")
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kwsbatch.errors import AudioError
 from kwsbatch.classes import is_background
-from kwsbatch.windows import DetectionMerger, WindowConfig, WindowReader
+from kwsbatch.errors import AudioError
+from kwsbatch.label.windows import DetectionMerger, WindowConfig, WindowReader
 
 CLASSES = ("_silence_", "_unknown_", "no", "yes")
 

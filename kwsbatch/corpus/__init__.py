@@ -1,0 +1,1 @@
+"""Corpora: synthetic speech, Speech Commands manifests and downloads, and the pre-training audit."""

@@ -1,0 +1,733 @@
+"""Build a labelled, Speech-Commands-like keyword corpus from text-to-speech engines.
+
+No data set can be downloaded where kwsbatch runs, so `kwsbatch synth` speaks the keywords with
+every English voice the installed engines have, under sampled rate/pitch settings, and lays the
+clips out the way Google Speech Commands does::
+
+    out_dir/<label>/<speaker>_<n>.wav      16 kHz mono PCM_16, exactly `clip_seconds` long
+    out_dir/_background_noise_/*.wav       long white/pink/brown noise and TTS babble (not listed)
+    out_dir/manifest.csv                   path,label,speaker,engine,text,split
+    out_dir/train.csv, val.csv, test.csv   the same rows, one file per split
+    out_dir/voices.csv                     speaker,engine,voice,params,split: what each speaker is
+
+Labels are the keywords, `_unknown_` (other English words and a few two-word phrases, minus the
+keywords and their homophones) and `_silence_` (near-silence and coloured noise; its `text` is the
+noise kind and its engine `noise`). A *speaker* is one engine voice setting (engine + voice +
+variant + rate + pitch ...); splits are drawn by speaker, so no voice setting straddles two
+splits, and every split gets every class and engine whenever the counts allow.
+
+The default unknown vocabulary is the bundled assets/unknown_words.txt (5000 common words), not
+/usr/share/dict/words, so a seed gives the same corpus on machines with and without wamerican;
+pass `read_word_list("/usr/share/dict/words")` as unknown_words for the larger, rarer vocabulary.
+
+Public API::
+
+    SynthConfig(words, *, per_word=300, unknown=None, silence=None, unknown_words=None,
+                speakers=None, engines=None, seed=0, sample_rate=16000, clip_seconds=1.0,
+                splits=(0.8, 0.1, 0.1))
+    synthesize_corpus(config, out_dir, *, jobs=1, progress=None) -> manifest DataFrame
+    summarize(manifest) -> clip counts per (label, engine) x split
+    read_word_list(path) -> words for SynthConfig.unknown_words (e.g. /usr/share/dict/words)
+    filter_unknown_words(words, keywords) -> words minus keywords and their homophones
+    available_engines(names=None) -> [Engine]; EspeakEngine, FliteEngine, FestivalEngine; SynthError
+
+Same config and seed give byte-identical files whatever `jobs` is: every random draw comes from
+a generator seeded with (seed, purpose, index), never from shared state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+from xml.sax.saxutils import escape
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from kwsbatch.errors import KwsError
+
+UNKNOWN = "_unknown_"
+SILENCE = "_silence_"
+BACKGROUND_DIR = "_background_noise_"
+SPLITS = ("train", "val", "test")
+COLUMNS = ("path", "label", "speaker", "engine", "text", "split")
+DEFAULT_WORDS_FILE = Path(__file__).parents[1] / "assets" / "unknown_words.txt"
+
+# Streams keep the draws for different purposes independent, so e.g. changing --silence does not
+# change which voices speak the keywords.
+_VOICES, _PLAN, _TEXTS, _CLIP, _BACKGROUND = range(5)
+_PHRASE_FRACTION = 0.1      # share of _unknown_ clips that are two-word phrases
+_MAX_SPEECH = 0.9           # speech may fill at most this share of a clip, so its offset varies
+_MAX_TEMPO = 2.0            # beyond 2x faster TTS becomes unintelligible; truncate instead
+_NOISE_KINDS = ("silence", "white", "pink", "brown")
+_BACKGROUND_SECONDS = 20.0
+
+# Words that sound (nearly) like a keyword but that espeak-ng phonemizes differently; the phoneme
+# rule in filter_unknown_words catches the exact homophones (know/no, write/right, ...).
+# Kept small on purpose: words that merely rhyme or share a sound (town/down is the limit) are
+# the hard negatives _unknown_ is for.
+NEAR_HOMOPHONES: dict[str, tuple[str, ...]] = {
+    "yes": ("yeah", "yea", "yep", "yet"),
+    "no": ("know", "now", "nah", "noh"),
+    "up": ("op",),
+    "down": ("dawn", "town"),
+    "left": ("lift", "loft"),
+    "right": ("write", "rite", "wright"),
+    "on": ("an",),
+    "off": ("of", "oft"),
+    "stop": ("stoop", "step"),
+}
+
+
+class SynthError(KwsError):
+    """A corpus cannot be synthesized: bad options, a missing engine, or an engine failure."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to synthesize; field names match the flags of `kwsbatch synth`."""
+
+    words: tuple[str, ...]
+    per_word: int = 300
+    # None -> 2 * per_word: _unknown_ stands for all other speech, the commonest false alarm.
+    unknown: int | None = None
+    # None -> per_word: one more class of the same size as a keyword.
+    silence: int | None = None
+    unknown_words: tuple[str, ...] | None = None  # None -> the bundled common-word list
+    # Voice settings (pseudo-speakers). None -> per_word (at least one per split per engine), so
+    # each says each keyword about once.
+    speakers: int | None = None
+    engines: tuple[str, ...] | None = None  # None -> every installed engine
+    seed: int = 0
+    sample_rate: int = 16000
+    clip_seconds: float = 1.0
+    splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def __post_init__(self):
+        words = tuple(w.strip().lower() for w in self.words)
+        if not words:
+            raise SynthError("no keywords given: pass --words, e.g. --words yes,no")
+        for word in words:
+            if not re.fullmatch(r"[a-z]+(?:['-][a-z]+)*", word):
+                raise SynthError(f"keyword {word!r} is not a single English word (letters, ' or -)")
+        if len(set(words)) != len(words):
+            raise SynthError(f"keywords repeat: {','.join(words)}")
+        object.__setattr__(self, "words", words)
+        if self.per_word < 1:
+            raise SynthError(f"per_word must be at least 1, got {self.per_word}")
+        for name in ("unknown", "silence"):
+            if (getattr(self, name) or 0) < 0:
+                raise SynthError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise SynthError(f"seed must be >= 0, got {self.seed}")
+        if self.sample_rate < 8000 or self.clip_seconds <= 0:
+            raise SynthError("sample_rate must be >= 8000 and clip_seconds > 0")
+        if (len(self.splits) != 3 or min(self.splits) < 0 or self.splits[0] <= 0
+                or abs(sum(self.splits) - 1) > 1e-6):
+            raise SynthError(f"splits must be 3 fractions (train>0, val, test) summing to 1, got {self.splits}")
+
+    @property
+    def n_unknown(self) -> int:
+        return 2 * self.per_word if self.unknown is None else self.unknown
+
+    @property
+    def n_silence(self) -> int:
+        return self.per_word if self.silence is None else self.silence
+
+    @property
+    def n_clips(self) -> int:
+        """Clips `synthesize_corpus` writes (for a progress bar's total)."""
+        return len(self.words) * self.per_word + self.n_unknown + self.n_silence
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.sample_rate * self.clip_seconds)
+
+
+# ---------------------------------------------------------------------------------- engines
+
+
+@dataclass(frozen=True)
+class VoiceSetting:
+    """One way an engine can speak: a voice plus its parameters; hashes to a stable speaker id."""
+
+    engine: str
+    voice: str
+    params: tuple[tuple[str, int | float], ...] = ()
+
+    @property
+    def speaker(self) -> str:
+        # hashlib, not hash(): ids (and so splits) must not change between processes.
+        key = repr((self.engine, self.voice, self.params)).encode()
+        return f"{self.engine}_{hashlib.sha1(key).hexdigest()[:8]}"
+
+    def describe(self) -> str:
+        return " ".join([f"voice={self.voice}"] + [f"{k}={v}" for k, v in self.params])
+
+
+class Engine(Protocol):
+    """A TTS engine. Adding one is a class with these members plus an entry in _ENGINE_TYPES."""
+
+    name: str
+    weight: float  # relative share of the voice settings when several engines are used
+
+    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
+        """n settings sampled with rng, cycling through the engine's voices evenly."""
+
+    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
+        """Float32 mono waveform and its sample rate; tempo > 1 speaks faster."""
+
+
+def _run(cmd: Sequence[str], what: str, stdin: str | None = None) -> bytes:
+    try:
+        done = subprocess.run(cmd, input=stdin.encode() if stdin else None, capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SynthError(f"{what} failed: {e}") from None
+    if done.returncode != 0 or not done.stdout:
+        reason = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[0]
+        raise SynthError(f"{what} failed: {reason}")
+    return done.stdout
+
+
+def _decode_wav(data: bytes, what: str) -> tuple[np.ndarray, int]:
+    try:
+        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except RuntimeError as e:
+        raise SynthError(f"{what} wrote unreadable audio: {e}") from None
+    return audio.mean(axis=1), sr
+
+
+class EspeakEngine:
+    """espeak-ng: every English accent crossed with every voice variant (`-v en-us+f3`)."""
+
+    name = "espeak-ng"
+    weight = 3.0
+
+    def __init__(self):
+        if shutil.which("espeak-ng") is None:
+            raise SynthError("espeak-ng not found: install it with `apt-get install espeak-ng`")
+        self.voices, self.skipped = self._english_voices()
+        if not self.voices:
+            raise SynthError(f"espeak-ng has no working English voice (tried {', '.join(self.skipped)})")
+        self.variants = self._variants()
+
+    def _english_voices(self) -> tuple[list[str], list[str]]:
+        """Voice files (e.g. gmw/en-US) that speak; mbrola voices only if mbrola works."""
+        listing = _run(["espeak-ng", "--voices=en"], "espeak-ng --voices=en").decode()
+        voices, skipped = [], []
+        for line in listing.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 5 or fields[1] == "variant":
+                continue
+            voice = fields[4]
+            if voice.startswith("mb/") and shutil.which("mbrola") is None:
+                skipped.append(voice)
+            elif voice not in voices:
+                voices.append(voice)
+        working = []
+        for voice in voices:
+            try:  # an mbrola voice whose database is missing exits 0 with no audio
+                _run(["espeak-ng", "-v", voice, "--stdout", "test"], "probe")
+                working.append(voice)
+            except SynthError:
+                skipped.append(voice)
+        return working, skipped
+
+    @staticmethod
+    def _variants() -> list[str]:
+        # Read the variant directory: `--voices=variant` prints names, not the file names `+`
+        # needs, and an unknown `+variant` silently falls back to the plain voice.
+        version = _run(["espeak-ng", "--version"], "espeak-ng --version").decode()
+        match = re.search(r"Data at:\s*(\S.*)$", version.strip())
+        folder = Path(match.group(1).strip()) / "voices" / "!v" if match else None
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
+        variants = [""] + self.variants  # "" is the accent's own voice
+        order = rng.permutation(len(self.voices))
+        settings = []
+        for i in range(n):
+            voice = self.voices[order[i % len(self.voices)]]
+            variant = variants[rng.integers(len(variants))]
+            params = (
+                ("rate", int(rng.integers(130, 241))),      # words/min, default 175
+                ("pitch", int(rng.integers(15, 86))),       # 0-99, default 50
+                ("range", int(rng.integers(40, 161))),      # pitch range, % of the voice's
+                ("amplitude", int(rng.integers(70, 141))),  # 0-200, default 100
+            )
+            settings.append(VoiceSetting(self.name, f"{voice}+{variant}" if variant else voice, params))
+        return settings
+
+    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
+        p = dict(setting.params)
+        rate = min(450, round(p["rate"] * tempo))
+        # This espeak-ng has no -P flag; SSML prosody is how it takes a pitch range.
+        ssml = f'<speak><prosody range="{p["range"]}%">{escape(text)}</prosody></speak>'
+        cmd = ["espeak-ng", "-m", "-z", "--stdout", "-v", setting.voice, "-s", str(rate),
+               "-p", str(p["pitch"]), "-a", str(p["amplitude"]), ssml]
+        return _decode_wav(_run(cmd, f"espeak-ng -v {setting.voice} on {text!r}"), "espeak-ng")
+
+
+class FliteEngine:
+    """flite: its general-domain voices, rate and mean pitch varied with --setf."""
+
+    name = "flite"
+    weight = 1.0  # few voices, so a small share keeps them from dominating the speakers
+    # awb_time only knows how to say the time of day.
+    LIMITED_DOMAIN = frozenset({"awb_time"})
+    # Typical mean F0 per voice, Hz; pitch is sampled around it (rms ignores the setting).
+    F0 = {"slt": 170}
+    DEFAULT_F0 = 105
+
+    def __init__(self):
+        if shutil.which("flite") is None:
+            raise SynthError("flite not found: install it with `apt-get install flite`")
+        listing = _run(["flite", "-lv"], "flite -lv").decode()
+        names = listing.split(":", 1)[-1].split()
+        self.voices = [v for v in names if v not in self.LIMITED_DOMAIN]
+        if not self.voices:
+            raise SynthError("flite lists no general-domain voice")
+
+    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
+        order = rng.permutation(len(self.voices))
+        settings = []
+        for i in range(n):
+            voice = self.voices[order[i % len(self.voices)]]
+            f0 = self.F0.get(voice, self.DEFAULT_F0)
+            params = (
+                ("stretch", round(float(rng.uniform(0.8, 1.25)), 2)),
+                ("f0", int(round(f0 * rng.uniform(0.8, 1.25)))),
+            )
+            settings.append(VoiceSetting(self.name, voice, params))
+        return settings
+
+    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
+        p = dict(setting.params)
+        cmd = ["flite", "-voice", setting.voice,
+               "--setf", f"duration_stretch={p['stretch'] / tempo:.3f}",
+               "--setf", f"int_f0_target_mean={p['f0']}", "-t", text, "-o", "/dev/stdout"]
+        return _decode_wav(_run(cmd, f"flite -voice {setting.voice} on {text!r}"), "flite")
+
+
+class FestivalEngine:
+    """festival (via text2wave): its English voices (festvox kal and ked diphones, the HTS voice
+    slt, ...), speaking rate and mean pitch varied."""
+
+    name = "festival"
+    weight = 1.0  # a handful of voices, like flite
+    # Voices live in <festival>/voices/<language>/<voice>/; these language folders are English.
+    ENGLISH = frozenset({"english", "us", "uk", "british", "american", "scottish"})
+
+    def __init__(self):
+        if shutil.which("festival") is None or shutil.which("text2wave") is None:
+            raise SynthError("festival not found: install it with `apt-get install festival festvox-kallpc16k`")
+        listing = _run(["festival", "--pipe"], "festival", "(print voice-locations)\n").decode()
+        # ((kal_diphone . "/usr/share/festival/voices/english/kal_diphone/") ...)
+        located = re.findall(r'\((\w+) \. "([^"]*)"\)', listing)
+        english = sorted(v for v, path in located if Path(path).parent.name in self.ENGLISH)
+        self.voices, self.skipped = [], []
+        for voice in english:
+            try:  # a voice whose data is incomplete fails only when it speaks
+                self.speak("test", VoiceSetting(self.name, voice, (("stretch", 1.0),)))
+                self.voices.append(voice)
+            except SynthError:
+                self.skipped.append(voice)
+        if not self.voices:
+            tried = f" (tried {', '.join(self.skipped)})" if self.skipped else ""
+            raise SynthError(f"festival has no working English voice{tried}: install festvox-kallpc16k")
+
+    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
+        order = rng.permutation(len(self.voices))
+        settings = []
+        for i in range(n):
+            voice = self.voices[order[i % len(self.voices)]]
+            stretch = round(float(rng.uniform(0.85, 1.3)), 2)  # duration factor; voices default to ~1.1
+            f0 = round(float(rng.uniform(0.8, 1.25)), 2)  # times the voice's own mean pitch
+            # HTS voices have no pitch knob here; leaving f0 out keeps equal-sounding settings one speaker.
+            params = (("stretch", stretch),) if self._is_hts(voice) else (("stretch", stretch), ("f0", f0))
+            settings.append(VoiceSetting(self.name, voice, params))
+        return settings
+
+    @staticmethod
+    def _is_hts(voice: str) -> bool:
+        return voice.endswith("_hts")  # festvox's naming for voices made with HTS
+
+    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
+        p = dict(setting.params)
+        stretch = p["stretch"] / tempo
+        if self._is_hts(setting.voice):
+            # HTS voices time themselves and ignore Duration_Stretch; hts_engine's -r is a speed factor.
+            tweak = f'(set! hts_engine_params (append hts_engine_params (list (list "-r" {1 / stretch:.3f}))))'
+        else:
+            tweak = (f"(Parameter.set 'Duration_Stretch {stretch:.3f}) "
+                     "(if (assoc 'target_f0_mean int_lr_params) (set! int_lr_params (cons (list 'target_f0_mean "
+                     f"(* {p.get('f0', 1.0):.3f} (car (cdr (assoc 'target_f0_mean int_lr_params))))) int_lr_params)))")
+        what = f"festival voice {setting.voice} on {text!r}"
+        with tempfile.TemporaryDirectory(prefix="kwsbatch-festival-") as tmp:
+            # A file, not stdout: text2wave writes its WAV header before knowing the data size.
+            out = Path(tmp) / "speech.wav"
+            cmd = ["text2wave", "-eval", f"(begin (voice_{setting.voice}) {tweak})", "-o", str(out)]
+            try:
+                done = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise SynthError(f"{what} failed: {e}") from None
+            # Festival reports Scheme errors on stderr and still exits 0, writing no file.
+            if done.returncode != 0 or not out.is_file() or out.stat().st_size <= 44:
+                reason = (done.stderr.decode(errors="replace").strip().splitlines() or ["no audio written"])[0]
+                raise SynthError(f"{what} failed: {reason}")
+            return _decode_wav(out.read_bytes(), "festival")
+
+
+_ENGINE_TYPES = {EspeakEngine.name: EspeakEngine, FliteEngine.name: FliteEngine, FestivalEngine.name: FestivalEngine}
+
+
+def available_engines(names: Sequence[str] | None = None) -> list[Engine]:
+    """The named engines (when None, every installed one that has a working English voice);
+    espeak-ng must be installed either way."""
+    espeak = EspeakEngine()  # required even when unused: it phonemizes the homophone filter
+    if names is None:
+        engines: list[Engine] = [espeak]
+        for name, engine_type in _ENGINE_TYPES.items():
+            if name != espeak.name and shutil.which(name):
+                try:
+                    engines.append(engine_type())
+                except SynthError:
+                    pass  # installed without a usable English voice: not an engine to default to
+        return engines
+    unknown = [n for n in names if n not in _ENGINE_TYPES]
+    if unknown or not names:
+        raise SynthError(f"unknown engine {','.join(unknown) or '(none given)'}: choose from {','.join(_ENGINE_TYPES)}")
+    return [espeak if n == espeak.name else _ENGINE_TYPES[n]() for n in dict.fromkeys(names)]
+
+
+# ---------------------------------------------------------------------------- vocabulary
+
+
+def read_word_list(path: str | Path) -> tuple[str, ...]:
+    """Plain lowercase a-z words of 2-10 letters from a one-word-a-line file; '#' lines skipped.
+
+    Capitalised entries (names) and entries with apostrophes ("abbot's") in dictionary files such
+    as /usr/share/dict/words are dropped rather than lowercased.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise SynthError(f"cannot read word list {path}: {e.strerror}") from None
+    words = [w.strip() for w in lines if not w.startswith("#")]
+    words = tuple(dict.fromkeys(w for w in words if re.fullmatch(r"[a-z]{2,10}", w)))
+    if not words:
+        raise SynthError(f"word list {path} has no plain lowercase words of 2-10 letters")
+    return words
+
+
+_PHONEME_CACHE: dict[tuple[str, str], str] = {}
+
+
+def phonemize(words: Sequence[str], voice: str = "en-us") -> list[str]:
+    """espeak-ng's phoneme mnemonics per word, stress marks dropped (`know` and `no` -> `noU`)."""
+    missing = [w for w in dict.fromkeys(words) if (voice, w) not in _PHONEME_CACHE]
+    if missing:
+        # One process for all words: espeak-ng reads stdin a line at a time, one output line each.
+        out = _run(["espeak-ng", "-q", "-x", "-v", voice], "espeak-ng -x", "\n".join(missing) + "\n")
+        lines = out.decode().splitlines()
+        if len(lines) != len(missing):  # a word spoken as two clauses; fall back to one by one
+            lines = [_run(["espeak-ng", "-q", "-x", "-v", voice, w], "espeak-ng -x").decode() for w in missing]
+        for word, line in zip(missing, lines):
+            _PHONEME_CACHE[(voice, word)] = re.sub(r"[\s',%=_:|]+", "", line)
+    return [_PHONEME_CACHE[(voice, w)] for w in words]
+
+
+def filter_unknown_words(words: Sequence[str], keywords: Sequence[str]) -> tuple[str, ...]:
+    """`words` minus the keywords, NEAR_HOMOPHONES of them, and words espeak-ng pronounces like
+    one in American or British English."""
+    drop = set(keywords)
+    for keyword in keywords:
+        drop.update(NEAR_HOMOPHONES.get(keyword, ()))
+    kept = [w for w in dict.fromkeys(words) if w not in drop]
+    accents = ("en-us", "en-gb")
+    with ThreadPoolExecutor(len(accents)) as pool:  # one espeak-ng process per accent
+        spoken = list(pool.map(lambda voice: phonemize(kept, voice), accents))
+    sounds = [set(phonemize(list(keywords), voice)) for voice in accents]
+    return tuple(w for i, w in enumerate(kept) if all(ph[i] not in snd for ph, snd in zip(spoken, sounds)))
+
+
+# ---------------------------------------------------------------------------------- audio
+
+
+def trim_silence(audio: np.ndarray, sample_rate: int, *, threshold_db: float = -40.0,
+                 floor_db: float = -60.0) -> np.ndarray:
+    """The span from the first to the last 10 ms frame louder than the loudest frame's level
+    plus threshold_db (and floor_db dBFS), padded by one frame; empty when nothing is."""
+    frame = sample_rate // 100
+    n_frames = -(-len(audio) // frame)
+    padded = np.zeros(n_frames * frame, dtype=np.float32)
+    padded[:len(audio)] = audio
+    level = 10 * np.log10(np.mean(padded.reshape(n_frames, frame) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(level > max(level.max() + threshold_db, floor_db))
+    if loud.size == 0:
+        return audio[:0]
+    return audio[max(0, (loud[0] - 1) * frame):(loud[-1] + 2) * frame]
+
+
+def colored_noise(rng: np.random.Generator, n: int, color: str) -> np.ndarray:
+    """Unit-RMS noise whose power falls as 1/f**0 (white), 1/f (pink) or 1/f**2 (brown)."""
+    exponent = {"white": 0.0, "pink": 0.5, "brown": 1.0}[color]
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n)
+    freqs[0] = freqs[1] if n > 2 else 1.0
+    spectrum /= freqs ** exponent
+    spectrum[0] = 0  # no DC: brown noise would otherwise wander off zero
+    noise = np.fft.irfft(spectrum, n)
+    return (noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)).astype(np.float32)
+
+
+def _db(level_db: float) -> float:
+    return float(10 ** (level_db / 20))
+
+
+def _to_pcm16(audio: np.ndarray) -> np.ndarray:
+    # Quantize here: libsndfile wraps rather than clips float samples beyond +-1.
+    return np.clip(np.round(audio * 32767), -32768, 32767).astype(np.int16)
+
+
+def _speak_to_fit(engine: Engine, text: str, setting: VoiceSetting, sample_rate: int,
+                  max_samples: int) -> np.ndarray:
+    """Trimmed speech at sample_rate no longer than max_samples: re-spoken faster if needed,
+    truncated with a fade only past _MAX_TEMPO."""
+    tempo = 1.0
+    while True:
+        audio, sr = engine.speak(text, setting, tempo=tempo)
+        if sr != sample_rate:
+            audio = AF.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
+        speech = trim_silence(audio, sample_rate)
+        if speech.size == 0:
+            raise SynthError(f"{engine.name} spoke nothing audible for {text!r} ({setting.describe()})")
+        if len(speech) <= max_samples:
+            return speech
+        if tempo >= _MAX_TEMPO:
+            fade = min(len(speech), sample_rate // 50)
+            speech = speech[:max_samples].copy()
+            speech[-fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+            return speech
+        tempo = min(_MAX_TEMPO, tempo * len(speech) / max_samples * 1.05)
+
+
+# ----------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class _Clip:
+    index: int
+    label: str
+    text: str
+    speaker: str
+    engine: str
+    split: str
+    path: str
+    setting: VoiceSetting | None  # None for _silence_
+    noise: str = ""
+
+
+def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """n shared out by fractions, every non-zero fraction getting at least one when n allows."""
+    live = [i for i, f in enumerate(fractions) if f > 0]
+    floor = 1 if n >= len(live) else 0
+    counts = [max(floor, int(f * n)) if f > 0 else 0 for f in fractions]
+    while sum(counts) < n:
+        counts[max(live, key=lambda i: fractions[i] * n - counts[i])] += 1
+    while sum(counts) > n:
+        counts[max((i for i in live if counts[i] > floor), key=lambda i: counts[i] - fractions[i] * n)] -= 1
+    return counts
+
+
+def _shares(total: int, weights: Sequence[float], minimum: int) -> list[int]:
+    shares = [minimum] * len(weights)
+    for _ in range(total - minimum * len(weights)):
+        shares[max(range(len(weights)), key=lambda i: weights[i] * total / sum(weights) - shares[i])] += 1
+    return shares
+
+
+def _plan(config: SynthConfig, engines: Sequence[Engine], vocabulary: Sequence[str]) -> list[_Clip]:
+    """Every clip to write, in manifest order, with its speaker, text and split fixed."""
+    live = sum(f > 0 for f in config.splits)
+    n_speakers = config.speakers if config.speakers is not None else max(config.per_word, live * len(engines))
+    if n_speakers < live * len(engines):
+        raise SynthError(f"speakers must be at least {live * len(engines)} (one per split per engine)")
+
+    settings: dict[str, VoiceSetting] = {}
+    split_speakers: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for engine, share in zip(engines, _shares(n_speakers, [e.weight for e in engines], live)):
+        # Seeded by engine name, so adding an engine leaves the others' voices alone.
+        name_key = int(hashlib.sha1(engine.name.encode()).hexdigest()[:8], 16)
+        drawn = engine.voice_settings(np.random.default_rng([config.seed, _VOICES, name_key]), share)
+        ids = sorted(dict.fromkeys(s.speaker for s in drawn))  # sorted hashes: a stable shuffle
+        settings.update((s.speaker, s) for s in drawn)
+        start = 0
+        for split, count in zip(SPLITS, _split_counts(len(ids), config.splits)):
+            split_speakers[split] += ids[start:start + count]
+            start += count
+
+    if config.n_unknown and not vocabulary:
+        raise SynthError("no unknown words left after removing the keywords and their homophones")
+    # A shuffled pass through the vocabulary, so no word repeats before all have been spoken.
+    texts_rng = np.random.default_rng([config.seed, _TEXTS])
+    next_word = itertools.cycle([vocabulary[i] for i in texts_rng.permutation(len(vocabulary))])
+    labels = [(w, config.per_word) for w in config.words] + [(UNKNOWN, config.n_unknown), (SILENCE, config.n_silence)]
+
+    clips: list[_Clip] = []
+    per_file: Counter = Counter()
+    for label_index, (label, count) in enumerate(labels):
+        rng = np.random.default_rng([config.seed, _PLAN, label_index])
+        for split, n_split in zip(SPLITS, _split_counts(count, config.splits)):
+            speakers = [split_speakers[split][i] for i in rng.permutation(len(split_speakers[split]))]
+            for k in range(n_split):
+                index = len(clips)
+                if label == SILENCE:
+                    noise = _NOISE_KINDS[rng.integers(len(_NOISE_KINDS))]
+                    speaker = "noise_" + hashlib.sha1(f"{config.seed}:{index}".encode()).hexdigest()[:8]
+                    setting, engine, text = None, "noise", noise
+                else:
+                    noise, speaker = "", speakers[k % len(speakers)]
+                    setting = settings[speaker]
+                    engine = setting.engine
+                    text = label
+                    if label == UNKNOWN:
+                        n_words = 2 if rng.random() < _PHRASE_FRACTION else 1
+                        text = " ".join(next(next_word) for _ in range(n_words))
+                path = f"{label}/{speaker}_{per_file[label, speaker]}.wav"
+                per_file[label, speaker] += 1
+                clips.append(_Clip(index, label, text, speaker, engine, split, path, setting, noise))
+    return clips
+
+
+def _render(clip: _Clip, config: SynthConfig, engines: dict[str, Engine]) -> np.ndarray:
+    """The clip's int16 samples; all randomness from a generator seeded by (seed, clip index)."""
+    rng = np.random.default_rng([config.seed, _CLIP, clip.index])
+    n = config.clip_samples
+    if clip.setting is None:
+        if clip.noise == "silence":  # a quiet room, not digital zero
+            return _to_pcm16(colored_noise(rng, n, "white") * _db(rng.uniform(-85, -65)))
+        return _to_pcm16(colored_noise(rng, n, clip.noise) * _db(rng.uniform(-60, -25)))
+    speech = _speak_to_fit(engines[clip.engine], clip.text, clip.setting, config.sample_rate,
+                           int(n * _MAX_SPEECH))
+    speech = speech * (_db(rng.uniform(-20, -1)) / (np.abs(speech).max() + 1e-9))
+    offset = int(rng.integers(0, n - len(speech) + 1))
+    # A faint noise floor, so silence around the word is never exact digital zero, a cue real
+    # recordings do not have.
+    audio = colored_noise(rng, n, "white") * _db(rng.uniform(-80, -60))
+    audio[offset:offset + len(speech)] += speech
+    return _to_pcm16(audio)
+
+
+def _write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    sf.write(path, samples, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def _write_background(out_dir: Path, config: SynthConfig, engines: dict[str, Engine],
+                      settings: Sequence[VoiceSetting], vocabulary: Sequence[str]) -> None:
+    """Long noise files for augmentation; the babble speaks only unknown words, never a keyword."""
+    folder = out_dir / BACKGROUND_DIR
+    folder.mkdir()
+    sr = config.sample_rate
+    n = int(_BACKGROUND_SECONDS * sr)
+    for i, color in enumerate(("white", "pink", "brown")):
+        noise = colored_noise(np.random.default_rng([config.seed, _BACKGROUND, i]), n, color)
+        _write_wav(folder / f"{color}_noise.wav", _to_pcm16(noise * _db(-20)), sr)
+    if not settings or not vocabulary:
+        return
+    rng = np.random.default_rng([config.seed, _BACKGROUND, 3])
+    babble = np.zeros(n, dtype=np.float32)
+    for _ in range(6):
+        setting = settings[rng.integers(len(settings))]
+        stream = np.zeros(0, dtype=np.float32)
+        for _ in range(4):  # each call speaks ~20 s; a few calls at most reach the length
+            text = " ".join(vocabulary[j] for j in rng.integers(len(vocabulary), size=60))
+            audio, rate = engines[setting.engine].speak(text, setting)
+            audio = AF.resample(torch.from_numpy(audio), rate, sr).numpy() if rate != sr else audio
+            stream = np.concatenate([stream, audio])
+            if len(stream) >= n:
+                break
+        stream = np.resize(stream, n)  # repeats the stream if still short
+        babble += np.roll(stream / (np.sqrt(np.mean(stream ** 2)) + 1e-9), rng.integers(n))
+    babble *= _db(-20) / (np.sqrt(np.mean(babble ** 2)) + 1e-9)
+    _write_wav(folder / "babble.wav", _to_pcm16(babble), sr)
+
+
+# ------------------------------------------------------------------------------- entry points
+
+
+def synthesize_corpus(config: SynthConfig, out_dir: str | Path, *, jobs: int = 1,
+                      progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """Write the corpus under out_dir (new or empty) and return its manifest.
+
+    jobs: clips rendered at once; threads suffice since the engines run as subprocesses.
+    progress: called with the number of clips just written (e.g. rich's `advance`); the total is
+    `config.n_clips`.
+    """
+    if jobs < 1:
+        raise SynthError(f"jobs must be at least 1, got {jobs}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise SynthError(f"{out_dir} exists and is not an empty directory: choose a new -o")
+    engines = available_engines(config.engines)
+    words = config.unknown_words if config.unknown_words is not None else read_word_list(DEFAULT_WORDS_FILE)
+    vocabulary = filter_unknown_words(words, config.words)
+    clips = _plan(config, engines, vocabulary)
+
+    by_name = {e.name: e for e in engines}
+    for label in dict.fromkeys(c.label for c in clips):
+        (out_dir / label).mkdir(parents=True, exist_ok=True)
+
+    def work(clip: _Clip) -> None:
+        _write_wav(out_dir / clip.path, _render(clip, config, by_name), config.sample_rate)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            for _ in pool.map(work, clips):
+                if progress is not None:
+                    progress(1)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # fail now, not after rendering every other clip
+            raise
+
+    settings = list({c.speaker: c.setting for c in clips if c.setting is not None}.values())
+    _write_background(out_dir, config, by_name, settings, vocabulary)
+    return _write_tables(out_dir, clips, settings)
+
+
+def _write_tables(out_dir: Path, clips: Sequence[_Clip], settings: Sequence[VoiceSetting]) -> pd.DataFrame:
+    """manifest.csv, one CSV per split and voices.csv; returns the manifest."""
+    manifest = pd.DataFrame([[getattr(c, k) for k in COLUMNS] for c in clips], columns=list(COLUMNS))
+    manifest.to_csv(out_dir / "manifest.csv", index=False, lineterminator="\n")
+    for split in SPLITS:
+        rows = manifest[manifest["split"] == split]
+        rows.to_csv(out_dir / f"{split}.csv", index=False, lineterminator="\n")
+    split_of = dict(zip(manifest["speaker"], manifest["split"]))
+    voices = pd.DataFrame([(s.speaker, s.engine, s.voice, " ".join(f"{k}={v}" for k, v in s.params),
+                            split_of[s.speaker]) for s in settings],
+                          columns=["speaker", "engine", "voice", "params", "split"])
+    voices.to_csv(out_dir / "voices.csv", index=False, lineterminator="\n")
+    return manifest
+
+
+def summarize(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Clip counts per (label, engine) row and split column, plus a total column."""
+    counts = manifest.groupby(["label", "engine", "split"]).size().unstack("split", fill_value=0)
+    counts = counts.reindex(columns=list(SPLITS), fill_value=0)
+    counts["total"] = counts.sum(axis=1)
+    return counts

@@ -1,0 +1,1 @@
+"""Evaluation: predictions for a labelled manifest, the metrics, and the reports."""

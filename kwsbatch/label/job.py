@@ -1,0 +1,355 @@
+"""A `label` run into a file, safe to start from cron: locked, journaled, incremental, atomic.
+
+1. Lock ``<out>.lock``; when another run holds it, fail at once (or wait with ``wait=True``).
+2. Open ``<out>.journal``, resuming the journal a killed run left when its settings match.
+3. Import the previous output's rows once per journal (not with ``force``); rows of another model,
+   and error rows, are left out, so those files are labelled again.
+4. Walk the inputs lazily. A file whose path, size and mtime match a known result is skipped; the
+   others go through the pipeline, and each finished task is committed to the journal.
+5. Write the output from the journal, in input order, to a temporary file that is fsynced and
+   renamed over ``out``; then delete the journal.
+
+Killing the process at any point loses at most the tasks in flight: the next run finds the rest
+in the journal, and the previous output is never touched before the final rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TextIO
+
+from kwsbatch.errors import KwsError
+from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
+from kwsbatch.files.lock import output_lock
+from kwsbatch.files.manifest import ManifestRow, check_inputs_exist, input_extra_columns, iter_inputs
+from kwsbatch.files.output import column_types, iter_label_output, json_line, label_output_header, write_predictions
+from kwsbatch.label.journal import Journal, file_identity, journal_path, remove_journal
+from kwsbatch.label.pipeline import LabelConfig, Score
+from kwsbatch.label.rows import FILE_COLUMNS, FileResult, RowLayout
+from kwsbatch.label.shard import Shard, select_shard
+from kwsbatch.progress import Reporter
+
+COMMIT_EVERY = 20_000  # input rows recorded between commits while files are only being skipped
+
+
+@dataclass
+class JobSummary:
+    out: str
+    labelled: int = 0  # files labelled by this run: new, changed, or failed last time
+    unchanged: int = 0  # files skipped because the previous output has their rows
+    resumed: int = 0  # files skipped because an interrupted run had labelled them
+    failed: int = 0  # files in the output whose row carries an error
+    rows: int = 0  # rows written
+    seconds: float = 0.0
+    peak_rss: int | None = None  # bytes, the process's high-water mark when the run ended
+
+    @property
+    def files_per_second(self) -> float:
+        return self.labelled / max(self.seconds, 1e-9)
+
+    def line(self) -> str:
+        parts = [f"labelled {self.labelled:,} new or changed files ({self.failed:,} failed)"]
+        parts.append(f"skipped {self.unchanged:,} unchanged")
+        if self.resumed:
+            parts.append(f"resumed {self.resumed:,} from an interrupted run")
+        memory = f", peak RSS {self.peak_rss / 2**20:,.0f} MiB" if self.peak_rss else ""
+        return (
+            ", ".join(parts)
+            + f"; {self.rows:,} rows in {self.seconds:.2f} s, {self.files_per_second:,.0f} files/s{memory} -> {self.out}"
+        )
+
+
+def peak_rss() -> int | None:
+    """The process's peak resident memory in bytes (Linux), or None.
+
+    VmHWM rather than getrusage's ru_maxrss: a child started by fork + exec inherits its parent's
+    high-water mark in ru_maxrss, so a small `label` run from a big parent would report the parent's.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_label_job(
+    score: Score,
+    layout: RowLayout,
+    inputs: list[str],
+    out: str | os.PathLike,
+    config: LabelConfig,
+    *,
+    output_format: str = "csv",
+    manifest_format: str | None = None,
+    force: bool = False,
+    wait: bool = False,
+    shard: Shard | None = None,
+    reporter: Reporter | None = None,
+) -> JobSummary:
+    """Label inputs into out (csv, jsonl or parquet), keeping the rows of files unchanged since the previous run.
+
+    score turns rows into (task, results): pipeline.score_files with a scorer, or
+    cluster.score_on_cluster on Dask. With a shard, only the inputs it holds: the output then has
+    that shard's rows alone.
+    """
+    reporter = reporter or Reporter()
+    check_inputs_exist(inputs)
+    out = Path(out)
+    windowed = config.window is not None
+    columns = _Columns(layout, inputs, windowed, manifest_format)
+    summary = JobSummary(out=str(out))
+    if out.is_dir():
+        raise KwsError(f"{out}: is a folder; -o takes the path of the CSV file to write")
+    with output_lock(out, wait=wait):
+        started = time.perf_counter()
+        remove_stale_temporaries(out)  # half-written outputs of killed runs: ours to clean, under the lock
+        importable = not force and _check_previous(out, output_format, columns, reporter)
+        settings = {
+            "model": layout.model_id,
+            "columns": columns.own,
+            "max_seconds": config.max_seconds,
+            "window": [config.window.window_s, config.window.hop_s] if windowed else None,
+        }
+        journal = Journal.open(journal_path(out), settings, out)
+        try:
+            if journal.resumed:
+                reporter.log(f"resuming an interrupted run: {journal.labelled_count():,} files already labelled")
+            if force:
+                journal.forget_imported()
+            elif not journal.imported:
+                journal.import_previous(_previous_results(out, output_format, columns, layout.model_id) if importable else ())
+            # No shard in the journal's settings: the output is built from this attempt's inputs
+            # only, so results cached for another shard's files are never written.
+            rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
+            _label_new_files(score, rows, journal, config, columns, summary, reporter)
+            try:
+                _write_output(out, output_format, journal, columns, summary)
+            except OSError as e:  # a full disk or a read-only folder: the rename never happened
+                raise KwsError(
+                    f"{out}: cannot write the output ({e.strerror or e}); the previous {out.name} is unchanged "
+                    f"and labelled files are kept in {journal.path}: fix that and run the same command again"
+                ) from None
+        except sqlite3.Error as e:  # the journal's disk filled up (or it broke) mid-run
+            raise KwsError(
+                f"{journal.path}: cannot record results ({e}); {out} is unchanged: free space and run the same command again"
+            ) from None
+        finally:
+            journal.close()
+        remove_journal(journal.path)
+        summary.seconds = time.perf_counter() - started
+    summary.peak_rss = peak_rss()
+    return summary
+
+
+# A segment of a file (a manifest row with an offset) is its own entry: path, mark, offset, duration.
+_SEGMENT_MARK = "\x1f"
+
+
+def row_key(row: ManifestRow) -> str:
+    """What a result is keyed by (in the journal, and by evaluate --predictions): the path, plus
+    the segment for a row with an offset."""
+    if row.offset_s is None:
+        return row.path
+    return f"{row.path}{_SEGMENT_MARK}{row.offset_s!r}{_SEGMENT_MARK}{row.duration_s!r}"
+
+
+def output_row_key(record: dict[str, str]) -> str:
+    """The row_key of an output row (text fields); its carried offset and duration columns name a segment."""
+    offset, duration = record.get("offset", "").strip(), record.get("duration", "").strip()
+    if not offset:
+        return record["path"]
+    try:
+        return f"{record['path']}{_SEGMENT_MARK}{float(offset)!r}{_SEGMENT_MARK}{float(duration) if duration else None!r}"
+    except ValueError:
+        return record["path"]
+
+
+class _Columns:
+    """The output's columns in their three groups, and rows as plain value lists in that order.
+
+    The journal stores values, not dicts, and the output is written with csv.writer: on a rerun
+    over millions of unchanged files, copying rows is most of the work.
+    """
+
+    def __init__(self, layout: RowLayout, inputs: list[str], windowed: bool, manifest_format: str | None = None):
+        self.layout = layout
+        self.own = layout.columns(windowed=windowed)  # path, then the model's columns
+        self.results = self.own[1:]
+        extras = input_extra_columns(inputs, manifest_format=manifest_format)
+        self.all = layout.columns(extras, windowed=windowed, file_columns=True)
+        self.extras = self.all[len(self.own) + len(FILE_COLUMNS) :]
+
+    def input_values(self, row: ManifestRow) -> list[str]:
+        fields = self.layout.input_fields(row)
+        return [fields.get(c, "") for c in self.extras]
+
+    def result_values(self, result: FileResult) -> list[list]:
+        return [[fields.get(c, "") for c in self.results] for fields in self.layout.result_fields(result)]
+
+    def types(self) -> dict[str, type]:
+        """Numeric columns, for the typed formats (JSON lines, Parquet)."""
+        window = {"start_s": float, "end_s": float} if "start_s" in self.own else {}
+        return {**column_types(self.layout.classes), **window, **{c: int for c in FILE_COLUMNS}}
+
+
+def _label_new_files(
+    score: Score,
+    rows: Iterable[ManifestRow],
+    journal: Journal,
+    config: LabelConfig,
+    columns: _Columns,
+    summary: JobSummary,
+    reporter: Reporter,
+) -> None:
+    identities: dict[str, tuple[int, int] | None] = {}  # files in flight only
+    reporter.start("labelling", None)
+    try:
+        for task, results in score(_new_files(rows, journal, columns, identities, summary, reporter), config):
+            journal.record((row_key(row), identities.pop(row_key(row)), columns.result_values(r)) for row, r in zip(task, results))
+            summary.labelled += len(task)
+            summary.failed += sum(bool(r.error) for r in results)
+            reporter.advance(len(task), skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
+    finally:
+        reporter.stop()
+        journal.commit()
+
+
+def _new_files(
+    rows: Iterable[ManifestRow], journal: Journal, columns: _Columns, identities: dict, summary: JobSummary, reporter: Reporter
+) -> Iterator[ManifestRow]:
+    """Record every input row, yielding only the files that have no result for their current state."""
+    for n, row in enumerate(rows, 1):
+        if n % COMMIT_EVERY == 0:
+            journal.commit()
+            reporter.advance(0, skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
+        key = row_key(row)
+        if not journal.add_input(key, str(row.audio_path), row.source, columns.input_values(row)):
+            continue  # the same path given twice: one row
+        identity = None if row.error else file_identity(row.audio_path)
+        known = journal.lookup(key, identity)
+        if known is None:
+            identities[key] = identity
+            yield row
+        elif known == "previous":
+            summary.unchanged += 1
+        else:
+            summary.resumed += 1
+
+
+def _check_previous(out: Path, output_format: str, columns: _Columns, reporter: Reporter) -> bool:
+    """Whether out holds rows this run can keep; refuse to replace a file that is not a label output."""
+    if not out.exists():
+        return False
+    try:
+        header = label_output_header(out, output_format)
+    except (OSError, UnicodeDecodeError, csv.Error, KwsError) as e:
+        raise KwsError(f"{out}: cannot read the previous output ({e}); move it away, or use --force to overwrite it") from None
+    if not {"path", "model", "error"} <= set(header):
+        raise KwsError(
+            f"{out}: exists and is not the output of `kwsbatch label`; refusing to replace it "
+            "(move it away, or use --force to overwrite it)"
+        )
+    missing = [c for c in (*columns.results, *FILE_COLUMNS) if c not in header]
+    if missing:
+        reporter.warn(f"{out} was written with other settings or another model (no {missing[0]} column): relabelling every file")
+    return not missing
+
+
+def _previous_results(out: Path, output_format: str, columns: _Columns, model_id: str) -> Iterator[tuple[str, int, int, list[list]]]:
+    """(path, size, mtime_ns, rows) of the previous output's files that this model labelled without error."""
+    try:
+        # Window mode writes a file's detections on consecutive rows.
+        for path, group in itertools.groupby(iter_label_output(out, output_format), key=output_row_key):
+            group = list(group)
+            first = group[0]
+            if first["model"] != model_id or any(r["error"] for r in group):
+                continue
+            try:
+                size, mtime_ns = int(first["file_size"]), int(first["file_mtime_ns"])
+            except (TypeError, ValueError):
+                continue
+            yield path, size, mtime_ns, [[r[c] for c in columns.results] for r in group]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise KwsError(f"{out}: cannot read the previous output ({e}); move it away, or use --force to overwrite it") from None
+
+
+def _write_output(out: Path, output_format: str, journal: Journal, columns: _Columns, summary: JobSummary) -> None:
+    """Write the journal's rows to out atomically: CSV straight from value lists, else typed records."""
+    rows = _output_values(journal, columns, summary)
+    if output_format == "csv":
+        with atomic_write(out, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns.all)
+            writer.writerows(rows)
+    else:
+        records = (dict(zip(columns.all, values)) for values in rows)
+        write_predictions(records, out, columns.all, columns.types(), output_format=output_format)
+
+
+def _output_values(journal: Journal, columns: _Columns, summary: JobSummary) -> Iterator[list]:
+    error = columns.results.index("error")
+    summary.failed = 0
+    for key, extras, identity, rows in journal.output():
+        size, mtime_ns = identity or ("", "")
+        path = key.split(_SEGMENT_MARK, 1)[0]
+        for values in rows:
+            yield [path, *values, size, mtime_ns, *extras]
+        summary.rows += len(rows)
+        summary.failed += bool(rows[0][error])
+
+
+def stream_labels(
+    score: Score,
+    layout: RowLayout,
+    inputs: list[str],
+    config: LabelConfig,
+    *,
+    output_format: str = "csv",
+    manifest_format: str | None = None,
+    f: TextIO = sys.stdout,
+    shard: Shard | None = None,
+    reporter: Reporter | None = None,
+) -> JobSummary:
+    """Label inputs to a CSV or JSON-lines stream, in input order, one row per input row: no lock, journal or skipping."""
+    reporter = reporter or Reporter()
+    check_inputs_exist(inputs)
+    columns = _Columns(layout, inputs, config.window is not None, manifest_format)
+    if output_format == "csv":
+        writer = csv.writer(f)
+        writer.writerow(columns.all)
+    elif output_format == "jsonl":
+        types = columns.types()
+        writer = SimpleNamespace(writerow=lambda values: f.write(json_line(values, columns.all, types)))
+    else:
+        raise KwsError(f"{output_format} output needs a file: pass -o out.{output_format}")
+    summary = JobSummary(out="standard output")
+    started = time.perf_counter()
+    reporter.start("labelling", None)
+    try:
+        for task, results in score(select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard), config, ordered=True):
+            for row, result in zip(task, results):
+                size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
+                rows = columns.result_values(result)
+                for values in rows:
+                    writer.writerow([row.path, *values, size, mtime_ns, *columns.input_values(row)])
+                summary.rows += len(rows)
+            summary.labelled += len(task)
+            summary.failed += sum(bool(r.error) for r in results)
+            reporter.advance(len(task), failed=f"{summary.failed:,}")
+    finally:
+        reporter.stop()
+    summary.seconds = time.perf_counter() - started
+    summary.peak_rss = peak_rss()
+    return summary

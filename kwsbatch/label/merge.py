@@ -1,0 +1,166 @@
+"""`kwsbatch merge`: join the outputs of a sharded label run (`--shard K/N`) into one.
+
+Shards are read in the order given and streamed to the merged output, so memory holds one
+16-byte digest per file rather than the rows. Every shard must have the same columns and the
+same model. A file found in two shards (overlapping arrays, a shard run twice with different N)
+is written once, from the first shard that has it, and reported. With the inputs the shards
+were given, files that no shard labelled (a task that never ran or died) are reported too.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kwsbatch.errors import KwsError
+from kwsbatch.files.atomic import atomic_write
+from kwsbatch.files.manifest import iter_inputs
+from kwsbatch.files.output import column_types, iter_label_output, output_format, write_predictions
+from kwsbatch.label.rows import FILE_COLUMNS
+
+LISTED = 5  # example paths named per problem in the summary line
+
+
+@dataclass
+class MergeSummary:
+    out: str
+    shards: int = 0
+    files: int = 0  # distinct files written
+    rows: int = 0
+    duplicated: int = 0  # extra copies of files found again in a later shard
+    missing: int = 0  # input files no shard has (checked only with inputs)
+    unexpected: int = 0  # files in the shards that are not among the inputs (checked only with inputs)
+    examples: dict[str, list[str]] = field(default_factory=lambda: {"duplicated": [], "missing": []})
+
+    def note(self, problem: str, path: str) -> None:
+        setattr(self, problem, getattr(self, problem) + 1)
+        if len(self.examples[problem]) < LISTED:
+            self.examples[problem].append(path)
+
+    @property
+    def problems(self) -> bool:
+        return bool(self.duplicated or self.missing or self.unexpected)
+
+    def line(self) -> str:
+        text = f"merged {self.shards} shards: {self.files:,} files, {self.rows:,} rows -> {self.out}"
+        if self.duplicated:
+            text += f"; {self.duplicated:,} duplicated, kept the first copy ({self._examples('duplicated')})"
+        if self.missing:
+            text += f"; {self.missing:,} missing from every shard ({self._examples('missing')})"
+        if self.unexpected:
+            text += f"; {self.unexpected:,} files not among the inputs"
+        return text
+
+
+    def _examples(self, problem: str) -> str:
+        return ", ".join(self.examples[problem]) + (", ..." if getattr(self, problem) > LISTED else "")
+
+
+def merge_outputs(
+    shards: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    out_format: str | None = None,
+    inputs: list[str] | None = None,
+    manifest_format: str | None = None,
+) -> MergeSummary:
+    """Write the shards' rows to out (csv, jsonl or parquet); compare against inputs when given."""
+    out = Path(out)
+    if not shards:
+        raise KwsError("merge needs at least one shard output")
+    for shard in shards:
+        if not Path(shard).is_file():
+            raise KwsError(f"{shard}: no such file")
+        if Path(shard).resolve() == out.resolve():
+            raise KwsError(f"{out}: is also one of the shards; write the merged output to another file")
+    header = _common_header(shards)
+    summary = MergeSummary(out=str(out), shards=len(shards))
+    seen: set[bytes] = set()
+    rows = _merged_rows(shards, header, seen, summary)
+    kind = output_format(out, out_format)
+    if kind == "csv":
+        with atomic_write(out, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows([row[c] for c in header] for row in rows)
+    else:
+        write_predictions(rows, out, header, _types(header), output_format=kind)
+    if inputs is not None:
+        _check_inputs(inputs, manifest_format, seen, summary)
+    return summary
+
+
+def _key(path: str) -> bytes:
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+def _common_header(shards: list) -> list[str]:
+    header: list[str] = []
+    first = None
+    for shard in shards:
+        columns = _header(shard)
+        if not columns:
+            continue
+        if first is None:
+            header, first = columns, shard
+        elif columns != header:
+            raise KwsError(
+                f"{shard}: has other columns than {first} (another model or other label settings); "
+                "merge only the shards of one run"
+            )
+    if not {"path", "model"} <= set(header):
+        raise KwsError(f"{shards[0]}: is not the output of `kwsbatch label` (no path and model columns)")
+    return header
+
+
+def _header(shard) -> list[str]:
+    kind = output_format(shard)
+    if kind == "csv":  # read directly: a shard that got no files still has its header line
+        with open(shard, newline="", encoding="utf-8-sig") as f:
+            return next(csv.reader(f), [])
+    for row in iter_label_output(shard, kind):
+        return list(row)
+    return []
+
+
+def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: MergeSummary) -> Iterator[dict]:
+    model = None
+    for shard in shards:
+        # Window mode writes a file's detections on consecutive rows: a file is a group of rows.
+        for path, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=lambda r: r["path"]):
+            group = list(group)
+            model = model or group[0]["model"]
+            if group[0]["model"] != model:
+                raise KwsError(f"{shard}: {path} was labelled by model {group[0]['model']}, the shards before by {model}")
+            key = _key(path)
+            if key in seen:
+                summary.note("duplicated", path)
+                continue
+            seen.add(key)
+            summary.files += 1
+            summary.rows += len(group)
+            yield from group
+
+
+def _check_inputs(inputs: list[str], manifest_format: str | None, seen: set[bytes], summary: MergeSummary) -> None:
+    expected: set[bytes] = set()
+    for row in iter_inputs(inputs, manifest_format=manifest_format):
+        key = _key(row.path)
+        if key in expected:
+            continue  # the same path given twice: one row, as in label
+        expected.add(key)
+        if key not in seen:
+            summary.note("missing", row.path)
+    summary.unexpected = len(seen - expected)
+
+
+def _types(header: list[str]) -> dict[str, type]:
+    """The typed formats' numeric columns, from the header alone: p_<class> names the classes."""
+    classes = [c[2:] for c in header if c.startswith("p_")]
+    window = {"start_s": float, "end_s": float} if "start_s" in header else {}
+    return {**column_types(classes), **window, **{c: int for c in FILE_COLUMNS}}

@@ -1,0 +1,1 @@
+"""The model: MFCC features, the packed-LSTM keyword spotter, checkpoints, the scorer and the portable export form."""

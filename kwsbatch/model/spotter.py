@@ -1,0 +1,134 @@
+"""The keyword classifier: a packed LSTM over MFCC frames, and the spotter that feeds it waveforms.
+
+No I/O here: checkpoint.py saves and rebuilds these modules from their configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from kwsbatch.model.features import FeatureConfig, MfccFrontend
+
+POOLINGS = ("last", "mean")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_classes: int
+    n_features: int = 12  # must equal the feature config's n_mfcc
+    hidden: int = 64  # LSTM units per layer (the notebook's 64)
+    layers: int = 3  # stacked LSTM layers (the notebook's 3)
+    dropout: float = 0.0  # between LSTM layers, training only
+    bidirectional: bool = False
+    pooling: str = "last"  # "last": final hidden state at each clip's true length; "mean": mean over valid steps
+    conv_channels: int = 0  # > 0: a causal convolution over frames before the LSTM, with this many channels
+    conv_kernel: int = 5  # frames each convolution output sees (itself and the ones before it)
+    conv_stride: int = 2  # frames between convolution outputs: the LSTM runs this many times fewer steps
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.n_classes < 2 or self.hidden < 1 or self.layers < 1:
+            raise ValueError(f"need n_classes >= 2, hidden >= 1, layers >= 1; got {self}")
+        if self.conv_channels < 0 or self.conv_kernel < 1 or self.conv_stride < 1:
+            raise ValueError(f"need conv_channels >= 0, conv_kernel >= 1, conv_stride >= 1; got {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalConv(nn.Module):
+    """(batch, frames, n_in) + (batch,) frame lengths -> (batch, ceil(frames / stride), channels) + lengths.
+
+    Each output frame t sees input frames t * stride - kernel + 1 .. t * stride, with zeros (the
+    normalised features' mean) before a clip's first frame. Only frames at or before a clip's own
+    last frame reach its valid outputs, so the padding after a clip, and so the batch it lands
+    in, cannot change them; a clip of n frames gives (n - 1) // stride + 1 outputs.
+    """
+
+    def __init__(self, n_in: int, channels: int, kernel: int, stride: int):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv1d(n_in, channels, kernel, stride=stride)
+
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = nn.functional.pad(features.transpose(1, 2), (self.kernel - 1, 0))
+        out = torch.relu(self.conv(x)).transpose(1, 2)
+        return out, torch.div(frame_lengths - 1, self.stride, rounding_mode="floor") + 1
+
+
+class KeywordLSTM(nn.Module):
+    """(batch, frames, n_features) features + (batch,) frame lengths -> (batch, n_classes) logits."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        if config.conv_channels:
+            self.conv = CausalConv(config.n_features, config.conv_channels, config.conv_kernel, config.conv_stride)
+        self.lstm = nn.LSTM(
+            config.conv_channels or config.n_features,
+            config.hidden,
+            config.layers,
+            batch_first=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            bidirectional=config.bidirectional,
+        )
+        directions = 2 if config.bidirectional else 1
+        self.classifier = nn.Linear(config.hidden * directions, config.n_classes)
+
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        if self.config.conv_channels:
+            features, frame_lengths = self.conv(features, frame_lengths)
+        if self.training and not self.config.bidirectional:
+            return self.classifier(self._pool_unpacked(features, frame_lengths))
+        # Packing makes the LSTM stop at each clip's own last frame, so padded steps never
+        # reach the hidden state; enforce_sorted=False keeps the batch in its given order.
+        packed = pack_padded_sequence(features, frame_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        outputs, (h_n, _) = self.lstm(packed)
+        if self.config.pooling == "last":
+            # h_n holds each sequence's state at its true length, already back in input order.
+            pooled = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.config.bidirectional else h_n[-1]
+        else:
+            padded, lengths = pad_packed_sequence(outputs, batch_first=True)
+            pooled = _masked_mean(padded, lengths.to(padded.device))
+        return self.classifier(pooled)
+
+    def _pool_unpacked(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """The same pooled states as the packed path, from the LSTM run over the whole padded batch.
+
+        Training only: on the CPU, backpropagating through a packed LSTM whose clips differ in
+        length costs a full-size gradient buffer per time step (about 10x slower once augmentation
+        varies the lengths). A one-way LSTM is causal, so the padding after a clip changes none
+        of its outputs up to its last frame, which is all the pooling reads.
+        """
+        outputs, _ = self.lstm(features)
+        lengths = frame_lengths.to(outputs.device)
+        if self.config.pooling == "last":
+            return outputs[torch.arange(len(outputs), device=outputs.device), lengths - 1]
+        return _masked_mean(outputs, lengths)
+
+
+def _masked_mean(padded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(batch, steps, hidden) -> (batch, hidden): the mean over each clip's first `lengths` steps."""
+    mask = torch.arange(padded.shape[1], device=padded.device) < lengths[:, None]
+    return (padded * mask[:, :, None]).sum(1) / lengths[:, None]
+
+
+class KeywordSpotter(nn.Module):
+    """Waveforms to logits: MFCC front end, training-set normalisation, then the LSTM."""
+
+    def __init__(self, feature_config: FeatureConfig, model_config: ModelConfig):
+        super().__init__()
+        if model_config.n_features != feature_config.n_mfcc:
+            raise ValueError(f"model expects {model_config.n_features} features, front end makes {feature_config.n_mfcc}")
+        self.frontend = MfccFrontend(feature_config)
+        self.head = KeywordLSTM(model_config)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) at the feature rate + (batch,) sample lengths -> (batch, n_classes) logits."""
+        features, frame_lengths = self.frontend(waveforms, lengths)
+        return self.head(features, frame_lengths)

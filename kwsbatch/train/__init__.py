@@ -1,0 +1,1 @@
+"""Training: clips in memory, on-device augmentation, the training loop, calibration and torchrun."""
