@@ -325,7 +325,10 @@ def test_a_second_run_on_the_same_output_exits_at_once_or_waits_with_wait(big_co
         assert second.stderr.rstrip().endswith("this run did nothing (use --wait to queue behind it)")
         assert "another kwsbatch run is writing it" in (tmp_path / "cron.log").read_text()
         waiting = start_label(corpus, "-o", out, "--wait")
-        time.sleep(5)  # long enough to load and reach the lock; it must still be queued
+        # It says so when it reaches the lock, and must then stay queued while the test holds it.
+        said = waiting.stderr.readline()
+        assert said == f"{out}: another kwsbatch run is writing it (pid {os.getpid()}, since {said.split('since ')[1]}"
+        assert said.endswith("; waiting for it to finish\n")
         assert waiting.poll() is None and not out.exists()
     _, waiting_err = waiting.communicate()
     assert waiting.returncode == EXIT_OK, waiting_err

@@ -133,35 +133,98 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def start_held(point: str, folder: Path, *args) -> subprocess.Popen:
+    """Start `kwsbatch ARGS` that stops at hold point `point` (kwsbatch/faults.py) until released."""
+    folder.mkdir(exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kwsbatch", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "200", "KWSBATCH_HOLD": f"{point}@{folder}"},
+    )
+
+
+def held_pid(point: str, folder: Path, process: subprocess.Popen) -> int:
+    """The pid of the first process that stopped at point (the run itself, or one of its workers)."""
+    def markers() -> list[Path]:
+        return sorted(p for p in folder.glob(f"{point}.*") if p.suffix != ".go")
+
+    assert wait_for(lambda: bool(markers()), process), process.communicate()[1]
+    return int(markers()[0].name.rsplit(".", 1)[1])
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of a run (its children but multiprocessing's resource tracker)."""
+    return sorted(w for w in children(pid) if "resource_tracker" not in Path(f"/proc/{w}/cmdline").read_text())
+
+
+def wait_until_gone(pids) -> None:
+    """Until every pid is reaped: for a killed worker, until the run's pool has seen it die."""
+    while any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.01)
+
+
+WORKER_FLAGS = ("--batch-size", "16", "-j", "2", "--processes", "-q")
+
+
 @pytest.mark.slow
 @needs_proc_children
-def test_killed_worker_processes_and_a_killed_parent_lose_nothing(tiny_corpus, tmp_path):
-    """A worker SIGKILLed (as the out-of-memory killer would) is one error line; a SIGKILLed run takes its workers along."""
-    out = tmp_path / "out.csv"
-    flags = ("--batch-size", "16", "-j", "2", "--processes", "-q")
-
-    run = start("label", tiny_corpus, "-o", out, *flags)
-    assert wait_for(lambda: journaled(out) >= N_FILES // 4, run)
-    workers = [w for w in children(run.pid) if "resource_tracker" not in Path(f"/proc/{w}/cmdline").read_text()]
-    os.kill(workers[0], signal.SIGKILL)
-    _, stderr = run.communicate(timeout=60)
-    assert run.returncode == EXIT_ERROR
+@pytest.mark.parametrize("phase", ["task", "before-submit"])
+def test_a_worker_killed_while_a_task_runs_or_before_a_submit_is_one_error_line_and_a_rerun_resumes(tiny_corpus, tmp_path, phase):
+    """A worker SIGKILLed (as the out-of-memory killer would), at an exact moment: while it scores a task
+    (the result raises), or while the run is about to hand out the next task (the submit raises)."""
+    out, holds = tmp_path / "out.csv", tmp_path / "holds"
+    run = start_held(phase, holds, "label", tiny_corpus, "-o", out, *WORKER_FLAGS)
+    pid = held_pid(phase, holds, run)
+    workers = worker_pids(run.pid)
+    victim = pid if phase == "task" else workers[0]
+    assert victim in workers
+    os.kill(victim, signal.SIGKILL)
+    wait_until_gone(workers)  # the pool noticed, and stopped the other worker
+    (holds / f"{phase}.go").touch()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == EXIT_ERROR, stderr
     assert stderr.strip().splitlines()[-1].startswith("error: a worker process died while labelling the files from ")
     assert "Traceback" not in stderr and not out.exists()
-
     kept = journaled(out)
-    run = start("label", tiny_corpus, "-o", out, *flags)
-    assert wait_for(lambda: journaled(out) >= kept + N_FILES // 4, run)
-    workers = children(run.pid)
-    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
+    assert kept == 0 if phase == "task" else kept > 0  # before a submit, the tasks taken so far are journaled
+    final = run_cli("label", tiny_corpus, "-o", out, *WORKER_FLAGS[:-1])  # not quiet: the summary line says what was redone
+    assert final.returncode == EXIT_OK, final.stderr
+    assert f"labelled {N_FILES - kept:,} new or changed files" in final.stderr
+    paths = [r[0] for r in read_table(out)[1]]
+    assert len(paths) == len(set(paths)) == N_FILES
+
+
+@pytest.mark.slow
+@needs_proc_children
+def test_a_worker_that_dies_after_the_last_task_loses_nothing(tiny_corpus, tmp_path):
+    """Killed while the run shuts its workers down, with every result taken: the output is whole."""
+    out, holds = tmp_path / "out.csv", tmp_path / "holds"
+    run = start_held("shutdown", holds, "label", tiny_corpus, "-o", out, *WORKER_FLAGS)
+    held_pid("shutdown", holds, run)
+    workers = worker_pids(run.pid)
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until_gone(workers)
+    (holds / "shutdown.go").touch()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == EXIT_OK, stderr
+    paths = [r[0] for r in read_table(out)[1]]
+    assert len(paths) == len(set(paths)) == N_FILES
+
+
+@pytest.mark.slow
+@needs_proc_children
+def test_a_killed_run_takes_its_worker_processes_with_it(tiny_corpus, tmp_path):
+    out, holds = tmp_path / "out.csv", tmp_path / "holds"
+    run = start_held("before-submit", holds, "label", tiny_corpus, "-o", out, *WORKER_FLAGS)
+    held_pid("before-submit", holds, run)
+    workers = worker_pids(run.pid)
+    assert len(workers) == 2
     run.send_signal(signal.SIGKILL)
     run.communicate(timeout=60)  # workers left alive would hold its output pipes open
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [w for w in workers if Path(f"/proc/{w}").exists()], "workers outlived the run"
-
-    final = run_cli("label", tiny_corpus, "-o", out, *flags)
+    final = run_cli("label", tiny_corpus, "-o", out, *WORKER_FLAGS)
     assert final.returncode == EXIT_OK, final.stderr
     paths = [r[0] for r in read_table(out)[1]]
     assert len(paths) == len(set(paths)) == N_FILES
@@ -214,13 +277,14 @@ def history_epochs(run: Path) -> list[int]:
 def test_train_killed_mid_epoch_resumes_from_the_last_completed_epoch(tone_manifest, tmp_path):
     run = tmp_path / "run"
     flags = ("--val", tone_manifest, "-o", run, "--epochs", "6", "--hidden", "16", "--layers", "1", "--batch-size", "4", "-q")
-    training = start("train", tone_manifest, *flags)
-    assert wait_for(lambda: len(history_epochs(run)) >= 2, training), training.communicate()[1]
-    time.sleep(0.05)  # into the next epoch
+    holds = tmp_path / "holds"
+    # 24 clips in batches of 4: six steps an epoch, so step 15 is the middle of epoch 3.
+    training = start_held("train-step#15", holds, "train", tone_manifest, *flags)
+    held_pid("train-step", holds, training)
     training.send_signal(signal.SIGKILL)
     training.communicate()
     done = history_epochs(run)
-    assert done == list(range(1, len(done) + 1)) and len(done) < 6
+    assert done == [1, 2]
     # Whatever the moment of the kill, both checkpoints are whole files that load.
     last = load_checkpoint(run / "last.pt")
     # history.csv is written just after last.pt, so a kill between the two leaves it one epoch behind;

@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kwsbatch.errors import KwsError
@@ -27,8 +27,11 @@ def lock_path(out: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike, *, wait: bool = False) -> Iterator[Path]:
-    """Hold the lock on out while the block runs; without wait, fail at once if another run has it."""
+def output_lock(out: str | os.PathLike, *, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold the lock on out while the block runs; without wait, fail at once if another run has it.
+
+    With wait, on_wait is told once, with a line naming the holder, before this run queues behind it.
+    """
     path = lock_path(out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,13 +40,17 @@ def output_lock(out: str | os.PathLike, *, wait: bool = False) -> Iterator[Path]
         raise KwsError(f"{out}: cannot create its lock file {path} ({e.strerror})") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            raise LockedError(
-                f"{out}: another kwsbatch run is writing it ({holder}); "
-                "this run did nothing (use --wait to queue behind it)"
-            ) from None
+            if not wait:
+                raise LockedError(
+                    f"{out}: another kwsbatch run is writing it ({holder}); "
+                    "this run did nothing (use --wait to queue behind it)"
+                ) from None
+            if on_wait is not None:
+                on_wait(f"{out}: another kwsbatch run is writing it ({holder}); waiting for it to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         # Who holds it, for the message a second run prints; written after locking, so never torn.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)

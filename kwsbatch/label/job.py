@@ -112,7 +112,7 @@ def run_label_job(
     summary = JobSummary(out=str(out))
     if out.is_dir():
         raise KwsError(f"{out}: is a folder; -o takes the path of the CSV file to write")
-    with output_lock(out, wait=wait):
+    with output_lock(out, wait=wait, on_wait=reporter.log):
         started = time.perf_counter()
         remove_stale_temporaries(out)  # half-written outputs of killed runs: ours to clean, under the lock
         importable = not force and _check_previous(out, output_format, columns, reporter)

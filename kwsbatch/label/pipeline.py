@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from kwsbatch.errors import AudioError, KwsError
+from kwsbatch.faults import hold
 from kwsbatch.files.audio import DEFAULT_MAX_SECONDS, decode_audio
 from kwsbatch.files.manifest import ManifestRow, chunked
 from kwsbatch.label.rows import FileResult
@@ -118,6 +119,7 @@ def score_files(
             pending.append((task, submit(task)))
             if len(pending) >= 2 * jobs:  # one task running and one queued per worker
                 yield _take_finished(pending, ordered)
+                hold("before-submit")
         while pending:
             yield _take_finished(pending, ordered)
 
@@ -134,10 +136,18 @@ def _workers(scorer: Scorer, config: LabelConfig) -> Iterator[Callable[[list[Man
         pool = ProcessPoolExecutor(
             config.workers, mp_context=context, initializer=_start_worker, initargs=(scorer, stop, os.getpid())
         )
+        def submit(task: list[ManifestRow]) -> Future:
+            try:
+                return pool.submit(_score_in_worker, task, config)
+            except BrokenProcessPool:  # a worker died since the last result was taken
+                raise _worker_died(task) from None
+
         try:
-            yield lambda task: pool.submit(_score_in_worker, task, config)
+            yield submit
         finally:
+            hold("shutdown")
             stop.set()  # as with threads: running tasks stop at their next batch, queued ones never start
+            # Every result was taken (or the run is ending with an error): a worker dying now loses nothing.
             pool.shutdown(wait=True, cancel_futures=True)
         return
     stop = threading.Event()
@@ -184,8 +194,12 @@ def _take_finished(pending: collections.deque, ordered: bool) -> tuple[list[Mani
     try:
         return task, future.result()
     except BrokenProcessPool:
-        # Killed (out of memory, say) or crashed in a decoder: the finished tasks are kept, and a rerun resumes.
-        raise KwsError(f"a worker process died while labelling the files from {task[0].source} on; run again to resume") from None
+        raise _worker_died(task) from None
+
+
+def _worker_died(task: list[ManifestRow]) -> KwsError:
+    # Killed (out of memory, say) or crashed in a decoder: the finished tasks are kept, and a rerun resumes.
+    return KwsError(f"a worker process died while labelling the files from {task[0].source} on; run again to resume")
 
 
 @contextlib.contextmanager
@@ -199,6 +213,7 @@ def _single_threaded_torch() -> Iterator[None]:
 
 
 def _score_task(scorer: Scorer, rows: list[ManifestRow], config: LabelConfig, stop: threading.Event) -> list[FileResult]:
+    hold("task")
     results = [FileResult() for _ in rows]
     mergers: dict[int, DetectionMerger] = {}
     for group in chunked(_segments(scorer, rows, config, results, mergers), config.task_size):

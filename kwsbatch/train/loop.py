@@ -23,6 +23,7 @@ from torch import nn
 
 import kwsbatch
 from kwsbatch.errors import KwsError, ManifestError
+from kwsbatch.faults import hold
 from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
 from kwsbatch.files.manifest import ManifestRow, check_known_labels, read_manifest
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -316,6 +317,7 @@ def _train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: Tra
             average_gradients(trainable, process)
             optimizer.step()
             optimizer.zero_grad()
+            hold("train-step")
         total_loss += loss.item() * len(idx)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += len(idx)
