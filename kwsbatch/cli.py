@@ -64,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub, common) -> None:
-    p = sub.add_parser("train", parents=[common], help="train a keyword model on a labelled manifest")
-    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
-    p.add_argument("--val", help="validation manifest (default: a held-out slice of the train manifest)")
+    p = sub.add_parser("train", parents=[common], help="train a keyword model on labelled manifests")
+    p.add_argument("manifests", nargs="+", type=_train_source, metavar="MANIFEST[:WEIGHT]",
+                   help="manifests with path and label columns (CSV, TSV, JSON lines or audiofolder metadata.csv); "
+                   "':WEIGHT' draws each of its clips WEIGHT times as often as a weight-1 clip (default 1)")
+    p.add_argument("--val", action="append", help="validation manifest, repeatable (default: a held-out slice of each train manifest)")
     _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("-o", "--out", default=None, help="run folder for best.pt, last.pt, history.csv (default: runs/<manifest name>)")
     p.add_argument("--epochs", type=int, default=30)
@@ -93,7 +95,9 @@ def _add_train(sub, common) -> None:
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--balance", choices=["none", "sample", "weight"], default="none", help="class-balanced sampling or loss weights")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
-    p.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint and train only its classifier")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint and train only its classifier")
+    start.add_argument("--init", metavar="CKPT", help="start from this checkpoint and train every layer (its model and feature settings win over the flags)")
     _add_augment_flags(p)
     _add_runtime_flags(p, inference=False)
     p.set_defaults(run=cmd_train)
@@ -119,6 +123,15 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
     ):
         g.add_argument(flag, type=_numbers, metavar=numbers, help=what)
     g.add_argument("--noise-dir", help="audio files for --noise (default: _background_noise_/ beside the train manifest)")
+
+
+def _train_source(text: str):
+    from kwsbatch.train.sources import parse_source
+
+    try:
+        return parse_source(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -324,6 +337,7 @@ def cmd_train(args) -> int:
             conv_stride=args.conv_stride,
             balance=args.balance,
             finetune=args.finetune,
+            init=args.init,
         )
         features = FeatureConfig(
             sample_rate=args.sample_rate,
@@ -334,10 +348,10 @@ def cmd_train(args) -> int:
         )
     except ValueError as e:
         raise KwsError(f"invalid training settings: {e}") from None
-    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.manifest).stem
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.manifests[0].manifest).stem
     reporter = _reporter(args, unit="clips")
     result = train(
-        args.manifest,
+        args.manifests,
         run_dir,
         config=config,
         features=features,
@@ -369,7 +383,7 @@ def _augment_config(args):
 
     preset = AugmentConfig.preset(args.augment or "standard")
     overrides = {}
-    if args.augment is None and args.noise is None and args.noise_dir is None and not default_noise_dir(args.manifest).is_dir():
+    if args.augment is None and args.noise is None and args.noise_dir is None and not default_noise_dir(args.manifests[0].manifest).is_dir():
         # Noise was not asked for, and there is none beside the manifest: the default goes without, quietly.
         overrides["noise"] = (0.0, *preset.noise[1:])
     for name in ("time_shift", "zero_pad", "amplify", "speed", "noise", "time_mask", "freq_mask"):

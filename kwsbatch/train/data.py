@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,12 +51,13 @@ def _readable_paths(chunk: list[ManifestRow]) -> list[str | tuple[str, float, fl
 
 @dataclass
 class ClipSet:
-    """Decoded, resampled clips with their class indices, and the rows that could not be read."""
+    """Decoded, resampled clips with their class indices and sources, and the rows that could not be read."""
 
     waveforms: list[torch.Tensor]  # each (n_samples,) float32 at the model's rate
     targets: torch.Tensor  # (n_clips,) int64 class indices
     rows: list[ManifestRow]
     failures: list[tuple[ManifestRow, str]]
+    sources: torch.Tensor  # (n_clips,) int64: which manifest each clip came from (sources.py)
 
     def __len__(self) -> int:
         return len(self.waveforms)
@@ -67,28 +68,31 @@ def load_clips(
     classes: tuple[str, ...],
     sample_rate: int,
     *,
+    sources: Sequence[int] | None = None,
     jobs: int = 1,
     max_seconds: float | None = None,
     reporter: Reporter | None = None,
     description: str = "loading",
 ) -> ClipSet:
-    """Decode every row into memory; unreadable files are set aside, not fatal."""
+    """Decode every row into memory; unreadable files are set aside, not fatal. sources: one per row (default 0)."""
     reporter = reporter or Reporter()
     index = {c: i for i, c in enumerate(classes)}
     resample = Resampler(sample_rate)
-    waveforms, targets, kept, failures = [], [], [], []
+    source_of = iter(sources if sources is not None else [0] * len(rows))
+    waveforms, targets, kept, kept_sources, failures = [], [], [], [], []
     reporter.start(description, len(rows))
     for chunk, decoded in decode_chunks(chunked(rows, 256), jobs, max_seconds):
-        for row, clip in zip(chunk, decoded):
+        for row, clip, source in zip(chunk, decoded, source_of):
             if isinstance(clip, DecodedClip):
                 waveforms.append(resample(clip.samples, clip.sample_rate))
                 targets.append(index[row.label])
                 kept.append(row)
+                kept_sources.append(source)
             else:
                 failures.append((row, clip))
         reporter.advance(len(chunk))
     reporter.stop()
-    return ClipSet(waveforms, torch.tensor(targets, dtype=torch.long), kept, failures)
+    return ClipSet(waveforms, torch.tensor(targets, dtype=torch.long), kept, failures, torch.tensor(kept_sources, dtype=torch.long))
 
 
 def split_for_validation(rows: list[ManifestRow], fraction: float) -> tuple[list[ManifestRow], list[ManifestRow]]:
