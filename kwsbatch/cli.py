@@ -134,6 +134,16 @@ def _train_source(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _numbers(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(","))
@@ -174,6 +184,10 @@ def _add_evaluate(sub, common) -> None:
     p.add_argument("--predictions", default=None, help="score this `label` output (CSV, JSON lines, Parquet) instead of running a model")
     p.add_argument("-o", "--out", default=None, help="report folder (default: reports/<manifest name>)")
     p.add_argument("--min-accuracy", type=float, default=None, help="exit with status 3 when accuracy is below this (0-1)")
+    p.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                   help="also score each group of clips sharing a value of this manifest column (speaker, word, ...); repeatable")
+    p.add_argument("--min-group-clips", type=_positive_int, default=10, metavar="N",
+                   help="groups with fewer scored clips are marked and left out of the --by summary")
     _add_runtime_flags(p)
     p.set_defaults(run=cmd_evaluate)
 
@@ -485,11 +499,13 @@ def cmd_label(args) -> int:
 def cmd_evaluate(args) -> int:
     from rich.console import Console
 
+    from kwsbatch.evaluate.groups import check_group_columns, score_groups
     from kwsbatch.evaluate.metrics import evaluate_predictions
     from kwsbatch.evaluate.predict import default_report_dir, predict_manifest, read_predictions
-    from kwsbatch.evaluate.report import render_report, write_report
+    from kwsbatch.evaluate.report import render_groups, render_report, write_report
     from kwsbatch.model.checkpoint import default_model_path
 
+    check_group_columns(args.manifest, args.by, manifest_format=args.manifest_format)  # before minutes of scoring
     if args.predictions:
         predictions, classes, info = read_predictions(args.manifest, args.predictions, manifest_format=args.manifest_format)
     else:
@@ -504,9 +520,12 @@ def cmd_evaluate(args) -> int:
             manifest_format=args.manifest_format,
         )
     evaluation = evaluate_predictions(predictions, classes)
+    groups = [score_groups(predictions, classes, column, min_clips=args.min_group_clips) for column in dict.fromkeys(args.by)]
     out_dir = Path(args.out) if args.out else default_report_dir(args.manifest)
-    write_report(evaluation, predictions, out_dir, model_info=info)
+    write_report(evaluation, predictions, out_dir, model_info=info, groups=groups)
     render_report(evaluation, Console())
+    for group_scores in groups:
+        render_groups(group_scores, Console())
     print(f"report written to {out_dir}", file=sys.stderr)
     if args.min_accuracy is not None and evaluation.accuracy < args.min_accuracy:
         print(f"accuracy {evaluation.accuracy:.2%} is below --min-accuracy {args.min_accuracy:.2%}", file=sys.stderr)

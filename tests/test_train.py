@@ -12,7 +12,6 @@ import torch
 from conftest import run_cli
 
 from kwsbatch.model.checkpoint import checkpoint_id, load_checkpoint
-from kwsbatch.train.sampling import epoch_order
 
 TINY = ("--epochs", "1", "--batch-size", "8", "--hidden", "16", "--layers", "1", "--val-fraction", "0.25")
 
@@ -152,16 +151,3 @@ def test_finetune_from_a_missing_checkpoint_is_an_error(speech_corpus, tmp_path)
     result = tiny_train(speech_corpus, tmp_path / "run", "--finetune", tmp_path / "none.pt", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none.pt'}: model file not found"
-
-
-def test_class_balanced_sampling_draws_every_class_about_equally():
-    targets = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
-    weights = torch.ones(1000, dtype=torch.float64)
-    order = epoch_order(targets, weights, "sample", torch.Generator().manual_seed(0))
-    assert len(order) == 1000
-    drawn = torch.bincount(targets[order], minlength=3).tolist()
-    assert all(280 < n < 390 for n in drawn), drawn
-    plain = epoch_order(targets, weights, "none", torch.Generator().manual_seed(0))
-    assert sorted(plain.tolist()) == list(range(1000))
-    again = epoch_order(targets, weights, "sample", torch.Generator().manual_seed(0))
-    assert torch.equal(order, again)
