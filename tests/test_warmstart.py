@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from kwsbatch.cli import main
 from kwsbatch.model.checkpoint import checkpoint_id, load_checkpoint
 
 TINY = ("--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25", "--augment", "none")
@@ -39,7 +40,7 @@ def init_train(manifest: Path, out: Path, base: Path, *flags: str):
     return run_cli("train", manifest, "-o", out, "--init", base, *TINY, *flags)
 
 
-def test_init_with_zero_steps_is_the_checkpoint_and_records_its_id(speech_corpus, base, tmp_path):
+def test_init_with_zero_steps_is_the_checkpoint_and_records_its_id(speech_corpus, base, tmp_path, capsys):
     result = init_train(speech_corpus / "train.csv", tmp_path / "run", base, "--lr", "0")
     assert result.returncode == 0, result.stderr
     start = load_checkpoint(base)
@@ -57,6 +58,8 @@ def test_init_with_zero_steps_is_the_checkpoint_and_records_its_id(speech_corpus
     assert provenance["started_from"] == {"model_id": checkpoint_id(start), "classes": list(start.classes), "trains": "every layer"}
     assert provenance["train_config"]["init"] == checkpoint_id(start) and provenance["train_config"]["finetune"] is None
     assert str(base.parent) not in json.dumps(provenance)  # the model id, not the path
+    assert main(["info", str(tmp_path / "run" / "last.pt")]) == 0
+    assert f"started from  model {checkpoint_id(start)}, every layer trained" in capsys.readouterr().out
 
 
 def test_init_trains_every_layer_and_keeps_the_normalisation(speech_corpus, base, tmp_path):

@@ -1,8 +1,8 @@
 """Training: manifests in, a run folder out (best.pt, last.pt, history.csv).
 
 Clips are decoded once into memory, from one manifest or several weighted ones (sources.py); each
-epoch draws them by weight (or class-balanced) with a seeded generator (sampling.py), pads each batch, augments the padded batch on the device (augment.py), computes
-MFCCs there and trains the LSTM. last.pt carries the optimizer, scheduler and generator
+epoch draws them by weight (or class-balanced) with a seeded generator (sampling.py), pads each
+batch, augments the padded batch on the device (augment.py), computes MFCCs there and trains the LSTM. last.pt carries the optimizer, scheduler and generator
 states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
 softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
 A run can start from a trained checkpoint (warmstart.py): `init` trains every layer, `finetune`
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import math
 import os
 import time
@@ -39,7 +38,7 @@ from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips
 from kwsbatch.train.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
 from kwsbatch.train.sampling import BALANCES, epoch_order, epoch_size, loss_weights
-from kwsbatch.train.sources import TrainSource, as_sources, read_sources, source_names
+from kwsbatch.train.sources import TrainSource, as_list, as_sources, describe_sources, read_sources, sha256, source_names, sources_line
 from kwsbatch.train.warmstart import WarmStart
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
@@ -167,6 +166,9 @@ class _RunData:
         """Names of the validation sources, which val.sources index."""
         return source_names(self.val_manifests or [s.manifest for s in self.sources])
 
+    def describe_sources(self) -> list[dict]:
+        return describe_sources(self.sources, self.train.sources, None if self.val_manifests else self.val.sources, self.weights)
+
 
 def _read_data(sources, val_manifests, config: TrainConfig, features: FeatureConfig, manifest_format, reporter: Reporter) -> _RunData:
     rows = read_sources(sources, val_manifests, config.val_fraction, manifest_format)
@@ -181,7 +183,7 @@ def _read_data(sources, val_manifests, config: TrainConfig, features: FeatureCon
     weights = torch.tensor([s.weight for s in sources], dtype=torch.float64)[train_set.sources]
     data = _RunData(sources, val_manifests, classes, start, features, model_config, train_set, val_set, weights)
     if len(sources) > 1 or sources[0].weight != 1:
-        reporter.log(_sources_line(_sources_report(data), epoch_size(weights)))
+        reporter.log(sources_line(data.describe_sources(), epoch_size(weights)))
     return data
 
 
@@ -200,7 +202,7 @@ def _train(
     torch.manual_seed(config.seed)
     device = process.device
 
-    data = _read_data(as_sources(train_manifest), _as_list(val_manifest), config, features, manifest_format, reporter)
+    data = _read_data(as_sources(train_manifest), as_list(val_manifest), config, features, manifest_format, reporter)
     classes, features, train_set, val_set = data.classes, data.features, data.train, data.val
 
     spotter = KeywordSpotter(features, data.model_config).to(device)
@@ -224,10 +226,10 @@ def _train(
         "kwsbatch_version": kwsbatch.__version__,
         "torch_version": str(torch.__version__),
         "train_manifest": " ".join(s.spelled() for s in data.sources),
-        "train_manifest_sha256": _sha256(data.sources[0].manifest) if len(data.sources) == 1 else None,
+        "train_manifest_sha256": sha256(data.sources[0].manifest) if len(data.sources) == 1 else None,
         "val_manifest": " ".join(map(str, data.val_manifests)) or None,
-        "val_manifest_sha256": _sha256(data.val_manifests[0]) if len(data.val_manifests) == 1 else None,
-        "train_sources": _sources_report(data),
+        "val_manifest_sha256": sha256(data.val_manifests[0]) if len(data.val_manifests) == 1 else None,
+        "train_sources": data.describe_sources(),
         "started_from": data.start.provenance() if data.start else None,
         "train_config": _recorded_config(config, data.start),
         "augment_config": augment.to_dict(),
@@ -403,11 +405,11 @@ def _calibrate(best_path: Path, val_set: ClipSet, val_names: list[str], batch_si
     metrics.update(temperature=temperature, val_ece_uncalibrated=round(before, 6), val_ece=round(after, 6))
     if len(val_names) > 1:
         correct = logits.argmax(1) == targets
-        by_source = {name: correct[val_set.sources == i] for i, name in enumerate(val_names)}
-        metrics["val_accuracy_by_source"] = {name: round(c.float().mean().item(), 6) for name, c in by_source.items() if len(c)}
-        reporter.log("best model on validation, by source: " + ", ".join(
-            f"{name} {c.float().mean().item():.2%} ({len(c)} clips)" for name, c in by_source.items() if len(c)
-        ))
+        by_source = {name: correct[val_set.sources == i].float() for i, name in enumerate(val_names)}
+        by_source = {name: (c.mean().item(), len(c)) for name, c in by_source.items() if len(c)}
+        metrics["val_accuracy_by_source"] = {name: round(accuracy, 6) for name, (accuracy, _) in by_source.items()}
+        listed = ", ".join(f"{name} {accuracy:.2%} ({n} clips)" for name, (accuracy, n) in by_source.items())
+        reporter.log(f"best model on validation, by source: {listed}")
     save_checkpoint(checkpoint, best_path)
     reporter.log(f"temperature {temperature:.3f} fitted on validation: expected calibration error {before:.3f} -> {after:.3f}")
     return temperature
@@ -473,28 +475,6 @@ def _recorded_config(config: TrainConfig, start: WarmStart | None) -> dict:
     return recorded
 
 
-def _sources_report(data: _RunData) -> list[dict]:
-    """Per training manifest: its weight, clips decoded, share of each epoch's draws and (when split from it) validation clips."""
-    draws = torch.zeros(len(data.sources), dtype=torch.float64).index_add_(0, data.train.sources, data.weights)
-    return [
-        {
-            "manifest": source.manifest,
-            "sha256": _sha256(source.manifest),
-            "weight": source.weight,
-            "n_train": int((data.train.sources == i).sum()),
-            "n_val": 0 if data.val_manifests else int((data.val.sources == i).sum()),
-            "epoch_share": round(float(draws[i] / draws.sum()), 6),
-        }
-        for i, source in enumerate(data.sources)
-    ]
-
-
-def _sources_line(report: list[dict], draws: int) -> str:
-    names = source_names([entry["manifest"] for entry in report])
-    parts = [f"{name} {e['n_train']} clips x {e['weight']:g} ({e['epoch_share']:.0%})" for name, e in zip(names, report)]
-    return f"training on {len(report)} manifest(s), {draws} draws per epoch: " + ", ".join(parts)
-
-
 def _model_config(config: TrainConfig, features: FeatureConfig, n_classes: int) -> ModelConfig:
     return ModelConfig(
         n_classes=n_classes,
@@ -540,16 +520,6 @@ def _write_history(path: Path, history: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
         writer.writerows(history)
-
-
-def _as_list(manifests) -> list[str | os.PathLike]:
-    if manifests is None:
-        return []
-    return [manifests] if isinstance(manifests, (str, os.PathLike)) else list(manifests)
-
-
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _now() -> str:

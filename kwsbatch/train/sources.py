@@ -8,11 +8,14 @@ on both sides, and validation sees every source.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from kwsbatch.errors import ManifestError
 from kwsbatch.files.manifest import ManifestRow, read_manifest
@@ -72,6 +75,13 @@ def as_sources(manifests: str | os.PathLike | TrainSource | Sequence[str | os.Pa
     return sources
 
 
+def as_list(manifests: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str | os.PathLike]:
+    """None, one manifest or several, as a list."""
+    if manifests is None:
+        return []
+    return [manifests] if isinstance(manifests, (str, os.PathLike)) else list(manifests)
+
+
 def read_sources(
     sources: Sequence[TrainSource], val_manifests: Sequence[str | os.PathLike], val_fraction: float, manifest_format: str | None = None
 ) -> SourceRows:
@@ -84,7 +94,7 @@ def read_sources(
         else:
             train, val = split_for_validation(manifest, val_fraction)
             if not train:
-                raise ManifestError(f"{source.manifest}: too few rows (or speakers) to hold out {val_fraction:.0%} for validation; pass --val")
+                raise _too_few(source.manifest, val_fraction)
         rows.train += train
         rows.train_sources += [index] * len(train)
         rows.val += val
@@ -94,12 +104,49 @@ def read_sources(
         rows.val += val
         rows.val_sources += [index] * len(val)
     if not rows.val:
-        names = " and ".join(s.manifest for s in sources)
-        raise ManifestError(f"{names}: too few rows (or speakers) to hold out {val_fraction:.0%} for validation; pass --val")
+        raise _too_few(" and ".join(s.manifest for s in sources), val_fraction)
     return rows
+
+
+def _too_few(manifests: str, val_fraction: float) -> ManifestError:
+    return ManifestError(f"{manifests}: too few rows (or speakers) to hold out {val_fraction:.0%} for validation; pass --val")
+
+
+def describe_sources(
+    sources: Sequence[TrainSource], train_of: torch.Tensor, val_of: torch.Tensor | None, weights: torch.Tensor
+) -> list[dict]:
+    """Per source, for provenance: its manifest's hash, its weight, its training clips, their share
+    of each epoch's draws, and its validation clips (0 when validation has its own manifests: val_of None).
+
+    train_of, val_of: (n_clips,) int64 source of each decoded clip; weights: (n_train_clips,) float64.
+    """
+    draws = torch.zeros(len(sources), dtype=torch.float64).index_add_(0, train_of, weights.double())
+    return [
+        {
+            "manifest": source.manifest,
+            "sha256": sha256(source.manifest),
+            "weight": source.weight,
+            "n_train": int((train_of == i).sum()),
+            "n_val": 0 if val_of is None else int((val_of == i).sum()),
+            "epoch_share": round(float(draws[i] / draws.sum()), 6),
+        }
+        for i, source in enumerate(sources)
+    ]
+
+
+def sources_line(described: list[dict], draws: int) -> str:
+    """describe_sources() in one line for the training log."""
+    names = source_names([entry["manifest"] for entry in described])
+    parts = [f"{name} {e['n_train']} clips x {e['weight']:g} ({e['epoch_share']:.0%})" for name, e in zip(names, described)]
+    return f"training on {len(described)} manifest(s), {draws} draws per epoch: " + ", ".join(parts)
 
 
 def source_names(paths: Sequence[str | os.PathLike]) -> list[str]:
     """Short names for messages: the file names, or the paths where two file names are the same."""
     names = [Path(p).name for p in paths]
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a manifest's bytes, for provenance."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
