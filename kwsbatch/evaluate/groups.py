@@ -23,7 +23,6 @@ from kwsbatch.errors import KwsError
 from kwsbatch.files.manifest import manifest_header
 from kwsbatch.label.rows import RowLayout
 
-SCORE_COLUMNS = ("n_clips", "accuracy", "keyword_recall", "false_alarm_rate", "n_keyword", "n_background", "n_failed", "few")
 _DECIMALS = 6
 
 
@@ -31,7 +30,9 @@ _DECIMALS = 6
 class GroupScores:
     column: str  # the manifest column the clips are grouped by
     min_clips: int  # a group with fewer scored clips is too small to call the worst
-    table: pd.DataFrame  # one row per group, worst first: group, then SCORE_COLUMNS
+    # One row per group, worst first: group, n_clips (scored), accuracy, keyword_recall,
+    # false_alarm_rate (NaN: nothing to count), n_keyword, n_background, n_failed, few.
+    table: pd.DataFrame
 
     def counted(self) -> pd.DataFrame:
         """The groups large enough for the summary, worst first."""

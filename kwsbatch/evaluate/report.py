@@ -47,8 +47,9 @@ def write_report(
 
     Files: per_class.csv, confusion.csv (first column `truth`), predictions.csv (as given),
     misclassified.csv (most confident first), by_<column>.csv for each of groups (worst first),
-    confusion.png when matplotlib is installed, and report.json (with a `by` section for groups). Each file is replaced atomically (`kwsbatch.files.atomic`), and report.json comes
-    last, so a report.json from this run means every other file is from this run too.
+    confusion.png when matplotlib is installed, and report.json (with a `by` section for groups).
+    Each file is replaced atomically (`kwsbatch.files.atomic`), and report.json comes last, so a
+    report.json from this run means every other file is from this run too.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -471,7 +471,7 @@ def _recorded_config(config: TrainConfig, start: WarmStart | None) -> dict:
     """The config for provenance, with a starting checkpoint named by its model id: a path names one machine's file."""
     recorded = asdict(config)
     if start is not None:
-        recorded["init" if start.every_layer else "finetune"] = start.provenance()["model_id"]
+        recorded["init" if start.every_layer else "finetune"] = start.model_id
     return recorded
 
 

@@ -11,6 +11,7 @@ wherever it now sits and a new class gets a freshly initialised one.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 
 import torch
 
@@ -32,6 +33,10 @@ class WarmStart:
     def flag(self) -> str:
         return "--init" if self.every_layer else "--finetune"
 
+    @cached_property
+    def model_id(self) -> str:
+        return checkpoint_id(self.checkpoint)
+
     def settings(self, n_classes: int) -> tuple[FeatureConfig, ModelConfig]:
         """The checkpoint's feature and model settings, with n_classes outputs."""
         return self.checkpoint.feature_config, replace(self.checkpoint.model_config, n_classes=n_classes)
@@ -39,7 +44,7 @@ class WarmStart:
     def provenance(self) -> dict:
         """What the run records about its start: the checkpoint's model id, never a path that names one machine."""
         return {
-            "model_id": checkpoint_id(self.checkpoint),
+            "model_id": self.model_id,
             "classes": list(self.checkpoint.classes),
             "trains": "every layer" if self.every_layer else "the classifier",
         }
@@ -57,7 +62,7 @@ class WarmStart:
         dropped = [c for c in self.checkpoint.classes if c not in classes]
         trains = "training every layer" if self.every_layer else "training only the classifier"
         return (
-            f"starting from {self.checkpoint.source} (model {checkpoint_id(self.checkpoint)}), {trains}: "
+            f"starting from {self.checkpoint.source} (model {self.model_id}), {trains}: "
             f"classifier rows kept for {_listed(kept)}, new for {_listed(new)}, dropped for {_listed(dropped)}"
         )
 
@@ -77,7 +82,7 @@ def _mapped_rows(theirs: torch.Tensor, fresh: torch.Tensor, their_classes: tuple
     rows = fresh.clone()
     for i, name in enumerate(classes):
         if name in their_classes:
-            rows[i] = theirs[their_classes.index(name)]
+            rows[i] = theirs[their_classes.index(name)].to(rows.device)
     return rows
 
 
