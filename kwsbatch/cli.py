@@ -187,7 +187,7 @@ def _add_evaluate(sub, common) -> None:
     p.add_argument("--by", action="append", default=[], metavar="COLUMN",
                    help="also score each group of clips sharing a value of this manifest column (speaker, word, ...); repeatable")
     p.add_argument("--min-group-clips", type=_positive_int, default=10, metavar="N",
-                   help="groups with fewer scored clips are marked and left out of the --by summary")
+                   help="groups with fewer scored clips are marked and left out of the --by summary (default 10)")
     _add_runtime_flags(p)
     p.set_defaults(run=cmd_evaluate)
 

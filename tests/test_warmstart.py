@@ -40,7 +40,7 @@ def init_train(manifest: Path, out: Path, base: Path, *flags: str):
     return run_cli("train", manifest, "-o", out, "--init", base, *TINY, *flags)
 
 
-def test_init_with_zero_steps_is_the_checkpoint_and_records_its_id(speech_corpus, base, tmp_path, capsys):
+def test_init_with_zero_size_steps_is_exactly_the_checkpoint_and_records_its_id(speech_corpus, base, tmp_path, capsys):
     result = init_train(speech_corpus / "train.csv", tmp_path / "run", base, "--lr", "0")
     assert result.returncode == 0, result.stderr
     start = load_checkpoint(base)
