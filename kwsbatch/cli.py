@@ -141,7 +141,9 @@ def _add_label(sub, common) -> None:
     p.add_argument("--processes", action="store_true",
                    help="workers are processes, not threads: faster on the CPU for large runs, 2 s slower to start")
     p.add_argument("--max-seconds", type=float, default=30.0, help="files longer than this get an error row (without --window)")
-    p.add_argument("--threshold", type=float, default=0.0, metavar="P", help="label _unknown_ when the top probability is below P")
+    p.add_argument("--threshold", type=float, default=0.0, metavar="P",
+                   help="clips: label _unknown_ when the top probability is below P; "
+                   "--window: a window counts toward a detection only when its keyword's probability is at least P")
     p.add_argument("--window", type=float, default=None, metavar="SECONDS", help="slide a window this long over each file; one row per detection")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="seconds between windows (default: half the window)")
     p.add_argument("--force", action="store_true", help="relabel every file, not only new or changed ones")
@@ -424,7 +426,7 @@ def cmd_label(args) -> int:
     from kwsbatch.model.scorer import Scorer
 
     try:
-        window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
+        window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2, args.threshold) if args.window is not None else None
         config = LabelConfig(
             batch_size=args.batch_size, jobs=args.jobs, processes=args.processes, max_seconds=args.max_seconds, window=window
         )
