@@ -92,7 +92,9 @@ def _add_train(sub, common) -> None:
     p.add_argument("--clip-norm", choices=["none", "mean", "meanvar"], default="mean", help="normalise each clip's coefficients over its own frames (none: the notebook's)")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--balance", choices=["none", "sample", "weight"], default="none", help="class-balanced sampling or loss weights")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    start.add_argument("--force", action="store_true", help="train into a run folder that is not empty, replacing its best.pt, last.pt and history.csv")
     p.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint and train only its classifier")
     _add_augment_flags(p)
     _add_runtime_flags(p, inference=False)
@@ -347,6 +349,7 @@ def cmd_train(args) -> int:
         val_manifest=args.val,
         device=args.device,
         resume=args.resume,
+        force=args.force,
         reporter=reporter,
         manifest_format=args.manifest_format,
     )

@@ -26,7 +26,7 @@ from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.faults import hold
 from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
 from kwsbatch.files.manifest import ManifestRow, check_known_labels, read_manifest
-from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
 from kwsbatch.model.device import full_float32, resolve_device
 from kwsbatch.model.features import FeatureConfig, FeatureStats, pad_waveforms
 from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
@@ -36,6 +36,7 @@ from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips, split_for_validation
 from kwsbatch.train.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
 
+RUN_FILES = ("best.pt", "last.pt", "history.csv")  # what a run writes into its folder
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 BALANCES = ("none", "sample", "weight")
 NOISE_DIR = "_background_noise_"  # where `kwsbatch synth` (and Speech Commands) keep long noise files
@@ -96,11 +97,17 @@ def train(
     val_manifest: str | Path | None = None,
     device: str = "auto",
     resume: bool = False,
+    force: bool = False,
     reporter: Reporter | None = None,
     manifest_format: str | None = None,
 ) -> TrainResult:
-    """Train into run_dir; under torchrun, as one of WORLD_SIZE processes (distributed.py), rank 0 writing."""
+    """Train into run_dir; under torchrun, as one of WORLD_SIZE processes (distributed.py), rank 0 writing.
+
+    A run_dir that holds anything is refused unless resume (continue the run in it) or force
+    (start over: its best.pt, last.pt and history.csv are removed first).
+    """
     process = join(resolve_device(device))
+    check_run_dir(run_dir, resume=resume, force=force, writes=process.writes)
     _reproducible_on(process.device)
     result = _train(
         train_manifest, run_dir, config=config, features=features, augment=augment, val_manifest=val_manifest,
@@ -108,6 +115,27 @@ def train(
     )
     leave(process)
     return result
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool, force: bool, writes: bool = True) -> None:
+    """Refuse to train over an earlier run by accident: a folder that holds anything needs resume or force."""
+    run_dir = Path(run_dir)
+    if resume and force:
+        raise KwsError("--resume continues the run in the folder and --force replaces it: pass one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise KwsError(f"{run_dir}: is a file, not a run folder")
+    for name in RUN_FILES:
+        remove_stale_temporaries(run_dir / name)  # left by a killed run's atomic writes
+    held = sorted(entry.name for entry in os.scandir(run_dir)) if run_dir.is_dir() else []
+    if held and not resume and not force:
+        listed = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise KwsError(
+            f"{run_dir}: run folder is not empty ({listed}); pass --resume to continue the run in it, "
+            "or --force to start over (replacing its best.pt, last.pt and history.csv)"
+        )
+    if force and writes:  # under torchrun, only rank 0 touches the run folder
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def _reproducible_on(device: torch.device) -> None:
@@ -143,8 +171,6 @@ def _train(
 ) -> TrainResult:
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
-    for name in ("best.pt", "last.pt", "history.csv"):
-        remove_stale_temporaries(run_dir / name)  # left by a killed run's atomic writes
     if resume and not any((run_dir / name).exists() for name in ("last.pt", "history.csv")):
         # Killed before its first epoch ended (while decoding, say): the same --resume command starts over.
         reporter.log(f"nothing to resume in {run_dir} (no epoch finished yet): starting at epoch 1")
@@ -188,14 +214,7 @@ def _train(
         reporter.log(f"augmentation: {augmentation!r}")
 
     provenance = {
-        "kwsbatch_version": kwsbatch.__version__,
-        "torch_version": str(torch.__version__),
-        "train_manifest": str(train_manifest),
-        "train_manifest_sha256": _sha256(train_manifest),
-        "val_manifest": str(val_manifest) if val_manifest else None,
-        "val_manifest_sha256": _sha256(val_manifest) if val_manifest else None,
-        "train_config": asdict(config),
-        "augment_config": augment.to_dict(),
+        **_provenance(train_manifest, val_manifest, config, augment, base),
         "noise_files": noise_files,
         "n_train": len(train_set),
         "n_val": len(val_set),
@@ -343,8 +362,9 @@ def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device,
 
 
 def default_noise_dir(train_manifest) -> Path:
-    """Where background noise is looked for without --noise-dir: beside the training manifest."""
-    return Path(train_manifest).parent / NOISE_DIR
+    """Where background noise is looked for without --noise-dir: beside the training manifest, or in the tree trained on."""
+    path = Path(train_manifest)
+    return (path if path.is_dir() else path.parent) / NOISE_DIR
 
 
 def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
@@ -481,8 +501,38 @@ def _write_history(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
+def _provenance(train_manifest, val_manifest, config: TrainConfig, augment: AugmentConfig, base: Checkpoint | None) -> dict:
+    """Where the model came from, without the training machine's paths: names and content hashes."""
+    return {
+        "kwsbatch_version": kwsbatch.__version__,
+        "torch_version": str(torch.__version__),
+        "train_manifest": _name(train_manifest),
+        "train_manifest_sha256": _sha256(train_manifest),
+        "val_manifest": _name(val_manifest),
+        "val_manifest_sha256": _sha256(val_manifest) if val_manifest else None,
+        "train_config": {**asdict(config), "finetune": _name(config.finetune)},
+        "finetune_model_id": checkpoint_id(base) if base is not None else None,
+        "augment_config": {**augment.to_dict(), "noise_dir": _name(augment.noise_dir)},
+    }
+
+
+def _name(path) -> str | None:
+    return Path(os.path.abspath(path)).name if path else None
+
+
 def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Of a manifest's bytes; of a folder's listing (each file's relative path and size) for a folder-per-label tree."""
+    path = Path(path)
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for folder, folders, files in os.walk(path):
+        folders.sort()
+        for name in sorted(files):
+            file = Path(folder, name)
+            size = file.stat().st_size if file.exists() else -1  # -1: a broken link
+            digest.update(f"{file.relative_to(path).as_posix()}\t{size}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def _now() -> str:
