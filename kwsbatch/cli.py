@@ -258,8 +258,8 @@ def _add_export(sub, common) -> None:
 
 
 def _add_info(sub, common) -> None:
-    p = sub.add_parser("info", parents=[common], help="show what a checkpoint is: classes, settings, size, provenance")
-    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
+    p = sub.add_parser("info", parents=[common], help="show what a checkpoint or an exported model is: classes, settings, size, provenance")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint, or a model exported by `kwsbatch export` (default: the bundled model)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(run=cmd_info)
 
@@ -628,9 +628,9 @@ def cmd_info(args) -> int:
     import json
 
     from kwsbatch.model.checkpoint import default_model_path
-    from kwsbatch.tools.info import describe_checkpoint, format_description
+    from kwsbatch.tools.info import describe_model, format_description
 
-    info = describe_checkpoint(Path(args.checkpoint) if args.checkpoint else default_model_path())
+    info = describe_model(Path(args.checkpoint) if args.checkpoint else default_model_path())
     print(json.dumps(info, indent=2) if args.json else format_description(info))
     return EXIT_OK
 
