@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(sub, common) -> None:
     p = sub.add_parser("train", parents=[common], help="train a keyword model on a labelled manifest")
-    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
-    p.add_argument("--val", help="validation manifest (default: a held-out slice of the train manifest)")
+    p.add_argument("manifest", help="manifest with path and label columns (CSV, TSV, JSON lines, audiofolder metadata.csv), "
+                   "or a folder-per-label tree (training: its clips in neither split list)")
+    p.add_argument("--val", help="validation manifest or tree (default: the tree's validation_list.txt, else a held-out slice)")
     _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("-o", "--out", default=None, help="run folder for best.pt, last.pt, history.csv (default: runs/<manifest name>)")
     p.add_argument("--epochs", type=int, default=30)
@@ -132,7 +133,7 @@ def _numbers(text: str) -> tuple[float, ...]:
 
 def _add_label(sub, common) -> None:
     p = sub.add_parser("label", parents=[common], help="label audio files, folders or manifests")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or manifests")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively; an audiofolder by its metadata.csv) or manifests")
     p.add_argument("-o", "--out", default="-", help="output file: .csv, .jsonl or .parquet, updated incrementally (default: CSV on standard output)")
     p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default=None, help="output format (default: from the -o extension, else csv)")
     _add_manifest_format(p, "--manifest-format")
@@ -159,7 +160,8 @@ def _add_label(sub, common) -> None:
 
 def _add_evaluate(sub, common) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="score a model on a labelled manifest")
-    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
+    p.add_argument("manifest", help="manifest with path and label columns (CSV, TSV, JSON lines, audiofolder metadata.csv), "
+                   "or a folder-per-label tree (its testing_list.txt clips when it has one)")
     _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--predictions", default=None, help="score this `label` output (CSV, JSON lines, Parquet) instead of running a model")

@@ -26,6 +26,7 @@ from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.faults import hold
 from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
 from kwsbatch.files.manifest import ManifestRow, check_known_labels, read_manifest
+from kwsbatch.files.tree import NOISE_FOLDER, has_validation_list
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
 from kwsbatch.model.device import full_float32, resolve_device
 from kwsbatch.model.features import FeatureConfig, FeatureStats, pad_waveforms
@@ -39,7 +40,6 @@ from kwsbatch.train.distributed import Process, average_gradients, broadcast_par
 RUN_FILES = ("best.pt", "last.pt", "history.csv")  # what a run writes into its folder
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 BALANCES = ("none", "sample", "weight")
-NOISE_DIR = "_background_noise_"  # where `kwsbatch synth` (and Speech Commands) keep long noise files
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,7 @@ def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device,
 def default_noise_dir(train_manifest) -> Path:
     """Where background noise is looked for without --noise-dir: beside the training manifest, or in the tree trained on."""
     path = Path(train_manifest)
-    return (path if path.is_dir() else path.parent) / NOISE_DIR
+    return (path if path.is_dir() else path.parent) / NOISE_FOLDER
 
 
 def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
@@ -377,7 +377,7 @@ def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, repor
         if not files:
             if config.noise_dir:
                 raise KwsError(f"{folder}: no readable audio files for background noise (--noise-dir)")
-            reporter.warn(f"no {NOISE_DIR} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
+            reporter.warn(f"no {NOISE_FOLDER} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
             noise = None
     return config.build(sample_rate=sample_rate, noise=noise), files
 
@@ -432,9 +432,13 @@ def _feature_stats(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, dev
 
 
 def _read_splits(train_manifest, val_manifest, val_fraction, manifest_format=None) -> tuple[list[ManifestRow], list[ManifestRow]]:
-    rows = read_manifest(train_manifest, require_label=True, manifest_format=manifest_format)
+    """Train and validation rows: a Speech Commands tree's clips in neither split list train, and
+    validation_list.txt validates unless --val says otherwise; else a held-out slice validates."""
+    rows = read_manifest(train_manifest, require_label=True, manifest_format=manifest_format, split="train")
     if val_manifest is not None:
-        return rows, read_manifest(val_manifest, require_label=True, manifest_format=manifest_format)
+        return rows, read_manifest(val_manifest, require_label=True, manifest_format=manifest_format, split="val")
+    if has_validation_list(train_manifest):
+        return rows, read_manifest(train_manifest, require_label=True, split="val")
     train_rows, val_rows = split_for_validation(rows, val_fraction)
     if not train_rows or not val_rows:
         raise ManifestError(
