@@ -167,8 +167,14 @@ def _add_evaluate(sub, common) -> None:
     p.add_argument("--predictions", default=None, help="score this `label` output (CSV, JSON lines, Parquet) instead of running a model")
     p.add_argument("-o", "--out", default=None, help="report folder (default: reports/<manifest name>)")
     p.add_argument("--min-accuracy", type=float, default=None, help="exit with status 3 when accuracy is below this (0-1)")
+    g = p.add_argument_group("long recordings", "a manifest with start_s and end_s columns is a wake-word truth list: "
+                             "one row per spoken keyword (path,start_s,end_s,label) in long recordings, scored in window mode")
+    g.add_argument("--window", type=float, default=None, metavar="SECONDS", help="window length (default 1)")
+    g.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="seconds between windows (default: half the window)")
+    g.add_argument("--target-fa-per-hour", type=float, default=None, metavar="N",
+                   help="the operating threshold is the lowest at which false accepts per hour are at most N (default 1)")
     _add_runtime_flags(p)
-    p.set_defaults(run=cmd_evaluate)
+    p.set_defaults(run=cmd_evaluate, parser=p)
 
 
 def _add_synth(sub, common) -> None:
@@ -478,6 +484,15 @@ def cmd_label(args) -> int:
 def cmd_evaluate(args) -> int:
     from rich.console import Console
 
+    from kwsbatch.evaluate.wakeword import is_event_manifest
+
+    wakeword_flags = [f for f, v in (("--window", args.window), ("--hop", args.hop), ("--target-fa-per-hour", args.target_fa_per_hour)) if v is not None]
+    if is_event_manifest(args.manifest, args.manifest_format):
+        if args.predictions or args.min_accuracy is not None:
+            args.parser.error("--predictions and --min-accuracy are for clip manifests; a truth list of long recordings (start_s, end_s) is scored by running the model")
+        return _evaluate_wakeword(args)
+    if wakeword_flags:
+        args.parser.error(f"{', '.join(wakeword_flags)}: only for a truth list of long recordings (a manifest with start_s and end_s columns)")
     from kwsbatch.evaluate.metrics import evaluate_predictions
     from kwsbatch.evaluate.predict import default_report_dir, predict_manifest, read_predictions
     from kwsbatch.evaluate.report import render_report, write_report
@@ -504,6 +519,31 @@ def cmd_evaluate(args) -> int:
     if args.min_accuracy is not None and evaluation.accuracy < args.min_accuracy:
         print(f"accuracy {evaluation.accuracy:.2%} is below --min-accuracy {args.min_accuracy:.2%}", file=sys.stderr)
         return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _evaluate_wakeword(args) -> int:
+    from rich.console import Console
+
+    from kwsbatch.evaluate.predict import default_report_dir
+    from kwsbatch.evaluate.report import render_wakeword, write_wakeword_report
+    from kwsbatch.evaluate.wakeword import WakewordConfig, evaluate_wakeword
+    from kwsbatch.model.checkpoint import default_model_path
+
+    given = {"window": args.window, "hop": args.hop, "target_fa_per_hour": args.target_fa_per_hour}
+    try:
+        config = WakewordConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        args.parser.error(str(e))
+    model = Path(args.model) if args.model else default_model_path()
+    evaluation, info = evaluate_wakeword(
+        args.manifest, model, config, device=args.device, batch_size=args.batch_size, jobs=args.jobs,
+        reporter=_reporter(args), manifest_format=args.manifest_format,
+    )
+    out_dir = Path(args.out) if args.out else default_report_dir(args.manifest)
+    write_wakeword_report(evaluation, out_dir, model_info=info)
+    render_wakeword(evaluation, Console())
+    print(f"report written to {out_dir}", file=sys.stderr)
     return EXIT_OK
 
 
