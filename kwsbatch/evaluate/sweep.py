@@ -22,7 +22,7 @@ THRESHOLDS = (*(round(0.01 * i, 2) for i in range(100)), 0.995, 0.999)
 SHOWN_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))  # the rows a terminal table and report.json show
 
 
-def best_class(predictions: pd.DataFrame, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _best_class(predictions: pd.DataFrame, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(label, probability) of each row's most probable class: from p_<class> when every such column is there."""
     columns = [f"p_{c}" for c in classes]
     if not set(columns) <= set(predictions.columns):
@@ -37,7 +37,7 @@ def clip_sweep(scored: pd.DataFrame, classes: Sequence[str], thresholds: Sequenc
 
     scored: predictions without failed rows (true_label, and p_<class> or label and confidence).
     """
-    predicted, confidence = best_class(scored, classes)
+    predicted, confidence = _best_class(scored, classes)
     truth = scored["true_label"].astype(str).to_numpy()
     keyword_truth = np.array([not is_background(t) for t in truth], dtype=bool)
     keyword_predicted = np.array([not is_background(p) for p in predicted], dtype=bool)
