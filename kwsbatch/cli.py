@@ -66,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train(sub, common) -> None:
     p = sub.add_parser("train", parents=[common], help="train a keyword model on labelled manifests")
     p.add_argument("manifests", nargs="+", type=_train_source, metavar="MANIFEST[:WEIGHT]",
-                   help="manifests with path and label columns (CSV, TSV, JSON lines or audiofolder metadata.csv); "
+                   help="manifests with path and label columns (CSV, TSV, JSON lines or audiofolder metadata.csv), or "
+                   "folder-per-label trees (training: their clips in neither split list); "
                    "':WEIGHT' draws each of its clips WEIGHT times as often as a weight-1 clip (default 1)")
-    p.add_argument("--val", action="append", help="validation manifest, repeatable (default: a held-out slice of each train manifest)")
+    p.add_argument("--val", action="append",
+                   help="validation manifest or tree, repeatable (default: a tree's validation_list.txt, else a held-out slice of each train manifest)")
     _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("-o", "--out", default=None, help="run folder for best.pt, last.pt, history.csv (default: runs/<manifest name>)")
     p.add_argument("--epochs", type=int, default=30)
@@ -94,7 +96,9 @@ def _add_train(sub, common) -> None:
     p.add_argument("--clip-norm", choices=["none", "mean", "meanvar"], default="mean", help="normalise each clip's coefficients over its own frames (none: the notebook's)")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--balance", choices=["none", "sample", "weight"], default="none", help="class-balanced sampling or loss weights")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
+    run.add_argument("--force", action="store_true", help="train into a run folder that is not empty, replacing its best.pt, last.pt and history.csv")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint and train only its classifier")
     start.add_argument("--init", metavar="CKPT", help="start from this checkpoint and train every layer (its model and feature settings win over the flags)")
@@ -153,7 +157,7 @@ def _numbers(text: str) -> tuple[float, ...]:
 
 def _add_label(sub, common) -> None:
     p = sub.add_parser("label", parents=[common], help="label audio files, folders or manifests")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively) or manifests")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (searched recursively; an audiofolder by its metadata.csv) or manifests")
     p.add_argument("-o", "--out", default="-", help="output file: .csv, .jsonl or .parquet, updated incrementally (default: CSV on standard output)")
     p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default=None, help="output format (default: from the -o extension, else csv)")
     _add_manifest_format(p, "--manifest-format")
@@ -164,7 +168,9 @@ def _add_label(sub, common) -> None:
     p.add_argument("--processes", action="store_true",
                    help="workers are processes, not threads: faster on the CPU for large runs, 2 s slower to start")
     p.add_argument("--max-seconds", type=float, default=30.0, help="files longer than this get an error row (without --window)")
-    p.add_argument("--threshold", type=float, default=0.0, metavar="P", help="label _unknown_ when the top probability is below P")
+    p.add_argument("--threshold", type=float, default=0.0, metavar="P",
+                   help="clips: label _unknown_ when the top probability is below P; "
+                   "--window: a window counts toward a detection only when its keyword's probability is at least P")
     p.add_argument("--window", type=float, default=None, metavar="SECONDS", help="slide a window this long over each file; one row per detection")
     p.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="seconds between windows (default: half the window)")
     p.add_argument("--force", action="store_true", help="relabel every file, not only new or changed ones")
@@ -178,7 +184,8 @@ def _add_label(sub, common) -> None:
 
 def _add_evaluate(sub, common) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="score a model on a labelled manifest")
-    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
+    p.add_argument("manifest", help="manifest with path and label columns (CSV, TSV, JSON lines, audiofolder metadata.csv), "
+                   "or a folder-per-label tree (its testing_list.txt clips when it has one)")
     _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--predictions", default=None, help="score this `label` output (CSV, JSON lines, Parquet) instead of running a model")
@@ -188,8 +195,14 @@ def _add_evaluate(sub, common) -> None:
                    help="also score each group of clips sharing a value of this manifest column (speaker, word, ...); repeatable")
     p.add_argument("--min-group-clips", type=_positive_int, default=10, metavar="N",
                    help="groups with fewer scored clips are marked and left out of the --by summary (default 10)")
+    g = p.add_argument_group("long recordings", "a manifest with start_s and end_s columns is a wake-word truth list: "
+                             "one row per spoken keyword (path,start_s,end_s,label) in long recordings, scored in window mode")
+    g.add_argument("--window", type=float, default=None, metavar="SECONDS", help="window length (default 1)")
+    g.add_argument("--hop", type=float, default=None, metavar="SECONDS", help="seconds between windows (default: half the window)")
+    g.add_argument("--target-fa-per-hour", type=float, default=None, metavar="N",
+                   help="the operating threshold is the lowest at which false accepts per hour are at most N (default 1)")
     _add_runtime_flags(p)
-    p.set_defaults(run=cmd_evaluate)
+    p.set_defaults(run=cmd_evaluate, parser=p)
 
 
 def _add_synth(sub, common) -> None:
@@ -281,8 +294,8 @@ def _add_export(sub, common) -> None:
 
 
 def _add_info(sub, common) -> None:
-    p = sub.add_parser("info", parents=[common], help="show what a checkpoint is: classes, settings, size, provenance")
-    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
+    p = sub.add_parser("info", parents=[common], help="show what a checkpoint or an exported model is: classes, settings, size, provenance")
+    p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint, or a model exported by `kwsbatch export` (default: the bundled model)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(run=cmd_info)
 
@@ -373,6 +386,7 @@ def cmd_train(args) -> int:
         val_manifest=args.val,
         device=args.device,
         resume=args.resume,
+        force=args.force,
         reporter=reporter,
         manifest_format=args.manifest_format,
     )
@@ -452,7 +466,7 @@ def cmd_label(args) -> int:
     from kwsbatch.model.scorer import Scorer
 
     try:
-        window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
+        window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2, args.threshold) if args.window is not None else None
         config = LabelConfig(
             batch_size=args.batch_size, jobs=args.jobs, processes=args.processes, max_seconds=args.max_seconds, window=window
         )
@@ -500,6 +514,16 @@ def cmd_evaluate(args) -> int:
     from rich.console import Console
 
     from kwsbatch.evaluate.groups import check_group_columns, score_groups
+    from kwsbatch.evaluate.wakeword import is_event_manifest
+
+    wakeword_flags = [f for f, v in (("--window", args.window), ("--hop", args.hop), ("--target-fa-per-hour", args.target_fa_per_hour)) if v is not None]
+    if is_event_manifest(args.manifest, args.manifest_format):
+        if args.predictions or args.min_accuracy is not None or args.by:
+            args.parser.error("--predictions, --min-accuracy and --by are for clip manifests; "
+                              "a truth list of long recordings (start_s, end_s) is scored by running the model")
+        return _evaluate_wakeword(args)
+    if wakeword_flags:
+        args.parser.error(f"{', '.join(wakeword_flags)}: only for a truth list of long recordings (a manifest with start_s and end_s columns)")
     from kwsbatch.evaluate.metrics import evaluate_predictions
     from kwsbatch.evaluate.predict import default_report_dir, predict_manifest, read_predictions
     from kwsbatch.evaluate.report import render_groups, render_report, write_report
@@ -530,6 +554,31 @@ def cmd_evaluate(args) -> int:
     if args.min_accuracy is not None and evaluation.accuracy < args.min_accuracy:
         print(f"accuracy {evaluation.accuracy:.2%} is below --min-accuracy {args.min_accuracy:.2%}", file=sys.stderr)
         return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _evaluate_wakeword(args) -> int:
+    from rich.console import Console
+
+    from kwsbatch.evaluate.predict import default_report_dir
+    from kwsbatch.evaluate.report import render_wakeword, write_wakeword_report
+    from kwsbatch.evaluate.wakeword import WakewordConfig, evaluate_wakeword
+    from kwsbatch.model.checkpoint import default_model_path
+
+    given = {"window": args.window, "hop": args.hop, "target_fa_per_hour": args.target_fa_per_hour}
+    try:
+        config = WakewordConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        args.parser.error(str(e))
+    model = Path(args.model) if args.model else default_model_path()
+    evaluation, info = evaluate_wakeword(
+        args.manifest, model, config, device=args.device, batch_size=args.batch_size, jobs=args.jobs,
+        reporter=_reporter(args), manifest_format=args.manifest_format,
+    )
+    out_dir = Path(args.out) if args.out else default_report_dir(args.manifest)
+    write_wakeword_report(evaluation, out_dir, model_info=info)
+    render_wakeword(evaluation, Console())
+    print(f"report written to {out_dir}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -656,9 +705,9 @@ def cmd_info(args) -> int:
     import json
 
     from kwsbatch.model.checkpoint import default_model_path
-    from kwsbatch.tools.info import describe_checkpoint, format_description
+    from kwsbatch.tools.info import describe_model, format_description
 
-    info = describe_checkpoint(Path(args.checkpoint) if args.checkpoint else default_model_path())
+    info = describe_model(Path(args.checkpoint) if args.checkpoint else default_model_path())
     print(json.dumps(info, indent=2) if args.json else format_description(info))
     return EXIT_OK
 

@@ -310,7 +310,7 @@ def test_evaluate_writes_the_report_files_and_prints_tables(evaluated):
     result, out = evaluated
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["report.json", "per_class.csv", "confusion.csv", "predictions.csv", "misclassified.csv", "confusion.png"]
+        ["report.json", "per_class.csv", "confusion.csv", "predictions.csv", "misclassified.csv", "confusion.png", "threshold_sweep.csv"]
     )
     assert (out / "confusion.png").read_bytes().startswith(PNG_MAGIC)
     for table in ("Evaluation", "Per class", "Confusion", "accuracy", "macro F1", *CLASSES):

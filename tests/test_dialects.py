@@ -307,3 +307,12 @@ def test_label_inputs_take_every_manifest_extension(tmp_path):
         (tmp_path / name).write_text(text)
     rows = list(iter_inputs([str(tmp_path / n) for n in ("a.csv", "b.tsv", "c.jsonl", "d.json")]))
     assert [r.path for r in rows] == ["x.wav", "y.wav", "z.wav", "w.wav"]
+
+
+def test_an_audiofolder_is_read_by_its_folder_as_by_its_metadata(manifests, trained_model, tmp_path):
+    metadata = manifests["test"]["audiofolder"]
+    by_file, by_folder = (run_cli("label", given, "--model", trained_model, "-q", check=True).stdout for given in (metadata, metadata.parent))
+    assert by_folder == by_file and "true_label" in by_folder.splitlines()[0]
+    for name, given in (("file", metadata), ("folder", metadata.parent)):
+        run_cli("evaluate", given, "--model", trained_model, "-o", tmp_path / name, "-q", check=True)
+    assert (tmp_path / "folder" / "predictions.csv").read_text() == (tmp_path / "file" / "predictions.csv").read_text()

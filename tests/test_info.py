@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+import torch
 from conftest import run_cli
 
+from kwsbatch import __version__
 from kwsbatch.model.checkpoint import load_checkpoint
 
 # The trained_model fixture: 12 MFCCs -> the default causal conv (64 channels, kernel 5) -> 2 LSTM
@@ -27,7 +30,9 @@ def test_json_describes_the_checkpoint(trained_model, speech_corpus):
     assert info["size"]["file_bytes"] == trained_model.stat().st_size
     # Training fits a temperature on validation; the fixture's model is calibrated.
     assert (info["temperature"], info["calibrated"], info["resumable"]) == (checkpoint.temperature, checkpoint.temperature != 1.0, False)
-    assert info["provenance"]["train_manifest"] == str(speech_corpus / "train.csv")
+    # Names and content hashes, not the training machine's paths.
+    assert info["provenance"]["train_manifest"] == "train.csv"
+    assert "/" not in json.dumps(info["provenance"]) and str(speech_corpus) not in result.stdout
     assert len(info["provenance"]["train_manifest_sha256"]) == 64
     assert info["provenance"]["train_config"]["epochs"] == 25
     assert 0.0 <= info["metrics"]["best_val_accuracy"] <= 1.0
@@ -43,7 +48,7 @@ def test_text_names_each_part_on_one_line(trained_model, speech_corpus):
     assert fields["features"].endswith(", per-clip mean normalisation")
     assert fields["size"] == "25,028 parameters (100.1 kB)"
     assert fields["calibration"].startswith(f"temperature {load_checkpoint(trained_model).temperature:g}")
-    assert f"train {speech_corpus / 'train.csv'} (sha256 " in fields["trained"]
+    assert "train train.csv (sha256 " in fields["trained"] and str(speech_corpus) not in fields["trained"]
     assert fields["resumable"] == "no"
 
 
@@ -60,3 +65,36 @@ def test_without_a_checkpoint_it_describes_the_bundled_model():
 def test_a_missing_model_is_a_one_line_error(tmp_path):
     result = run_cli("info", tmp_path / "nope.pt")
     assert (result.returncode, result.stderr) == (1, f"error: {tmp_path / 'nope.pt'}: model file not found\n")
+
+
+def test_an_exported_model_is_described_from_the_metadata_export_wrote(trained_model, tmp_path):
+    pytest.importorskip("onnx")
+    checkpoint = json.loads(run_cli("info", trained_model, "--json", check=True).stdout)
+    for name, export_format in (("m.onnx", "onnx"), ("m.pt", "torchscript")):
+        run_cli("export", trained_model, "-o", tmp_path / name, check=True)
+        info = json.loads(run_cli("info", tmp_path / name, "--json", check=True).stdout)
+        assert (info["format"], info["exported_by"], info["sample_rate"]) == (export_format, f"kwsbatch {__version__}", 16000)
+        for key in ("model_id", "classes", "feature_config", "model_config", "temperature"):
+            assert info[key] == checkpoint[key], key
+        assert info["size"]["file_bytes"] == (tmp_path / name).stat().st_size
+    lines = run_cli("info", tmp_path / "m.onnx", check=True).stdout.splitlines()
+    fields = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
+    assert list(fields) == ["model", "classes", "features", "network", "calibration", "inputs", "outputs"]
+    assert fields["model"].endswith(f"(id {checkpoint['model_id']}, {fields['model'].split(', ')[1]}, ONNX, opset 17, exported by kwsbatch {__version__})")
+    assert fields["classes"] == "4: down, no, up, yes"
+    assert fields["inputs"].startswith("waveforms: float32 (batch, samples), mono at 16000 Hz")
+
+
+@pytest.mark.filterwarnings("ignore")  # torch's exporters warn that they are deprecated
+def test_a_model_kwsbatch_did_not_export_is_one_clear_line(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    with torch.no_grad():
+        torch.onnx.export(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), tmp_path / "other.onnx", dynamo=False)
+    maker = onnx.load(str(tmp_path / "other.onnx")).producer_name
+    result = run_cli("info", tmp_path / "other.onnx")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {tmp_path / 'other.onnx'}: an ONNX model made by {maker} ")
+    assert result.stderr.endswith(", not exported by kwsbatch (no kwsbatch metadata: classes, sample_rate, model_id)\n")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), tmp_path / "other.pt")
+    result = run_cli("info", tmp_path / "other.pt")
+    assert (result.returncode, result.stderr) == (1, f"error: {tmp_path / 'other.pt'}: a TorchScript model that kwsbatch did not export (no kwsbatch.json inside)\n")

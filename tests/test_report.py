@@ -14,7 +14,7 @@ from kwsbatch.evaluate.report import render_report, write_report
 
 CLASSES = ["yes", "no", "stop"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CSV_FILES = ["per_class.csv", "confusion.csv", "predictions.csv", "misclassified.csv"]
+CSV_FILES = ["per_class.csv", "confusion.csv", "predictions.csv", "misclassified.csv", "threshold_sweep.csv"]
 
 
 @pytest.fixture

@@ -59,7 +59,8 @@ def test_background_noise_comes_from_noise_dir(speech_corpus, noise_dir, tmp_pat
     result = tiny_train(speech_corpus, tmp_path / "run", "--noise", "1,0,10", "--noise-dir", noise_dir)
     assert result.returncode == 0, result.stderr
     assert "BackgroundNoise(p=1.0, min_snr_db=0.0, max_snr_db=10.0, noise_samples=32000)" in result.stderr
-    assert load_checkpoint(tmp_path / "run" / "best.pt").provenance["noise_files"] == ["hum.wav"]
+    provenance = load_checkpoint(tmp_path / "run" / "best.pt").provenance
+    assert provenance["noise_files"] == ["hum.wav"] and provenance["augment_config"]["noise_dir"] == noise_dir.name
 
     missing = tiny_train(speech_corpus, tmp_path / "run2", "--noise", "1", "--noise-dir", tmp_path / "nowhere", check=False)
     assert missing.returncode == 1
@@ -143,8 +144,36 @@ def test_finetune_on_the_same_classes_starts_from_the_whole_model(speech_corpus,
     assert result.returncode == 0, result.stderr
     base, tuned = load_checkpoint(trained_model), load_checkpoint(tmp_path / "ft" / "last.pt")
     assert f"model {checkpoint_id(base)}), training only the classifier: classifier rows kept for 4" in result.stderr.replace("\n", "")
+    # The checkpoint started from is named by what it computes, never located by a path.
+    assert tuned.provenance["train_config"]["finetune"] == checkpoint_id(base)
+    assert tuned.provenance["started_from"]["model_id"] == checkpoint_id(base)
     assert torch.equal(base.state_dict["head.lstm.weight_hh_l1"], tuned.state_dict["head.lstm.weight_hh_l1"])
     assert not torch.equal(base.state_dict["head.classifier.weight"], tuned.state_dict["head.classifier.weight"])
+
+
+def test_an_earlier_run_is_never_trained_over_without_resume_or_force(speech_corpus, tmp_path):
+    run = tmp_path / "run"
+    tiny_train(speech_corpus, run, "-q")
+    earlier = {name: (run / name).read_bytes() for name in ("best.pt", "last.pt", "history.csv")}
+    again = tiny_train(speech_corpus, run, "--seed", "1", check=False)
+    assert again.returncode == 1
+    assert again.stderr == (
+        f"error: {run}: run folder is not empty (best.pt, history.csv, last.pt); pass --resume to continue the run in it, "
+        "or --force to start over (replacing its best.pt, last.pt and history.csv)\n"
+    )
+    assert {name: (run / name).read_bytes() for name in earlier} == earlier
+    assert tiny_train(speech_corpus, run, "--resume", "--force", check=False).returncode == 2  # one or the other
+    # --force replaces the run; a file of the user's in the folder stays.
+    (run / "notes.txt").write_text("seed 0 was better\n")
+    tiny_train(speech_corpus, run, "--seed", "1", "--force", "-q")
+    assert all((run / name).read_bytes() != earlier[name] for name in ("best.pt", "last.pt"))
+    assert (run / "notes.txt").read_text() == "seed 0 was better\n"
+    # Any folder that holds something is refused, run or not.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("")
+    refused = tiny_train(speech_corpus, other, check=False)
+    assert refused.returncode == 1 and f"error: {other}: run folder is not empty (a.txt); pass --resume" in refused.stderr
 
 
 def test_finetune_from_a_missing_checkpoint_is_an_error(speech_corpus, tmp_path):

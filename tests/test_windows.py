@@ -6,7 +6,7 @@ import soundfile as sf
 
 from kwsbatch.classes import is_background
 from kwsbatch.errors import AudioError
-from kwsbatch.label.windows import DetectionMerger, WindowConfig, WindowReader
+from kwsbatch.label.windows import DetectionMerger, WindowConfig, WindowReader, merge_detections
 
 CLASSES = ("_silence_", "_unknown_", "no", "yes")
 
@@ -98,3 +98,27 @@ def test_only_background_windows_make_no_detection():
 def test_background_classes_are_the_underscored_names():
     assert [c for c in CLASSES if is_background(c)] == ["_silence_", "_unknown_"]
     assert not is_background("_") and not is_background("up")
+
+
+def test_below_the_threshold_a_window_counts_for_nothing():
+    merger = DetectionMerger(CLASSES, sample_rate=10, threshold=0.7)
+    # A keyword window at 0.6 between two at 0.8 and 0.9: it neither extends one nor joins them.
+    for start, confidence in [(0, 0.8), (5, 0.6), (10, 0.9), (30, 0.65)]:
+        merger.add(start, start + 10, probs("yes", confidence))
+    got = [(d.start_s, d.end_s, d.label, round(d.confidence, 6)) for d in merger.detections()]
+    assert got == [(0.0, 1.0, "yes", 0.8), (1.0, 2.0, "yes", 0.9)]
+    # The same windows without a threshold: one detection spanning the first three, and the fourth.
+    assert [(d.start_s, d.end_s) for d in merge_detections(merger.windows(), CLASSES)] == [(0.0, 2.0), (3.0, 4.0)]
+
+
+def test_a_threshold_at_a_windows_own_probability_keeps_it():
+    p = probs("no", 0.7)
+    merger = DetectionMerger(CLASSES, sample_rate=1, threshold=float(p[CLASSES.index("no")]))
+    merger.add(0, 1, p)
+    assert [d.label for d in merger.detections()] == ["no"]
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5])
+def test_window_threshold_is_a_probability(threshold):
+    with pytest.raises(ValueError, match="--threshold must be a probability"):
+        WindowConfig(1.0, 0.5, threshold)

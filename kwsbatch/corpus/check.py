@@ -38,9 +38,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from kwsbatch.corpus.speech_commands import speaker_of
 from kwsbatch.errors import KwsError
-from kwsbatch.files.manifest import ManifestRow, is_manifest_path, iter_inputs, iter_manifest
+from kwsbatch.files.manifest import ManifestRow, is_manifest_path, iter_manifest, iter_tree
 from kwsbatch.progress import Reporter
 
 # Upper bin edges in seconds; Speech Commands clips are at most 1 s, so [0.75, 1) vs [1, 1.5)
@@ -120,7 +119,7 @@ class Entry:
 
 def iter_entries(inputs: Iterable[str]) -> Iterator[Entry]:
     """Manifests (split from a `split` column, else the file name), folders holding train.csv /
-    val.csv / test.csv (those manifests), or other folders (scanned; labels from folder names)."""
+    val.csv / test.csv (those manifests), or other folders (folder-per-label trees, noise included)."""
     for given in inputs:
         path = Path(given)
         if path.is_dir():
@@ -144,11 +143,8 @@ def _manifest_entries(path: Path) -> Iterator[Entry]:
 
 
 def _folder_entries(root: str) -> Iterator[Entry]:
-    for row in iter_inputs([root]):
-        parent = row.audio_path.parent
-        label = parent.name if row.error is None and os.path.abspath(parent) != os.path.abspath(root) else None
-        speaker = speaker_of(row.audio_path.name) if "_nohash_" in row.audio_path.name else None
-        yield Entry(ManifestRow(row.source, row.path, row.audio_path, label, row.extras, row.error), "all", speaker)
+    for row in iter_tree(root, noise=True):
+        yield Entry(row, "all", row.extras.get("speaker"))
 
 
 @dataclass

@@ -48,13 +48,12 @@ from kwsbatch import __version__
 from kwsbatch.errors import KwsError
 from kwsbatch.files.atomic import atomic_write
 from kwsbatch.files.audio import decode_audio, is_audio_path
+from kwsbatch.files.manifest import iter_tree
+from kwsbatch.files.tree import NOISE_FOLDER, read_split_lists, speaker_of
 
 UNKNOWN = "_unknown_"
 SILENCE = "_silence_"
-BACKGROUND_DIR = "_background_noise_"
 SPLITS = ("train", "val", "test")
-VALIDATION_LIST = "validation_list.txt"
-TESTING_LIST = "testing_list.txt"
 # The ten keywords of the standard 12-class benchmark (plus _unknown_ and _silence_).
 STANDARD_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 # TensorFlow's constant: the hash is taken modulo 2**27 and scaled by 100 / (2**27 - 1).
@@ -64,13 +63,6 @@ MANIFEST_COLUMNS = ("path", "label", "speaker", "word")
 
 class DatasetError(KwsError):
     """A folder tree cannot be turned into manifests: missing words, no noise to cut, bad options."""
-
-
-def speaker_of(filename: str | os.PathLike) -> str:
-    """The speaker id of a Speech Commands file name: the part before `_nohash_` (else the stem)."""
-    name = os.path.basename(filename)
-    speaker = re.sub(r"_nohash_.*$", "", name)
-    return os.path.splitext(speaker)[0] if speaker == name else speaker
 
 
 def which_set(filename: str | os.PathLike, validation_percent: float = 10.0, testing_percent: float = 10.0) -> str:
@@ -111,7 +103,7 @@ class ManifestConfig:
             words = tuple(dict.fromkeys(w.strip() for w in self.words if w.strip()))
             if not words:
                 raise DatasetError("no words given: pass --words yes,no,... or --words all")
-            reserved = sorted(set(words) & {UNKNOWN, SILENCE, BACKGROUND_DIR})
+            reserved = sorted(set(words) & {UNKNOWN, SILENCE, NOISE_FOLDER})
             if reserved:
                 raise DatasetError(f"{', '.join(reserved)} cannot be a keyword: it is a reserved folder name")
             object.__setattr__(self, "words", words)
@@ -157,7 +149,7 @@ def write_manifests(data_dir: str | os.PathLike, out_dir: str | os.PathLike, con
         raise DatasetError(f"{data_dir}: no such folder")
     if out_dir == data_dir:
         raise DatasetError(f"{out_dir}: write manifests to a folder of their own (e.g. {data_dir / 'manifests'}), not into the data set")
-    lists = _read_split_lists(data_dir)
+    lists = read_split_lists(data_dir)
 
     def split_of(relpath: str) -> str:  # files in neither list are training, as in TensorFlow
         if lists is not None:
@@ -199,53 +191,26 @@ def _json_value(value):
     return "all" if isinstance(value, float) and math.isinf(value) else value
 
 
-def _read_split_lists(data_dir: Path) -> dict[str, str] | None:
-    """DIR-relative path -> split from the list files, or None when the tree has neither."""
-    found = False
-    splits: dict[str, str] = {}
-    for name, split in ((VALIDATION_LIST, "val"), (TESTING_LIST, "test")):
-        path = data_dir / name
-        if not path.is_file():
-            continue
-        found = True
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"{path}: cannot read split list ({e})") from None
-        for line in lines:
-            if line.strip():
-                splits[Path(line.strip()).as_posix()] = split
-    return splits if found else None
-
-
-def _scan_words(data_dir: Path, *, skip: Path) -> list[tuple[str, Path]]:
-    """(folder name, file) for the audio files directly inside each label folder, sorted."""
+def _scan_words(data_dir: Path, *, skip: Path) -> list[tuple[str, str, Path]]:
+    """(label folder, DIR-relative posix path, file) for the clips of the tree, sorted."""
     found = []
-    try:
-        folders = sorted(e.path for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith("."))
-    except OSError as e:
-        raise DatasetError(f"{data_dir}: cannot list folder ({e.strerror})") from None
-    for folder in map(Path, folders):
-        if folder.name == BACKGROUND_DIR or folder == skip:
-            continue
-        try:
-            names = sorted(e.name for e in os.scandir(folder) if is_audio_path(e.name) and e.is_file())
-        except OSError as e:
-            raise DatasetError(f"{folder}: cannot list folder ({e.strerror})") from None
-        found += [(folder.name, folder / name) for name in names]
+    for row in iter_tree(data_dir):
+        if row.error:
+            raise DatasetError(row.error)
+        if row.label is not None and skip not in row.audio_path.parents:
+            found.append((row.label, row.audio_path.relative_to(data_dir).as_posix(), row.audio_path))
     return found
 
 
-def _label_clips(files: Iterable[tuple[str, Path]], config: ManifestConfig, split_of: Callable[[str], str]) -> list[Clip]:
+def _label_clips(files: Iterable[tuple[str, str, Path]], config: ManifestConfig, split_of: Callable[[str], str]) -> list[Clip]:
     clips, folders = [], set()
-    for folder, path in files:
+    for folder, relpath, path in files:
         folders.add(folder)
         if folder == SILENCE or config.words is None or folder in config.words:
             label = folder
         else:
             label = UNKNOWN  # includes an _unknown_ folder, whose clips are unknowns already
         speaker = speaker_of(path.name) if folder != SILENCE else f"{SILENCE}:{speaker_of(path.name)}"
-        relpath = f"{folder}/{path.name}"
         clips.append(Clip(path, relpath, label, speaker, folder, split_of(relpath)))
     if not clips:
         raise DatasetError("no audio files in any label folder: expected DIR/<word>/<file>.wav")
@@ -294,7 +259,7 @@ def _cut_silence(data_dir: Path, out_dir: Path, wanted: dict[str, int], config: 
                 if hi - lo >= n:
                     sources.append((name, audio[lo:hi], rate, n))
             if wanted[split] and not sources:
-                raise DatasetError(f"{data_dir / BACKGROUND_DIR}: no noise file has {config.silence_seconds:g} s for "
+                raise DatasetError(f"{data_dir / NOISE_FOLDER}: no noise file has {config.silence_seconds:g} s for "
                                    f"its {split} stretch ({shares[split]:g}% of it); add longer recordings or pass --silence-percent 0")
             rng = np.random.default_rng([config.seed, split_index])
             for i in range(wanted[split]):
@@ -305,7 +270,7 @@ def _cut_silence(data_dir: Path, out_dir: Path, wanted: dict[str, int], config: 
                 filename = f"{split}_{i:05d}_{name}.wav"
                 sf.write(staging / filename, clip, rate, subtype="PCM_16", format="WAV")
                 clips.append(Clip(folder / filename, f"{SILENCE}/{filename}", SILENCE,
-                                  f"{BACKGROUND_DIR}/{name}:{split}", name, split))
+                                  f"{NOISE_FOLDER}/{name}:{split}", name, split))
         _replace_folder(folder, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -313,10 +278,10 @@ def _cut_silence(data_dir: Path, out_dir: Path, wanted: dict[str, int], config: 
 
 
 def _read_noise(data_dir: Path) -> list[tuple[str, np.ndarray, int]]:
-    folder = data_dir / BACKGROUND_DIR
+    folder = data_dir / NOISE_FOLDER
     files = sorted(p for p in folder.iterdir() if is_audio_path(p.name)) if folder.is_dir() else []
     if not files:
-        raise DatasetError(f"{data_dir}: no {BACKGROUND_DIR} folder with noise recordings to cut _silence_ clips from; "
+        raise DatasetError(f"{data_dir}: no {NOISE_FOLDER} folder with noise recordings to cut _silence_ clips from; "
                            "add one or pass --silence-percent 0")
     noises = []
     for path in files:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from kwsbatch.classes import is_background
 from kwsbatch.errors import KwsError
+from kwsbatch.evaluate.sweep import SHOWN_THRESHOLDS, clip_sweep
 from kwsbatch.train.calibrate import expected_calibration_error
 
 REQUIRED_COLUMNS = ("path", "true_label", "label", "confidence", "error")
@@ -149,6 +150,7 @@ class Evaluation:
     n_failed: int
     failures: pd.DataFrame  # path, error
     misclassified: pd.DataFrame  # path, truth, predicted, confidence
+    sweep: pd.DataFrame  # threshold, keyword_recall, false_alarm: what each label --threshold would give (sweep.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types with rounded floats, ready for `json.dumps(..., allow_nan=False)`."""
@@ -178,11 +180,20 @@ class Evaluation:
                 {"path": str(path), "error": str(error)}
                 for path, error in zip(self.failures["path"], self.failures["error"])
             ],
+            # Every 0.1 here; threshold_sweep.csv has the whole sweep.
+            "threshold_sweep": [
+                {"threshold": row.threshold, "keyword_recall": _round_or_none(row.keyword_recall), "false_alarm": _round_or_none(row.false_alarm)}
+                for row in self.sweep[self.sweep["threshold"].isin(SHOWN_THRESHOLDS)].itertuples(index=False)
+            ],
         }
 
 
 def _round(value: float) -> float:
     return round(float(value), _DECIMALS)
+
+
+def _round_or_none(value: float) -> float | None:
+    return None if np.isnan(value) else _round(value)
 
 
 def evaluate_predictions(predictions: pd.DataFrame, classes: Sequence[str]) -> Evaluation:
@@ -242,6 +253,7 @@ def evaluate_predictions(predictions: pd.DataFrame, classes: Sequence[str]) -> E
         n_failed=int(failed.sum()),
         failures=failures,
         misclassified=misclassified,
+        sweep=clip_sweep(scored, classes),
     )
 
 

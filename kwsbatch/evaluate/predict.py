@@ -28,9 +28,9 @@ def predict_manifest(
     reporter: Reporter | None = None,
     manifest_format: str | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
-    """Label every row of a labelled manifest: (predictions, classes, model info)."""
+    """Label every row of a labelled manifest (of a Speech Commands tree, its test clips): (predictions, classes, model info)."""
     reporter = reporter or Reporter()
-    rows = read_manifest(manifest, require_label=True, manifest_format=manifest_format)
+    rows = read_manifest(manifest, require_label=True, manifest_format=manifest_format, split="test")
     checkpoint = load_checkpoint(model)
     check_known_labels(rows, checkpoint.classes)
     scorer = Scorer(checkpoint, device=device)
@@ -54,7 +54,7 @@ def read_predictions(
     manifest: str | os.PathLike, predictions_csv: str | os.PathLike, *, manifest_format: str | None = None
 ) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
     """Join a labelled manifest with predictions written earlier by `kwsbatch label` (CSV, JSON lines or Parquet)."""
-    rows = read_manifest(manifest, require_label=True, check_exists=False, manifest_format=manifest_format)
+    rows = read_manifest(manifest, require_label=True, check_exists=False, manifest_format=manifest_format, split="test")
     try:
         table = read_label_output(predictions_csv)
     except FileNotFoundError:

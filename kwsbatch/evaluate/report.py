@@ -1,7 +1,8 @@
 """Write and display the results of `kwsbatch evaluate`.
 
 `write_report` leaves machine-readable files in a folder; `render_report` prints the same numbers
-to a terminal. Both take an `Evaluation` from `kwsbatch.evaluate.metrics`.
+to a terminal. Both take an `Evaluation` from `kwsbatch.evaluate.metrics`; `write_wakeword_report`
+and `render_wakeword` do the same for a `WakewordEvaluation` of long recordings (wakeword.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from rich.text import Text
 from kwsbatch import __version__
 from kwsbatch.evaluate.groups import GroupScores
 from kwsbatch.evaluate.metrics import Evaluation
+from kwsbatch.evaluate.sweep import SHOWN_THRESHOLDS
+from kwsbatch.evaluate.wakeword import WakewordEvaluation
 from kwsbatch.files.atomic import atomic_write
 from kwsbatch.train.calibrate import ECE_BINS
 
@@ -46,10 +49,11 @@ def write_report(
     """Write the report files into `out_dir` (created if needed) and return their paths.
 
     Files: per_class.csv, confusion.csv (first column `truth`), predictions.csv (as given),
-    misclassified.csv (most confident first), by_<column>.csv for each of groups (worst first),
-    confusion.png when matplotlib is installed, and report.json (with a `by` section for groups).
-    Each file is replaced atomically (`kwsbatch.files.atomic`), and report.json comes last, so a
-    report.json from this run means every other file is from this run too.
+    misclassified.csv (most confident first), threshold_sweep.csv (keyword recall and false
+    alarms at each threshold), by_<column>.csv for each of groups (worst first), confusion.png and
+    threshold_sweep.png when matplotlib is installed, and report.json (with a `by` section for
+    groups). Each file is replaced atomically (`kwsbatch.files.atomic`), and report.json comes
+    last, so a report.json from this run means every other file is from this run too.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,24 +68,101 @@ def write_report(
         ("confusion.csv", confusion, True),
         ("predictions.csv", predictions, False),
         ("misclassified.csv", evaluation.misclassified, False),
+        ("threshold_sweep.csv", evaluation.sweep, False),
         *((group_file_name(g.column), _group_csv_table(g), False) for g in groups),
     ):
         with atomic_write(out_dir / name, "w", encoding="utf-8", newline="") as f:
             table.to_csv(f, index=index)
         written.append(out_dir / name)
-    png = _write_confusion_png(evaluation, out_dir / "confusion.png")
-    if png is not None:
-        written.append(png)
-    report = {
-        "kwsbatch_version": __version__,
-        "model": _jsonable(model_info),
-        **evaluation.to_dict(),
-        **({"by": {g.column: g.to_dict() for g in groups}} if groups else {}),
-    }
+    for png in (_write_confusion_png(evaluation, out_dir / "confusion.png"), _write_sweep_png(evaluation.sweep, out_dir / "threshold_sweep.png")):
+        if png is not None:
+            written.append(png)
+    results = {**evaluation.to_dict(), **({"by": {g.column: g.to_dict() for g in groups}} if groups else {})}
+    return [*written, _write_json(results, model_info, out_dir)]
+
+
+def _write_json(results: dict, model_info: dict | None, out_dir: Path) -> Path:
+    report = {"kwsbatch_version": __version__, "model": _jsonable(model_info), **results}
     with atomic_write(out_dir / "report.json", "w", encoding="utf-8") as f:
         f.write(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    written.append(out_dir / "report.json")
-    return written
+    return out_dir / "report.json"
+
+
+def write_wakeword_report(evaluation: WakewordEvaluation, out_dir: Path, *, model_info: dict | None = None) -> list[Path]:
+    """Write wakeword_sweep.csv (every threshold), detections.csv (hits, false accepts and misses at
+    the operating threshold), det.png with matplotlib, and report.json last, each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in (("wakeword_sweep.csv", evaluation.sweep), ("detections.csv", evaluation.outcomes)):
+        with atomic_write(out_dir / name, "w", encoding="utf-8", newline="") as f:
+            table.to_csv(f, index=False)
+        written.append(out_dir / name)
+    png = _write_det_png(evaluation, out_dir / "det.png")
+    return [*written, *([png] if png else []), _write_json(evaluation.to_dict(), model_info, out_dir)]
+
+
+def _write_det_png(evaluation: WakewordEvaluation, path: Path) -> Path | None:
+    """The DET curve as openWakeWord draws it: miss rate against false accepts per hour, log axes
+    (linear within one false accept in the audio, and one missed event, so zero stays on the plot)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    sweep = evaluation.sweep.dropna(subset=["fa_per_hour", "miss_rate"])
+    if sweep.empty:
+        return None
+    figure = Figure(figsize=(6.5, 5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(sweep["fa_per_hour"], sweep["miss_rate"], marker=".", markersize=3)
+    axes.set_xscale("symlog", linthresh=1 / evaluation.hours)
+    floor = 1 / max(evaluation.n_events, 1)
+    axes.set_yscale("symlog", linthresh=floor)
+    axes.set_yticks([0, *(t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5) if t >= floor), 1])
+    axes.set_ylim(0, 1.05)
+    axes.set_xlim(left=0)
+    axes.yaxis.set_major_formatter(lambda value, _: f"{value:.1%}".replace(".0%", "%"))
+    for row in sweep[sweep["threshold"].isin(SHOWN_THRESHOLDS)].itertuples(index=False):
+        axes.annotate(f"{row.threshold:g}", (row.fa_per_hour, row.miss_rate), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    target = evaluation.config.target_fa_per_hour
+    axes.axvline(target, color="0.5", linestyle="--", linewidth=1, label=f"target: {target:g} false accepts per hour")
+    if evaluation.threshold is not None:
+        at = evaluation.at(evaluation.threshold)
+        axes.plot([at["fa_per_hour"]], [at["miss_rate"]], "o", color="C3", label=f"threshold {evaluation.threshold:g}")
+    axes.set_xlabel(f"false accepts per hour ({evaluation.hours:.2f} h of audio)")
+    axes.set_ylabel(f"miss rate ({evaluation.n_events} keywords)")
+    axes.set_title("DET curve: misses against false accepts, by threshold")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="upper right", fontsize=8)
+    with atomic_write(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=120)
+    return path
+
+
+def render_wakeword(evaluation: WakewordEvaluation, console: Console) -> None:
+    """Print the operating point and the sweep every 0.1."""
+    summary = Table(title="Wake-word evaluation", show_header=False, box=box.SIMPLE)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_row("recordings", f"{evaluation.n_recordings} ({evaluation.hours:.3f} h)")
+    summary.add_row("keywords spoken", f"{evaluation.n_events} (" + ", ".join(f"{k} {n}" for k, n in evaluation.events.items()) + ")")
+    summary.add_row("target", f"{evaluation.config.target_fa_per_hour:g} false accepts per hour")
+    if evaluation.threshold is None:
+        summary.add_row("threshold", "none of the swept thresholds meets the target")
+    else:
+        at = evaluation.at(evaluation.threshold)
+        summary.add_row("threshold", f"{evaluation.threshold:g} (the lowest that meets the target)")
+        summary.add_row("false accepts per hour", f"{at['fa_per_hour']:.3f} ({int(at['false_accepts'])})")
+        summary.add_row("miss rate", f"{at['miss_rate']:.3f} ({int(at['missed'])} missed)")
+    console.print(summary)
+    table = Table(title="Threshold sweep (every one in wakeword_sweep.csv)", box=box.SIMPLE_HEAD)
+    for name in ("threshold", "detections", "false accepts", "per hour", "missed", "miss rate"):
+        table.add_column(name, justify="right")
+    for row in evaluation.sweep[evaluation.sweep["threshold"].isin(SHOWN_THRESHOLDS)].itertuples(index=False):
+        table.add_row(f"{row.threshold:.1f}", str(row.detections), str(row.false_accepts), _share(row.fa_per_hour), str(row.missed), _share(row.miss_rate))
+    console.print(table)
+    if len(evaluation.failures):
+        console.print(f"[yellow]{len(evaluation.failures)} recording(s) could not be read; report.json lists them with their errors[/yellow]")
 
 
 def group_file_name(column: str) -> str:
@@ -153,6 +234,29 @@ def _write_confusion_png(evaluation: Evaluation, path: Path) -> Path | None:
     return path
 
 
+def _write_sweep_png(sweep: pd.DataFrame, path: Path) -> Path | None:
+    """Keyword recall against the false-alarm rate as the threshold rises (the thresholds 0.1 apart
+    marked). None, and nothing written, without matplotlib or without background clips."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    if sweep["false_alarm"].isna().all():
+        return None
+    figure = Figure(figsize=(6.5, 5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(sweep["false_alarm"], sweep["keyword_recall"], marker=".", markersize=3)
+    for row in sweep[sweep["threshold"].isin(SHOWN_THRESHOLDS)].itertuples(index=False):
+        axes.annotate(f"{row.threshold:g}", (row.false_alarm, row.keyword_recall), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    axes.set_xlabel("false alarms: share of background clips tagged as a keyword")
+    axes.set_ylabel("keyword recall: share of keyword clips tagged as their keyword")
+    axes.set_title("Keyword recall against false alarms, by threshold")
+    axes.grid(alpha=0.3)
+    with atomic_write(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=120)
+    return path
+
+
 def render_report(evaluation: Evaluation, console: Console) -> None:
     """Print the summary, the per-class table and (up to 15 labels) the confusion matrix."""
     console.print(_summary_table(evaluation))
@@ -164,6 +268,7 @@ def render_report(evaluation: Evaluation, console: Console) -> None:
         )
     else:
         console.print(_confusion_table(evaluation))
+    console.print(_sweep_table(evaluation.sweep))
     if evaluation.n_failed:
         console.print(
             f"[yellow]{evaluation.n_failed} file(s) failed and were not scored; "
@@ -217,6 +322,19 @@ def _summary_table(evaluation: Evaluation) -> Table:
     table.add_row("files failed", str(evaluation.n_failed))
     table.add_row("misclassified", str(len(evaluation.misclassified)))
     return table
+
+
+def _sweep_table(sweep: pd.DataFrame) -> Table:
+    table = Table(title="Threshold sweep (every 0.01 in threshold_sweep.csv)", box=box.SIMPLE_HEAD)
+    for name in ("threshold", "keyword recall", "false alarms"):
+        table.add_column(name, justify="right")
+    for row in sweep[sweep["threshold"].isin(SHOWN_THRESHOLDS)].itertuples(index=False):
+        table.add_row(f"{row.threshold:.1f}", _share(row.keyword_recall), _share(row.false_alarm))
+    return table
+
+
+def _share(value: float) -> str:
+    return "-" if np.isnan(value) else f"{value:.3f}"
 
 
 def _per_class_table(evaluation: Evaluation) -> Table:

@@ -1,4 +1,4 @@
-"""Manifests and label inputs: which files to read, with their labels, segments and extra columns.
+"""Manifests, folder trees and label inputs: which files to read, with their labels, segments and extra columns.
 
 A manifest has one row per clip: a path (``path``, or NeMo's ``audio_filepath``, or Hugging Face's
 ``file_name``), relative paths resolving against the manifest's own folder; ``label``, the truth
@@ -6,7 +6,8 @@ where there is one; optionally ``offset`` and ``duration`` in seconds, which pic
 longer file; and any other column, carried through to outputs. dialects.py reads the file formats
 (CSV, TSV, JSON lines, audiofolder metadata); this module gives the columns their meaning. Rows
 are streamed, so a manifest of millions of rows is never held at once unless a command needs it
-(training does), and every problem names the manifest and its line.
+(training does), and every problem names the manifest and its line. A folder-per-label tree
+(tree.py has its layout) reads as the manifest it stands for.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.files.audio import is_audio_path
 from kwsbatch.files.dialects import detect_format, is_manifest_name, iter_records, read_columns, table_layout
+from kwsbatch.files.tree import NOISE_FOLDER, audiofolder_metadata, is_class_folder, read_split_lists, speaker_of
 
 PATH_COLUMNS = ("path", "audio_filepath", "file_name")  # kwsbatch's name, NeMo's, Hugging Face audiofolder's
 NEMO_LABEL_COLUMN = "command"  # NeMo's speech-commands manifests name the label "command"
@@ -39,10 +41,24 @@ class ManifestRow:
 
 
 def read_manifest(
-    path: str | os.PathLike, *, require_label: bool = False, check_exists: bool = True, manifest_format: str | None = None
+    path: str | os.PathLike,
+    *,
+    require_label: bool = False,
+    check_exists: bool = True,
+    manifest_format: str | None = None,
+    split: str | None = None,
 ) -> list[ManifestRow]:
-    """All rows of a manifest, checked up front: for commands that must not start on a bad manifest."""
-    rows = list(iter_manifest(path, require_label=require_label, manifest_format=manifest_format))
+    """All rows of a manifest, checked up front: for commands that must not start on a bad manifest.
+
+    A folder is an audiofolder (its metadata.csv) or a folder-per-label tree; of a tree with
+    Speech Commands' split lists, only the `split` clips ("train", "val" or "test"), when given.
+    """
+    if os.path.isdir(path) and not is_manifest_name(path):  # a folder named like a manifest (x.csv) was meant to be one
+        rows = list(_folder_manifest(path, require_label=require_label, split=split))
+        if not rows:
+            raise ManifestError(f"{path}: no {f'{split} ' if split else ''}clips in label folders (expected {path}/<label>/<clip>.wav)")
+    else:
+        rows = list(iter_manifest(path, require_label=require_label, manifest_format=manifest_format))
     if not rows:
         raise ManifestError(f"{path}: manifest has no rows")
     if check_exists:
@@ -50,6 +66,41 @@ def read_manifest(
             if not row.audio_path.is_file():
                 raise ManifestError(f"{row.source}: file not found: {row.path}")
     return rows
+
+
+def _folder_manifest(folder: str | os.PathLike, *, require_label: bool, split: str | None) -> Iterator[ManifestRow]:
+    metadata = audiofolder_metadata(folder)
+    if metadata is not None:
+        yield from iter_manifest(metadata, require_label=require_label, manifest_format="audiofolder")
+        return
+    for row in iter_tree(folder, split=split):
+        if row.error:
+            raise ManifestError(row.error)
+        if require_label and row.label is None:
+            raise ManifestError(f"{row.path}: not in a label folder (a folder-per-label tree holds {folder}/<label>/<clip>)")
+        yield row
+
+
+def iter_tree(root: str | os.PathLike, *, split: str | None = None, noise: bool = False) -> Iterator[ManifestRow]:
+    """A folder-per-label tree's clips in sorted order, each labelled by its first folder under root.
+
+    A file directly in root has no label; a folder that cannot be listed is a row with an error.
+    With Speech Commands' split lists and a split, only that split's clips ("train": in neither
+    list); without the lists, every clip. noise: _background_noise_ too, labelled so (check audits it).
+    The `speaker` of a Speech Commands file name (`<speaker>_nohash_<n>.wav`) is carried as a column.
+    """
+    root = os.fspath(root)
+    lists = read_split_lists(root) if split else None
+    for row in _scan_folder(root, keep=lambda folder: is_class_folder(folder, noise=noise)):
+        if row.error:
+            yield row
+            continue
+        relative = PurePath(os.path.relpath(row.path, root))
+        if lists is not None and lists.get(relative.as_posix(), "train") != split:
+            continue
+        extras = {"speaker": speaker_of(relative.name)} if "_nohash_" in relative.name else {}
+        label = relative.parts[0] if len(relative.parts) > 1 else None
+        yield ManifestRow(row.source, row.path, row.audio_path, label, extras)
 
 
 def check_known_labels(rows: Iterable[ManifestRow], classes: Iterable[str], *, known_by: str = "the model") -> None:
@@ -61,7 +112,13 @@ def check_known_labels(rows: Iterable[ManifestRow], classes: Iterable[str], *, k
 
 
 def manifest_header(path: str | os.PathLike, *, manifest_format: str | None = None) -> list[str]:
-    """The manifest's columns under kwsbatch's names: its path column as `path`, its label (if any) as `label`."""
+    """The manifest's columns under kwsbatch's names: its path column as `path`, its label (if any) as `label`.
+
+    A folder is an audiofolder (its metadata.csv's columns) or a folder-per-label tree (path, label).
+    """
+    if os.path.isdir(path):
+        metadata = audiofolder_metadata(path)
+        return manifest_header(metadata, manifest_format="audiofolder") if metadata is not None else ["path", "label"]
     manifest_format = detect_format(path, manifest_format)
     columns = read_columns(path, manifest_format)
     named = [c for c in columns if c in PATH_COLUMNS]
@@ -155,12 +212,17 @@ def is_manifest_path(path: str | os.PathLike, manifest_format: str | None = None
 
 
 def iter_inputs(inputs: Iterable[str], *, manifest_format: str | None = None) -> Iterator[ManifestRow]:
-    """Label inputs in the order given: folders (recursive, audio extensions, sorted), manifests, files."""
+    """Label inputs in the order given: folders (recursive, audio extensions, sorted; an audiofolder's
+    metadata.csv when it has one; a top-level _background_noise_ skipped), manifests, files."""
     for given in inputs:
         path = Path(given)
         # os.path, not Path: its is_dir() raises PermissionError under a folder we may not search.
         if os.path.isdir(given):
-            yield from _scan_folder(given)
+            metadata = audiofolder_metadata(given)
+            if metadata is not None:
+                yield from iter_manifest(metadata, manifest_format="audiofolder")
+            else:
+                yield from _scan_folder(given, keep=lambda folder: folder.name != NOISE_FOLDER)
         elif is_manifest_path(path, manifest_format):
             yield from iter_manifest(path, manifest_format=manifest_format)
         elif os.path.lexists(given) or _access_denied(given):
@@ -184,10 +246,11 @@ def input_extra_columns(inputs: Iterable[str], *, manifest_format: str | None = 
     """Extra columns the manifests among inputs carry, in order of first appearance; label included."""
     columns: list[str] = []
     for given in inputs:
-        if not os.path.isdir(given) and is_manifest_path(given, manifest_format):
-            for name in manifest_header(given, manifest_format=manifest_format):
-                if name != "path" and name not in columns:
-                    columns.append(name)
+        if os.path.isdir(given):
+            header = manifest_header(given) if audiofolder_metadata(given) is not None else []
+        else:
+            header = manifest_header(given, manifest_format=manifest_format) if is_manifest_path(given, manifest_format) else []
+        columns += [name for name in header if name != "path" and name not in columns]
     return columns
 
 
@@ -201,8 +264,9 @@ def _access_denied(path: str) -> bool:
     return False
 
 
-def _scan_folder(root: str) -> Iterator[ManifestRow]:
-    """Walk a folder lazily, one directory listing at a time, following each real folder once."""
+def _scan_folder(root: str, *, keep: Callable[[os.DirEntry], bool] = lambda folder: True) -> Iterator[ManifestRow]:
+    """Walk a folder lazily, one directory listing at a time, following each real folder once;
+    of the folders directly in root, only those keep accepts."""
     seen: set[tuple[int, int]] = set()
     pending = [root]
     while pending:
@@ -224,7 +288,8 @@ def _scan_folder(root: str) -> Iterator[ManifestRow]:
             except OSError:
                 is_dir = False
             if is_dir:
-                subfolders.append(entry.path)
+                if folder != root or keep(entry):
+                    subfolders.append(entry.path)
             elif is_audio_path(entry.name):
                 yield ManifestRow(entry.path, entry.path, Path(entry.path))
         pending.extend(reversed(subfolders))

@@ -120,7 +120,8 @@ def run_label_job(
             "model": layout.model_id,
             "columns": columns.own,
             "max_seconds": config.max_seconds,
-            "window": [config.window.window_s, config.window.hop_s] if windowed else None,
+            "window": [config.window.window_s, config.window.hop_s, config.window.threshold] if windowed else None,
+            "threshold": layout.threshold,
         }
         journal = Journal.open(journal_path(out), settings, out)
         try:

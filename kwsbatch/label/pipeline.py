@@ -227,6 +227,7 @@ def _score_task(scorer: Scorer, rows: list[ManifestRow], config: LabelConfig, st
                 results[segment.index].probabilities = p
     for index, merger in mergers.items():
         if not results[index].error:
+            results[index].windows = merger.windows()
             results[index].detections = merger.detections()
     return results
 
@@ -259,7 +260,7 @@ def _segments(
             reader = WindowReader(row.audio_path, config.window)
             for start, end, samples in reader:
                 if index not in mergers:
-                    mergers[index] = DetectionMerger(scorer.classes, reader.sample_rate)
+                    mergers[index] = DetectionMerger(scorer.classes, reader.sample_rate, threshold=config.window.threshold)
                 yield _Segment(index, start, end, scorer.resample(samples, reader.sample_rate))
             result.duration_s, result.sample_rate, result.channels = reader.duration_s, reader.sample_rate, reader.channels
         except AudioError as e:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kwsbatch.files.manifest import ManifestRow
-from kwsbatch.label.windows import Detection
+from kwsbatch.label.windows import Detection, WindowScores
 
 BASE_COLUMNS = ("path", "label", "confidence")
 WINDOW_COLUMNS = ("path", "start_s", "end_s", "label", "confidence")  # window mode: one row per detection
@@ -30,7 +30,8 @@ class FileResult:
     channels: int = 0
     error: str = ""
     probabilities: np.ndarray | None = None  # clip mode: (n_classes,)
-    detections: list[Detection] = field(default_factory=list)  # window mode
+    detections: list[Detection] = field(default_factory=list)  # window mode, at the window config's threshold
+    windows: WindowScores | None = None  # window mode: every window's best class, to merge at other thresholds
 
 
 class RowLayout:
@@ -39,7 +40,7 @@ class RowLayout:
     def __init__(self, classes: Iterable[str], *, model_id: str = "", threshold: float = 0.0):
         self.classes = tuple(classes)
         self.model_id = model_id
-        self.threshold = threshold  # below this top probability the label is UNKNOWN
+        self.threshold = threshold  # clip mode: below this top probability the label is UNKNOWN (window mode: WindowConfig's)
         self._reserved = {*self._own_columns(False), *self._own_columns(True), *FILE_COLUMNS, "true_label"}
 
     def columns(self, extra_columns: Iterable[str] = (), *, windowed: bool = False, file_columns: bool = False) -> list[str]:

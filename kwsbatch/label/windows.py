@@ -1,15 +1,22 @@
 """Long recordings: fixed windows slid over a file read in blocks, and detections merged from them.
 
 A one-hour recording is never held whole: the reader keeps one block (a minute) plus one window
-of audio, so memory does not depend on the file's length. Windows start every hop on a grid from
-0; when the grid leaves an uncovered tail, one more window is aligned to the file's end, so the
-last seconds are always heard. A file shorter than one window is a single window, the whole file.
+of audio, so memory does not depend on the file's length (each window's score is kept: 28 bytes,
+2 MB for ten hours at a 0.5 s hop). Windows start every hop on a grid from 0; when the grid
+leaves an uncovered tail, one more window is aligned to the file's end, so the last seconds are
+always heard. A file shorter than one window is a single window, the whole file.
+
+A window counts toward a detection when its most probable class is a keyword (not a background
+class) with at least the threshold's probability; overlapping counted windows of one keyword merge
+into one detection. `merge_detections` is that rule, applied to a file's scored windows: `label
+--window --threshold` applies it once, `evaluate` on long recordings at every threshold it sweeps.
 """
 
 from __future__ import annotations
 
+import array
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +33,11 @@ BLOCK_SECONDS = 60.0  # audio read from disk at a time
 class WindowConfig:
     window_s: float  # seconds of audio the model hears at once
     hop_s: float  # seconds between window starts; <= window_s, so no audio is skipped
+    threshold: float = 0.0  # the least probability of its keyword a window needs to count toward a detection
 
     def __post_init__(self):
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"--threshold must be a probability in [0, 1], got {self.threshold:g}")
         if not self.window_s > 0:
             raise ValueError(f"--window must be positive, got {self.window_s:g}")
         if not 0 < self.hop_s <= self.window_s:
@@ -91,40 +101,65 @@ class WindowReader:
                 yield tail_start, buffer_end, buffer[tail_start - buffer_start :].copy()
 
 
-class DetectionMerger:
-    """Merges one file's windows, fed in time order, into detections of the keyword classes.
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
+class WindowScores:
+    """One file's scored windows, in time order: where each lies and its most probable class."""
 
-    A window whose best class is a keyword extends the open detection of that keyword when the
-    two overlap, else starts a new one. Background classes (``_silence_``, ``_unknown_``: names
-    in underscores) are never detections. Each keyword is tracked on its own, so detections of
-    different keywords may overlap.
+    sample_rate: int
+    starts: np.ndarray  # (n_windows,) int64, first frame at the file's own rate
+    ends: np.ndarray  # (n_windows,) int64, one past the last frame
+    best: np.ndarray  # (n_windows,) int64, index of the most probable class
+    confidence: np.ndarray  # (n_windows,) float32, that class's probability
+
+
+def merge_detections(windows: WindowScores, classes: Sequence[str], threshold: float = 0.0) -> list[Detection]:
+    """The detections of a file's windows at a threshold, by start time then label.
+
+    A window counts when its best class is a keyword with probability >= threshold. Counted
+    windows of one keyword merge while each starts before the detection so far ends (windows that
+    only touch stay apart); a detection keeps the highest confidence among its windows. Each
+    keyword is merged on its own, so detections of different keywords may overlap.
     """
+    spans = []
+    for index, label in enumerate(classes):
+        chosen = (windows.best == index) & (windows.confidence >= threshold)
+        if is_background(label) or not chosen.any():
+            continue
+        starts, ends, confidence = windows.starts[chosen], windows.ends[chosen], windows.confidence[chosen]
+        reach = np.maximum.accumulate(ends)  # where the detection so far ends, after each window
+        first = np.flatnonzero(np.concatenate([[True], starts[1:] >= reach[:-1]]))  # windows that start a detection
+        for start, end, best in zip(starts[first], np.maximum.reduceat(ends, first), np.maximum.reduceat(confidence, first)):
+            spans.append((int(start), label, int(end), float(best)))
+    rate = windows.sample_rate
+    return [Detection(start / rate, end / rate, label, best) for start, label, end, best in sorted(spans)]
 
-    def __init__(self, classes: tuple[str, ...], sample_rate: int):
+
+class DetectionMerger:
+    """Collects one file's windows, fed in time order, and merges them into detections at a threshold."""
+
+    def __init__(self, classes: tuple[str, ...], sample_rate: int, *, threshold: float = 0.0):
         self.classes = classes
         self.sample_rate = sample_rate
-        self._open: dict[int, list] = {}  # class index -> [start_frame, end_frame, confidence]
-        self._closed: list[tuple[int, int, int, float]] = []
+        self.threshold = threshold
+        self._starts, self._ends, self._best = array.array("q"), array.array("q"), array.array("q")
+        self._confidence = array.array("f")
 
     def add(self, start: int, end: int, probabilities: np.ndarray) -> None:
+        """One window: its frames at the file's rate and its (n_classes,) probabilities."""
         best = int(probabilities.argmax())
-        if is_background(self.classes[best]):
-            return
-        confidence = float(probabilities[best])
-        current = self._open.get(best)
-        if current is not None and start < current[1]:
-            current[1] = max(current[1], end)
-            current[2] = max(current[2], confidence)
-            return
-        if current is not None:
-            self._closed.append((current[0], current[1], best, current[2]))
-        self._open[best] = [start, end, confidence]
+        self._starts.append(start)
+        self._ends.append(end)
+        self._best.append(best)
+        self._confidence.append(probabilities[best])
+
+    def windows(self) -> WindowScores:
+        return WindowScores(
+            self.sample_rate,
+            np.frombuffer(self._starts, dtype=np.int64).copy(),
+            np.frombuffer(self._ends, dtype=np.int64).copy(),
+            np.frombuffer(self._best, dtype=np.int64).copy(),
+            np.frombuffer(self._confidence, dtype=np.float32).copy(),
+        )
 
     def detections(self) -> list[Detection]:
-        """All detections, by start time then label."""
-        spans = self._closed + [(s, e, c, p) for c, (s, e, p) in self._open.items()]
-        rate = self.sample_rate
-        return [
-            Detection(s / rate, e / rate, self.classes[c], p)
-            for s, e, c, p in sorted(spans, key=lambda span: (span[0], self.classes[span[2]]))
-        ]
+        return merge_detections(self.windows(), self.classes, self.threshold)

@@ -1,11 +1,85 @@
-"""`kwsbatch info`: what a checkpoint is, for people (a few aligned lines) and for machines (JSON)."""
+"""`kwsbatch info`: what a checkpoint or an exported model is, for people (aligned lines) and machines (JSON).
+
+An exported model (`kwsbatch export`) is described from the metadata export wrote into it, read
+without running it: ONNX metadata properties (with the onnx package), or the kwsbatch.json inside
+a TorchScript archive. A model kwsbatch did not export gets one line saying what it is.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from pathlib import Path
 
+from kwsbatch.errors import CheckpointError
 from kwsbatch.model.checkpoint import FORMAT, FORMAT_VERSION, checkpoint_id, load_checkpoint
+from kwsbatch.tools.export import TORCHSCRIPT_METADATA
+
+_EXPORT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
+
+
+def describe_model(path: str | os.PathLike) -> dict:
+    """A checkpoint's description, or an exported model's (told apart by their bytes, not their names)."""
+    path = Path(path)
+    if path.is_file():
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if any("/code/" in name for name in names):  # TorchScript: a torch archive that holds code
+                    metadata = [n for n in names if n.endswith(f"/extra/{TORCHSCRIPT_METADATA}")]
+                    if not metadata:
+                        raise CheckpointError(f"{path}: a TorchScript model that kwsbatch did not export (no {TORCHSCRIPT_METADATA} inside)")
+                    return _describe_export(path, "torchscript", json.loads(archive.read(metadata[0])))
+        elif _looks_like_onnx(path):
+            return _describe_export(path, "onnx", _onnx_metadata(path))
+    return describe_checkpoint(path)
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    # An ONNX file is a protobuf ModelProto whose first field is ir_version (field 1, a varint: byte 0x08);
+    # torch.save's files are zip archives or pickles (0x80).
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x08"
+
+
+def _onnx_metadata(path: Path) -> dict:
+    try:
+        import onnx
+    except ImportError:
+        raise CheckpointError(f"{path}: an ONNX model; reading its metadata needs the onnx package: pip install 'kwsbatch[onnx]'") from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, or anything a damaged file makes onnx raise
+        raise CheckpointError(f"{path}: not a readable model (corrupt or foreign file: {str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    if "model_id" not in metadata:
+        maker = " ".join(filter(None, [model.producer_name, model.producer_version])) or "an unknown producer"
+        raise CheckpointError(f"{path}: an ONNX model made by {maker}, not exported by kwsbatch (no kwsbatch metadata: classes, sample_rate, model_id)")
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    return {**metadata, "opset": opsets.get("ai.onnx")}
+
+
+def _describe_export(path: Path, export_format: str, metadata: dict) -> dict:
+    """The metadata `kwsbatch export` wrote, decoded."""
+    try:
+        return {
+            "path": str(path),
+            "model_id": metadata["model_id"],
+            "format": export_format,
+            "exported_by": f"kwsbatch {metadata['kwsbatch_version']}",
+            "opset": metadata.get("opset"),
+            "classes": json.loads(metadata["classes"]),
+            "sample_rate": int(metadata["sample_rate"]),
+            "feature_config": json.loads(metadata["feature_config"]),
+            "model_config": json.loads(metadata["model_config"]),
+            "temperature": float(metadata["temperature"]),
+            "inputs": metadata["inputs"],
+            "outputs": metadata["outputs"],
+            "size": {"file_bytes": path.stat().st_size},
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: a {_EXPORT_NAMES[export_format]} model whose kwsbatch metadata is incomplete or invalid ({e!r})") from None
 
 
 def describe_checkpoint(path: str | os.PathLike) -> dict:
@@ -40,11 +114,28 @@ def describe_checkpoint(path: str | os.PathLike) -> dict:
 
 def format_description(info: dict) -> str:
     """The description as aligned `name  value` lines."""
-    features, model, size = info["feature_config"], info["model_config"], info["size"]
-    metrics, provenance = info["metrics"] or {}, info["provenance"]
+    lines = _export_lines(info) if info["format"] in _EXPORT_NAMES else _checkpoint_lines(info)
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+def _export_lines(info: dict) -> list[tuple[str, str]]:
+    opset = f", opset {info['opset']}" if info.get("opset") else ""
+    what = f"{_EXPORT_NAMES[info['format']]}{opset}, exported by {info['exported_by']}"
+    return [
+        ("model", f"{info['path']} (id {info['model_id']}, {_bytes(info['size']['file_bytes'])}, {what})"),
+        *_network_lines(info),
+        ("calibration", f"temperature {info['temperature']:g}, inside the model"),
+        ("inputs", info["inputs"]),
+        ("outputs", info["outputs"]),
+    ]
+
+
+def _network_lines(info: dict) -> list[tuple[str, str]]:
+    """What checkpoints and exports both say: classes, features, network."""
+    features, model = info["feature_config"], info["model_config"]
     directions = "bidirectional" if model["bidirectional"] else "unidirectional"
-    lines = [
-        ("model", f"{info['path']} (id {info['model_id']}, {_bytes(size['file_bytes'])}, {info['format']} v{info['format_version']})"),
+    return [
         ("classes", f"{len(info['classes'])}: {', '.join(info['classes'])}"),
         (
             "features",
@@ -62,6 +153,14 @@ def format_description(info: dict) -> str:
             + f"{directions} LSTM, {model['layers']} layers x {model['hidden']} units, {model['pooling']} pooling, "
             f"dropout {model['dropout']:g}",
         ),
+    ]
+
+
+def _checkpoint_lines(info: dict) -> list[tuple[str, str]]:
+    size, metrics, provenance = info["size"], info["metrics"] or {}, info["provenance"]
+    lines = [
+        ("model", f"{info['path']} (id {info['model_id']}, {_bytes(size['file_bytes'])}, {info['format']} v{info['format_version']})"),
+        *_network_lines(info),
         ("size", f"{size['parameters']:,} parameters ({_bytes(size['parameter_bytes'])})"),
         ("calibration", f"temperature {info['temperature']:g}" + ("" if info["calibrated"] else " (not calibrated)")),
     ]
@@ -75,8 +174,7 @@ def format_description(info: dict) -> str:
     if metrics:
         lines.append(("metrics", ", ".join(f"{k} {_number(v)}" for k, v in metrics.items())))
     lines.append(("resumable", "yes (holds the training state; train --resume continues it)" if info["resumable"] else "no"))
-    width = max(len(name) for name, _ in lines)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+    return lines
 
 
 def _training_line(provenance: dict) -> str:

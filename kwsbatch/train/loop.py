@@ -28,6 +28,7 @@ from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.faults import hold
 from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
 from kwsbatch.files.manifest import check_known_labels
+from kwsbatch.files.tree import NOISE_FOLDER
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.model.device import full_float32, resolve_device
 from kwsbatch.model.features import FeatureConfig, FeatureStats, pad_waveforms
@@ -38,11 +39,21 @@ from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips
 from kwsbatch.train.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
 from kwsbatch.train.sampling import BALANCES, epoch_order, epoch_size, loss_weights
-from kwsbatch.train.sources import TrainSource, as_list, as_sources, describe_sources, read_sources, sha256, source_names, sources_line
+from kwsbatch.train.sources import (
+    TrainSource,
+    as_list,
+    as_sources,
+    describe_sources,
+    file_name,
+    read_sources,
+    sha256,
+    source_names,
+    sources_line,
+)
 from kwsbatch.train.warmstart import WarmStart
 
+RUN_FILES = ("best.pt", "last.pt", "history.csv")  # what a run writes into its folder
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-NOISE_DIR = "_background_noise_"  # where `kwsbatch synth` (and Speech Commands) keep long noise files
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,7 @@ def train(
     val_manifest: str | Path | Sequence[str | Path] | None = None,
     device: str = "auto",
     resume: bool = False,
+    force: bool = False,
     reporter: Reporter | None = None,
     manifest_format: str | None = None,
 ) -> TrainResult:
@@ -110,8 +122,11 @@ def train(
 
     train_manifest: one manifest, or several, each a path (weight 1) or a TrainSource with its
     weight. val_manifest: one or several; without it each training manifest gives up a slice.
+    A run_dir that holds anything is refused unless resume (continue the run in it) or force
+    (start over: its best.pt, last.pt and history.csv are removed first).
     """
     process = join(resolve_device(device))
+    check_run_dir(run_dir, resume=resume, force=force, writes=process.writes)
     _reproducible_on(process.device)
     result = _train(
         train_manifest, run_dir, config=config, features=features, augment=augment, val_manifest=val_manifest,
@@ -119,6 +134,27 @@ def train(
     )
     leave(process)
     return result
+
+
+def check_run_dir(run_dir: str | Path, *, resume: bool, force: bool, writes: bool = True) -> None:
+    """Refuse to train over an earlier run by accident: a folder that holds anything needs resume or force."""
+    run_dir = Path(run_dir)
+    if resume and force:
+        raise KwsError("--resume continues the run in the folder and --force replaces it: pass one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise KwsError(f"{run_dir}: is a file, not a run folder")
+    for name in RUN_FILES:
+        remove_stale_temporaries(run_dir / name)  # left by a killed run's atomic writes
+    held = sorted(entry.name for entry in os.scandir(run_dir)) if run_dir.is_dir() else []
+    if held and not resume and not force:
+        listed = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise KwsError(
+            f"{run_dir}: run folder is not empty ({listed}); pass --resume to continue the run in it, "
+            "or --force to start over (replacing its best.pt, last.pt and history.csv)"
+        )
+    if force and writes:  # under torchrun, only rank 0 touches the run folder
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def _reproducible_on(device: torch.device) -> None:
@@ -193,8 +229,6 @@ def _train(
 ) -> TrainResult:
     reporter = reporter or Reporter()
     run_dir = Path(run_dir)
-    for name in ("best.pt", "last.pt", "history.csv"):
-        remove_stale_temporaries(run_dir / name)  # left by a killed run's atomic writes
     if resume and not any((run_dir / name).exists() for name in ("last.pt", "history.csv")):
         # Killed before its first epoch ended (while decoding, say): the same --resume command starts over.
         reporter.log(f"nothing to resume in {run_dir} (no epoch finished yet): starting at epoch 1")
@@ -225,14 +259,14 @@ def _train(
     provenance = {
         "kwsbatch_version": kwsbatch.__version__,
         "torch_version": str(torch.__version__),
-        "train_manifest": " ".join(s.spelled() for s in data.sources),
+        "train_manifest": " ".join(file_name(s.manifest) + ("" if s.weight == 1 else f":{s.weight:g}") for s in data.sources),
         "train_manifest_sha256": sha256(data.sources[0].manifest) if len(data.sources) == 1 else None,
-        "val_manifest": " ".join(map(str, data.val_manifests)) or None,
+        "val_manifest": " ".join(file_name(m) for m in data.val_manifests) or None,
         "val_manifest_sha256": sha256(data.val_manifests[0]) if len(data.val_manifests) == 1 else None,
         "train_sources": data.describe_sources(),
         "started_from": data.start.provenance() if data.start else None,
         "train_config": _recorded_config(config, data.start),
-        "augment_config": augment.to_dict(),
+        "augment_config": {**augment.to_dict(), "noise_dir": file_name(augment.noise_dir)},
         "noise_files": noise_files,
         "n_train": len(train_set),
         "n_val": len(val_set),
@@ -372,8 +406,9 @@ def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device,
 
 
 def default_noise_dir(train_manifest) -> Path:
-    """Where background noise is looked for without --noise-dir: beside the training manifest."""
-    return Path(train_manifest).parent / NOISE_DIR
+    """Where background noise is looked for without --noise-dir: beside the training manifest, or in the tree trained on."""
+    path = Path(train_manifest)
+    return (path if path.is_dir() else path.parent) / NOISE_FOLDER
 
 
 def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
@@ -386,7 +421,7 @@ def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, repor
         if not files:
             if config.noise_dir:
                 raise KwsError(f"{folder}: no readable audio files for background noise (--noise-dir)")
-            reporter.warn(f"no {NOISE_DIR} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
+            reporter.warn(f"no {NOISE_FOLDER} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
             noise = None
     return config.build(sample_rate=sample_rate, noise=noise), files
 

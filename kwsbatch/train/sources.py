@@ -1,9 +1,10 @@
 """Training from several manifests at once, each with a weight: `kwsbatch train synth.csv:1 real.csv:4`.
 
-Each source is a manifest and the sampling rate of its clips (sampling.py). The classes are the
-union of the sources' labels. Without validation manifests each source gives up its own
-held-out slice by the usual speaker hash (data.split_for_validation), so a speaker never lands
-on both sides, and validation sees every source.
+Each source is a manifest (or a folder-per-label tree) and the sampling rate of its clips
+(sampling.py). The classes are the union of the sources' labels. Without validation manifests a
+Speech Commands tree validates on its validation_list.txt, and any other source gives up its own
+held-out slice by the usual speaker hash (data.split_for_validation), so a speaker never lands on
+both sides, and validation sees every source.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from kwsbatch.errors import ManifestError
 from kwsbatch.files.manifest import ManifestRow, read_manifest
+from kwsbatch.files.tree import has_validation_list
 from kwsbatch.train.data import split_for_validation
 
 
@@ -88,9 +90,12 @@ def read_sources(
     """Every source's rows; validation rows from val_manifests, else held out of each source."""
     rows = SourceRows([], [], [], [])
     for index, source in enumerate(sources):
-        manifest = read_manifest(source.manifest, require_label=True, manifest_format=manifest_format)
+        # A Speech Commands tree trains on the clips in neither of its list files.
+        manifest = read_manifest(source.manifest, require_label=True, manifest_format=manifest_format, split="train")
         if val_manifests:
             train, val = manifest, []
+        elif has_validation_list(source.manifest):
+            train, val = manifest, read_manifest(source.manifest, require_label=True, split="val")
         else:
             train, val = split_for_validation(manifest, val_fraction)
             if not train:
@@ -100,7 +105,7 @@ def read_sources(
         rows.val += val
         rows.val_sources += [index] * len(val)
     for index, manifest in enumerate(val_manifests):
-        val = read_manifest(manifest, require_label=True, manifest_format=manifest_format)
+        val = read_manifest(manifest, require_label=True, manifest_format=manifest_format, split="val")
         rows.val += val
         rows.val_sources += [index] * len(val)
     if not rows.val:
@@ -123,7 +128,7 @@ def describe_sources(
     draws = torch.zeros(len(sources), dtype=torch.float64).index_add_(0, train_of, weights.double())
     return [
         {
-            "manifest": source.manifest,
+            "manifest": file_name(source.manifest),
             "sha256": sha256(source.manifest),
             "weight": source.weight,
             "n_train": int((train_of == i).sum()),
@@ -148,5 +153,21 @@ def source_names(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def sha256(path: str | os.PathLike) -> str:
-    """The hex SHA-256 of a manifest's bytes, for provenance."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """For provenance: the hex SHA-256 of a manifest's bytes, or of a folder-per-label tree's
+    listing (each file's relative path and size)."""
+    path = Path(path)
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for folder, folders, files in os.walk(path):
+        folders.sort()
+        for name in sorted(files):
+            file = Path(folder, name)
+            size = file.stat().st_size if file.exists() else -1  # -1: a broken link
+            digest.update(f"{file.relative_to(path).as_posix()}\t{size}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def file_name(path: str | os.PathLike | None) -> str | None:
+    """What provenance records of a path: its name, never the training machine's folders."""
+    return Path(os.path.abspath(path)).name if path else None
