@@ -6,7 +6,8 @@ import soundfile as sf
 
 from kwsbatch.classes import is_background
 from kwsbatch.errors import AudioError
-from kwsbatch.label.windows import DetectionMerger, WindowConfig, WindowReader
+from kwsbatch.label.config import WindowConfig
+from kwsbatch.label.windows import DetectionMerger, WindowReader
 
 CLASSES = ("_silence_", "_unknown_", "no", "yes")
 

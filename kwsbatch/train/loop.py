@@ -29,8 +29,9 @@ from kwsbatch.files.manifest import ManifestRow, check_known_labels, read_manife
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.model.device import full_float32, resolve_device
 from kwsbatch.model.features import FeatureConfig, FeatureStats, pad_waveforms
-from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
+from kwsbatch.model.spotter import ArchitectureConfig, KeywordSpotter
 from kwsbatch.progress import Reporter
+from kwsbatch.settings import check_settings, jobs_setting, setting
 from kwsbatch.train.augment import Augmentation, AugmentConfig, load_noise
 from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips, split_for_validation
@@ -43,37 +44,27 @@ NOISE_DIR = "_background_noise_"  # where `kwsbatch synth` (and Speech Commands)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3  # Adam's learning rate (the notebook's 1e-3)
-    weight_decay: float = 0.0
-    lr_step: int = 5  # epochs between learning-rate decays (the notebook halves every 5)
-    lr_gamma: float = 0.5
-    accumulate: int = 1  # batches per optimizer step
-    seed: int = 0
-    val_fraction: float = 0.1  # held out of the train manifest when no validation manifest is given
-    patience: int = 0  # stop after this many epochs without a better validation accuracy; 0 = never
-    jobs: int = 1  # decode processes
-    hidden: int = 64
-    layers: int = 3
-    dropout: float = 0.0
-    bidirectional: bool = False
-    pooling: str = "last"
-    conv_channels: int = 0  # 0: no convolutional front end
-    conv_kernel: int = 5
-    conv_stride: int = 2
+    """How to train; the model's shape is an ArchitectureConfig, its features a FeatureConfig."""
+
+    epochs: int = setting(30, "passes over the training clips", at_least=1)
+    batch_size: int = setting(64, "clips per optimizer batch", at_least=1)
+    lr: float = setting(1e-3, "Adam's learning rate (the notebook's)", above=0)
+    weight_decay: float = setting(0.0, "Adam's weight decay", at_least=0)
+    lr_step: int = setting(5, "epochs between learning-rate decays (the notebook halves every 5)", at_least=1)
+    lr_gamma: float = setting(0.5, "factor applied to the learning rate at each decay", above=0)
+    accumulate: int = setting(1, "batches per optimizer step (gradient accumulation)", at_least=1)
+    seed: int = setting(0, "seeds the initial weights, the shuffling, dropout and augmentation")
+    val_fraction: float = setting(0.1, "share of the train manifest held out when no validation manifest is given", above=0, below=1)
+    patience: int = setting(0, "early stop after N epochs without a better validation accuracy (0: never)", at_least=0)
+    jobs: int = jobs_setting()
     # "sample": draw each epoch's clips with probability 1 / (its class's count), so every class is
     # seen equally often; "weight": weight the loss by that instead; "none": as the manifest has them.
-    balance: str = "none"
-    finetune: str | None = None  # checkpoint to start from, training only its classifier
+    balance: str = setting("none", "class-balanced sampling or loss weights", choices=BALANCES)
+    finetune: str | None = setting(None, "start from this checkpoint and train only its classifier (default: none, train from scratch)",
+                                   metavar="CKPT")
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
-            raise ValueError("epochs, batch_size and accumulate must be at least 1")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.balance not in BALANCES:
-            raise ValueError(f"balance must be one of {BALANCES}, got {self.balance!r}")
+        check_settings(self)
 
 
 @dataclass
@@ -91,19 +82,25 @@ def train(
     run_dir: str | Path,
     *,
     config: TrainConfig = TrainConfig(),
+    model: ArchitectureConfig = ArchitectureConfig(),
     features: FeatureConfig = FeatureConfig(),
-    augment: AugmentConfig = AugmentConfig(),
+    augment: AugmentConfig | None = None,
     val_manifest: str | Path | None = None,
     device: str = "auto",
     resume: bool = False,
     reporter: Reporter | None = None,
     manifest_format: str | None = None,
 ) -> TrainResult:
-    """Train into run_dir; under torchrun, as one of WORLD_SIZE processes (distributed.py), rank 0 writing."""
+    """Train into run_dir; under torchrun, as one of WORLD_SIZE processes (distributed.py), rank 0 writing.
+
+    augment None is the bundled recipe, default_augmentation(): the standard preset, with background
+    noise only when the training manifest's folder has some.
+    """
     process = join(resolve_device(device))
     _reproducible_on(process.device)
+    augment = default_augmentation(train_manifest) if augment is None else augment
     result = _train(
-        train_manifest, run_dir, config=config, features=features, augment=augment, val_manifest=val_manifest,
+        train_manifest, run_dir, config=config, model=model, features=features, augment=augment, val_manifest=val_manifest,
         process=process, resume=resume, reporter=reporter if process.writes else None, manifest_format=manifest_format,
     )
     leave(process)
@@ -138,7 +135,7 @@ def _seed_gpu_dropout(device: torch.device, seed: int, epoch: int, rank: int) ->
 
 
 def _train(
-    train_manifest, run_dir, *, config: TrainConfig, features: FeatureConfig, augment: AugmentConfig, val_manifest,
+    train_manifest, run_dir, *, config: TrainConfig, model: ArchitectureConfig, features: FeatureConfig, augment: AugmentConfig, val_manifest,
     process: Process, resume: bool, reporter: Reporter | None, manifest_format: str | None,
 ) -> TrainResult:
     reporter = reporter or Reporter()
@@ -163,10 +160,7 @@ def _train(
         # The frozen layers only make sense on the features they were trained on.
         features, model_config = base.feature_config, replace(base.model_config, n_classes=len(classes))
     else:
-        try:
-            model_config = _model_config(config, features, len(classes))
-        except ValueError as e:
-            raise KwsError(f"invalid model settings: {e}") from None
+        model_config = model.for_data(len(classes), features.n_mfcc)
     train_set = _load(train_rows, classes, features, config, reporter, "loading train")
     val_set = _load(val_rows, classes, features, config, reporter, "loading val")
 
@@ -342,6 +336,15 @@ def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device,
     return logits, clips.targets[idx].to(device)
 
 
+def default_augmentation(train_manifest) -> AugmentConfig:
+    """The bundled recipe: AugmentConfig() (the standard preset), without background noise when there is none
+    beside the training manifest; asking for noise explicitly (AugmentConfig()) warns when there is none."""
+    config = AugmentConfig()
+    if default_noise_dir(train_manifest).is_dir():
+        return config
+    return replace(config, noise=(0.0, *config.noise[1:]))
+
+
 def default_noise_dir(train_manifest) -> Path:
     """Where background noise is looked for without --noise-dir: beside the training manifest."""
     return Path(train_manifest).parent / NOISE_DIR
@@ -432,21 +435,6 @@ def _load(rows, classes, features: FeatureConfig, config: TrainConfig, reporter:
     if not len(clips):
         raise KwsError(f"{description}: none of the {len(rows)} clips could be read")
     return clips
-
-
-def _model_config(config: TrainConfig, features: FeatureConfig, n_classes: int) -> ModelConfig:
-    return ModelConfig(
-        n_classes=n_classes,
-        n_features=features.n_mfcc,
-        hidden=config.hidden,
-        layers=config.layers,
-        dropout=config.dropout,
-        bidirectional=config.bidirectional,
-        pooling=config.pooling,
-        conv_channels=config.conv_channels,
-        conv_kernel=config.conv_kernel,
-        conv_stride=config.conv_stride,
-    )
 
 
 def _restore(path: Path, spotter, optimizer, scheduler, generators, classes):
