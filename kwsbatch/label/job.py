@@ -107,8 +107,7 @@ def run_label_job(
     reporter = reporter or Reporter()
     check_inputs_exist(inputs)
     out = Path(out)
-    windowed = config.window is not None
-    columns = OutputColumns(layout, inputs, windowed, manifest_format)
+    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format)
     summary = JobSummary(out=str(out))
     if out.is_dir():
         raise KwsError(f"{out}: is a folder; -o takes the path of the CSV file to write")
@@ -116,13 +115,7 @@ def run_label_job(
         started = time.perf_counter()
         remove_stale_temporaries(out)  # half-written outputs of killed runs: ours to clean, under the lock
         importable = not force and _check_previous(out, output_format, columns, reporter)
-        settings = {
-            "model": layout.model_id,
-            "columns": columns.own,
-            "max_seconds": config.max_seconds,
-            "window": [config.window.window_s, config.window.hop_s] if windowed else None,
-        }
-        journal = Journal.open(journal_path(out), settings, out)
+        journal = Journal.open(journal_path(out), _journal_settings(layout, columns, config), out)
         try:
             if journal.resumed:
                 reporter.log(f"resuming an interrupted run: {journal.labelled_count():,} files already labelled")
@@ -134,13 +127,7 @@ def run_label_job(
             # only, so results cached for another shard's files are never written.
             rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
             _label_new_files(score, rows, journal, config, columns, summary, reporter)
-            try:
-                _write_output(out, output_format, journal, columns, summary)
-            except OSError as e:  # a full disk or a read-only folder: the rename never happened
-                raise KwsError(
-                    f"{out}: cannot write the output ({e.strerror or e}); the previous {out.name} is unchanged "
-                    f"and labelled files are kept in {journal.path}: fix that and run the same command again"
-                ) from None
+            _write_output(out, output_format, journal, columns, summary)
         except sqlite3.Error as e:  # the journal's disk filled up (or it broke) mid-run
             raise KwsError(
                 f"{journal.path}: cannot record results ({e}); {out} is unchanged: free space and run the same command again"
@@ -151,6 +138,12 @@ def run_label_job(
         summary.seconds = time.perf_counter() - started
     summary.peak_rss = peak_rss()
     return summary
+
+
+def _journal_settings(layout: RowLayout, columns: OutputColumns, config: LabelConfig) -> dict:
+    """What a journal's results depend on: a killed run's journal is resumed only under the same."""
+    window = [config.window.window_s, config.window.hop_s] if config.window is not None else None
+    return {"model": layout.model_id, "columns": columns.own, "max_seconds": config.max_seconds, "window": window}
 
 
 # A segment of a file (a manifest row with an offset) is its own entry: path, mark, offset, duration.
@@ -259,7 +252,13 @@ def _previous_results(out: Path, output_format: str, columns: OutputColumns, mod
 
 def _write_output(out: Path, output_format: str, journal: Journal, columns: OutputColumns, summary: JobSummary) -> None:
     """Write the journal's rows to out atomically."""
-    write_label_rows(_output_values(journal, columns, summary), out, columns.all, columns.types, output_format=output_format)
+    try:
+        write_label_rows(_output_values(journal, columns, summary), out, columns.all, columns.types, output_format=output_format)
+    except OSError as e:  # a full disk or a read-only folder: the rename never happened
+        raise KwsError(
+            f"{out}: cannot write the output ({e.strerror or e}); the previous {out.name} is unchanged "
+            f"and labelled files are kept in {journal.path}: fix that and run the same command again"
+        ) from None
 
 
 def _output_values(journal: Journal, columns: OutputColumns, summary: JobSummary) -> Iterator[list]:

@@ -134,6 +134,28 @@ def _seed_gpu_dropout(device: torch.device, seed: int, epoch: int, rank: int) ->
         torch.cuda.manual_seed(seed + 104729 * epoch + 7919 * rank)
 
 
+@dataclass
+class _Run:
+    """What a training run carries from epoch to epoch."""
+
+    config: TrainConfig
+    process: Process
+    run_dir: Path
+    classes: tuple[str, ...]
+    features: FeatureConfig
+    spotter: KeywordSpotter
+    train_set: ClipSet
+    val_set: ClipSet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shuffle: torch.Generator
+    augmentation: Augmentation
+    augment_rng: torch.Generator  # its own stream, so switching augmentation on or off does not change the shuffling
+    provenance: dict
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf})
+
+
 def _train(
     train_manifest, run_dir, *, config: TrainConfig, model: ArchitectureConfig, features: FeatureConfig, augment: AugmentConfig, val_manifest,
     process: Process, resume: bool, reporter: Reporter | None, manifest_format: str | None,
@@ -147,14 +169,29 @@ def _train(
         reporter.log(f"nothing to resume in {run_dir} (no epoch finished yet): starting at epoch 1")
         resume = False
     torch.manual_seed(config.seed)
-    device = process.device
+    run = _start_run(train_manifest, val_manifest, run_dir, config, model, features, augment, process, reporter, manifest_format)
+    start_epoch = 1
+    if resume:
+        start_epoch, run.history, run.best = _restore(
+            run_dir / "last.pt", run.spotter, run.optimizer, run.scheduler, (run.shuffle, run.augment_rng), run.classes
+        )
+        if process.rank:  # last.pt holds rank 0's augmentation stream; the others start theirs afresh
+            run.augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
+        reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
+    _train_epochs(run, start_epoch, reporter)
+    temperature = _calibrate(run_dir / "best.pt", run.val_set, config.batch_size, process.device, reporter) if process.writes else 1.0
+    best = run.best
+    return TrainResult(run_dir, best["epoch"], best["val_accuracy"], run.history, run.provenance["skipped_unreadable"], temperature)
 
+
+def _start_run(train_manifest, val_manifest, run_dir: Path, config: TrainConfig, model: ArchitectureConfig, features: FeatureConfig,
+               augment: AugmentConfig, process: Process, reporter: Reporter, manifest_format: str | None) -> _Run:
+    """The clips in memory, the model (new, or a fine-tuned checkpoint's), its optimizer and the run's generators."""
     train_rows, val_rows = _read_splits(train_manifest, val_manifest, config.val_fraction, manifest_format)
     classes = tuple(sorted({r.label for r in train_rows}))
     if len(classes) < 2:
         raise ManifestError(f"{train_manifest}: needs at least two labels to train, found {list(classes)}")
     check_known_labels(val_rows, classes, known_by="the training manifest")
-
     base = load_checkpoint(config.finetune) if config.finetune else None
     if base is not None:
         # The frozen layers only make sense on the features they were trained on.
@@ -163,25 +200,28 @@ def _train(
         model_config = model.for_data(len(classes), features.n_mfcc)
     train_set = _load(train_rows, classes, features, config, reporter, "loading train")
     val_set = _load(val_rows, classes, features, config, reporter, "loading val")
-
-    spotter = KeywordSpotter(features, model_config).to(device)
+    spotter = KeywordSpotter(features, model_config).to(process.device)
     if base is None:
-        spotter.frontend.set_normalization(*_feature_stats(spotter, train_set, config.batch_size, device))
+        spotter.frontend.set_normalization(*_feature_stats(spotter, train_set, config.batch_size, process.device))
     else:
         reporter.log(_load_matching(spotter, base.state_dict, config.finetune))
     broadcast_parameters(spotter, process)
-    trainable = _trainable_parameters(spotter, frozen=base is not None)
-    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(_trainable_parameters(spotter, frozen=base is not None), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle = torch.Generator().manual_seed(config.seed)
     augmentation, noise_files = _augmentation(augment, train_manifest, features.sample_rate, reporter)
-    # Its own stream, so switching augmentation on or off does not change the shuffling.
     # Each rank its own stream: the same draws on every rank would augment their clips alike.
     augment_rng = torch.Generator().manual_seed(config.seed + 0x5EED + 7919 * process.rank)
     if augmentation:
         reporter.log(f"augmentation: {augmentation!r}")
+    provenance = _provenance(train_manifest, val_manifest, config, augment, noise_files, train_set, val_set)
+    return _Run(config, process, run_dir, classes, features, spotter, train_set, val_set, optimizer, scheduler, shuffle,
+                augmentation, augment_rng, provenance)
 
-    provenance = {
+
+def _provenance(train_manifest, val_manifest, config: TrainConfig, augment: AugmentConfig, noise_files, train_set, val_set) -> dict:
+    """What a checkpoint records of how it was made."""
+    return {
         "kwsbatch_version": kwsbatch.__version__,
         "torch_version": str(torch.__version__),
         "train_manifest": str(train_manifest),
@@ -195,66 +235,29 @@ def _train(
         "n_val": len(val_set),
         "skipped_unreadable": len(train_set.failures) + len(val_set.failures),
     }
-    history: list[dict] = []
-    best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf}
-    start_epoch = 1
-    if resume:
-        start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes)
-        if process.rank:  # last.pt holds rank 0's augmentation stream; the others start theirs afresh
-            augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
-        reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
 
-    counts = torch.bincount(train_set.targets, minlength=len(classes)).clamp(min=1).float()
-    class_weights = (counts.sum() / (len(classes) * counts)).to(device) if config.balance == "weight" else None
+
+def _train_epochs(run: _Run, start_epoch: int, reporter: Reporter) -> None:
+    """Epochs from start_epoch on, saving best.pt, last.pt and history.csv after each; stop early when patience runs out."""
+    config, device = run.config, run.process.device
+    counts = torch.bincount(run.train_set.targets, minlength=len(run.classes)).clamp(min=1).float()
+    class_weights = (counts.sum() / (len(run.classes) * counts)).to(device) if config.balance == "weight" else None
     loss_fn = nn.CrossEntropyLoss(weight=class_weights)
     stale = 0
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        _seed_gpu_dropout(device, config.seed, epoch, process.rank)
-        lr = optimizer.param_groups[0]["lr"]
+        _seed_gpu_dropout(device, config.seed, epoch, run.process.rank)
+        lr = run.optimizer.param_groups[0]["lr"]
         # Every rank draws the same order from the same generator and trains on its share of it.
-        order = rank_share(epoch_order(train_set.targets, counts, config.balance, shuffle), process)
+        order = rank_share(epoch_order(run.train_set.targets, counts, config.balance, run.shuffle), run.process)
         train_loss, train_acc = _train_epoch(
-            spotter, train_set, order, optimizer, loss_fn, config, (augmentation, augment_rng), process, reporter, epoch
+            run.spotter, run.train_set, order, run.optimizer, loss_fn, config, (run.augmentation, run.augment_rng), run.process, reporter, epoch
         )
-        val_loss, val_acc = evaluate_clips(spotter, val_set, config.batch_size, device)
-        scheduler.step()
-        row = dict(
-            epoch=epoch,
-            train_loss=round(train_loss, 6),
-            train_accuracy=round(train_acc, 6),
-            val_loss=round(val_loss, 6),
-            val_accuracy=round(val_acc, 6),
-            lr=lr,
-            seconds=round(time.perf_counter() - started, 2),
-        )
-        history.append(row)
-        improved = (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"])
-        if improved:
-            best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
-        metrics = {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "epoch": epoch, **row}
-        checkpoint = Checkpoint(
-            classes=classes,
-            feature_config=features,
-            model_config=spotter.head.config,
-            state_dict=spotter.state_dict(),
-            provenance={**provenance, "created": _now(), "metrics": metrics},
-        )
-        if improved and process.writes:
-            save_checkpoint(checkpoint, run_dir / "best.pt")
-        checkpoint.training_state = {
-            "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "shuffle_state": shuffle.get_state(),
-            "augment_state": augment_rng.get_state(),
-            "torch_rng_state": torch.get_rng_state(),
-            "history": history,
-            "best": best,
-        }
-        if process.writes:
-            save_checkpoint(checkpoint, run_dir / "last.pt")
-            _write_history(run_dir / "history.csv", history)
+        val_loss, val_acc = evaluate_clips(run.spotter, run.val_set, config.batch_size, device)
+        run.scheduler.step()
+        row = dict(epoch=epoch, train_loss=round(train_loss, 6), train_accuracy=round(train_acc, 6), val_loss=round(val_loss, 6),
+                   val_accuracy=round(val_acc, 6), lr=lr, seconds=round(time.perf_counter() - started, 2))
+        improved = _save_epoch(run, row, val_loss, val_acc)
         reporter.log(
             f"epoch {epoch:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
             f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
@@ -263,8 +266,39 @@ def _train(
         if config.patience and stale >= config.patience:
             reporter.log(f"early stop: no better validation accuracy for {config.patience} epochs")
             break
-    temperature = _calibrate(run_dir / "best.pt", val_set, config.batch_size, device, reporter) if process.writes else 1.0
-    return TrainResult(run_dir, best["epoch"], best["val_accuracy"], history, provenance["skipped_unreadable"], temperature)
+
+
+def _save_epoch(run: _Run, row: dict, val_loss: float, val_acc: float) -> bool:
+    """Record an epoch's history row; write best.pt when it improved, and last.pt with all a --resume needs."""
+    epoch = row["epoch"]
+    run.history.append(row)
+    improved = (val_acc, -val_loss) > (run.best["val_accuracy"], -run.best["val_loss"])
+    if improved:
+        run.best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
+    metrics = {"best_epoch": run.best["epoch"], "best_val_accuracy": run.best["val_accuracy"], "epoch": epoch, **row}
+    checkpoint = Checkpoint(
+        classes=run.classes,
+        feature_config=run.features,
+        model_config=run.spotter.head.config,
+        state_dict=run.spotter.state_dict(),
+        provenance={**run.provenance, "created": _now(), "metrics": metrics},
+    )
+    if improved and run.process.writes:
+        save_checkpoint(checkpoint, run.run_dir / "best.pt")
+    checkpoint.training_state = {
+        "epoch": epoch,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "shuffle_state": run.shuffle.get_state(),
+        "augment_state": run.augment_rng.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+        "history": run.history,
+        "best": run.best,
+    }
+    if run.process.writes:
+        save_checkpoint(checkpoint, run.run_dir / "last.pt")
+        _write_history(run.run_dir / "history.csv", run.history)
+    return improved
 
 
 def evaluate_clips(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device: torch.device) -> tuple[float, float]:
