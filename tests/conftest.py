@@ -49,13 +49,15 @@ def run_main(*args: str, cwd: Path | None = None, check: bool = False, env_extra
     (signals, kills, what a fresh interpreter imports): no interpreter to start, no torch to import.
     """
     from kwsbatch.cli import main
+    from kwsbatch.label.pipeline import single_threaded_torch
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.ExitStack() as stack:
         if cwd is not None:
             stack.enter_context(contextlib.chdir(cwd))
         stack.enter_context(_environment({"COLUMNS": "200", **(env_extra or {})}))
-        stack.enter_context(_one_math_thread())
+        # As run_cli's OMP_NUM_THREADS=1: tiny test models, and torch's threads spin against other processes.
+        stack.enter_context(single_threaded_torch())
         stack.enter_context(contextlib.redirect_stdout(out))
         stack.enter_context(contextlib.redirect_stderr(err))
         try:
@@ -80,19 +82,6 @@ def _environment(values: dict[str, str]):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-@contextlib.contextmanager
-def _one_math_thread():
-    """As run_cli's OMP_NUM_THREADS=1: tiny test models, and torch's threads spin against other processes."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def tone(freq: float, seconds: float, rate: int = 16000, amplitude: float = 0.3) -> np.ndarray:

@@ -27,7 +27,7 @@ PARQUET_ROWS_PER_GROUP = 65536  # rows buffered before each Parquet row group is
 
 
 def output_format(out: str | os.PathLike | None, given: str | None = None) -> str:
-    """The format asked for (--format), else the one the output's extension names, else CSV."""
+    """The format asked for (--output-format), else the one the output's extension names, else CSV."""
     if given is not None:
         if given not in OUTPUT_FORMATS:
             raise KwsError(f"unknown output format {given!r} (choose from {', '.join(OUTPUT_FORMATS)})")

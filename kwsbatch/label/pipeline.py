@@ -124,7 +124,7 @@ def _workers(scorer: Scorer, config: LabelConfig) -> Iterator[Callable[[list[Man
             pool.shutdown(wait=True, cancel_futures=True)
         return
     stop = threading.Event()
-    with _single_threaded_torch(), ThreadPoolExecutor(worker_count(config.jobs), thread_name_prefix="kwsbatch-label") as pool:
+    with single_threaded_torch(), ThreadPoolExecutor(worker_count(config.jobs), thread_name_prefix="kwsbatch-label") as pool:
         try:
             yield lambda task: pool.submit(_score_task, scorer, task, config, stop)
         finally:
@@ -176,7 +176,7 @@ def _worker_died(task: list[ManifestRow]) -> KwsError:
 
 
 @contextlib.contextmanager
-def _single_threaded_torch() -> Iterator[None]:
+def single_threaded_torch() -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
