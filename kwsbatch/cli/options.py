@@ -93,7 +93,7 @@ def add_manifest_format(p: argparse.ArgumentParser) -> None:
 
 
 def add_output_format(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.label.config import OUTPUT_FORMATS
+    from kwsbatch.files.output import OUTPUT_FORMATS
 
     p.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
                    help="format of the rows written (default: from the -o extension, else csv)")

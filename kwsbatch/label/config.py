@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from kwsbatch.label.shard import Shard
 from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting
 
-OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
 DEVICES = ("auto", "cpu", "cuda")
 
 
