@@ -15,3 +15,7 @@ class AudioError(KwsError):
 
 class CheckpointError(KwsError):
     """A model file is missing, corrupt, foreign, or of an unsupported format."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept and how to finish: the CLI prints the message and exits 130."""

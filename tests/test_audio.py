@@ -8,7 +8,7 @@ import torchaudio
 from conftest import tone
 
 from kwsbatch.errors import AudioError
-from kwsbatch.files.audio import DecodedClip, Resampler, decode_audio, decode_many, is_audio_path, load_audio
+from kwsbatch.files.audio import DecodedClip, Resampler, decode_audio, decode_many, is_audio_path
 
 INT16 = np.array([0, 1, -1, 32767, -32768, 16384, -8192], dtype=np.int16)
 INT16_AS_FLOAT = [0.0, 1 / 32768, -1 / 32768, 32767 / 32768, -1.0, 0.5, -0.25]
@@ -115,10 +115,16 @@ def test_resampled_length_is_the_ceiling_of_n_times_the_rate_ratio(rate, n, expe
     assert out.shape == (expected,)
 
 
+def decoded_at(path, rate: int) -> np.ndarray:
+    """A file decoded to mono and resampled to rate, as the pipeline reads it."""
+    clip = decode_audio(path)
+    return Resampler(rate)(clip.samples, clip.sample_rate).numpy()
+
+
 @pytest.mark.parametrize("rate, freq", [(44100, 1000.0), (8000, 3000.0), (22050, 440.0)])
 def test_resampling_keeps_a_tones_frequency_and_level(tmp_path, rate, freq):
     sf.write(tmp_path / "t.wav", tone(freq, 1.0, rate=rate), rate, subtype="PCM_16")
-    out = load_audio(tmp_path / "t.wav", 16000).numpy()
+    out = decoded_at(tmp_path / "t.wav", 16000)
     assert len(out) == 16000
     assert peak_hz(out, 16000) == freq  # 1 Hz bins: the peak is exactly on the tone
     inner = out[800:-800]  # away from the filter's edge transients
@@ -153,10 +159,10 @@ def test_resampler_at_the_target_rate_returns_the_samples_unchanged():
     np.testing.assert_array_equal(Resampler(16000)(samples, 16000).numpy(), samples)
 
 
-def test_load_audio_mixes_and_resamples_a_44k_stereo_file(tmp_path):
+def test_a_44k_stereo_file_is_mixed_and_resampled(tmp_path):
     left, right = tone(500, 0.5, rate=44100), tone(500, 0.5, rate=44100, amplitude=0.1)
     sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 44100, subtype="PCM_24")
-    out = load_audio(tmp_path / "s.wav", 16000).numpy()
+    out = decoded_at(tmp_path / "s.wav", 16000)
     assert out.shape == (8000,)
     assert peak_hz(out, 16000) == pytest.approx(500, abs=2)
     assert np.abs(out[400:-400]).max() == pytest.approx(0.2, abs=0.005)  # mean of 0.3 and 0.1 peaks

@@ -2,11 +2,11 @@
 
 import re
 
-from conftest import run_cli
+from conftest import run_main
 
 
 def test_bench_prints_the_floors_the_runs_and_their_ratios(tmp_path):
-    result = run_cli("bench", "--files", "12", "--single-files", "5", "--batch-size", "4", "--dir", tmp_path, "-j", "2")
+    result = run_main("bench", "--files", "12", "--single-files", "5", "--batch-size", "4", "--dir", tmp_path, "-j", "2")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for figure in ("decode floor", "compute floor", "back-to-back floor", "label end to end", "label --processes", "one at a time"):
@@ -22,5 +22,5 @@ def test_bench_prints_the_floors_the_runs_and_their_ratios(tmp_path):
 
 
 def test_bench_rejects_nonsense_sizes():
-    result = run_cli("bench", "--files", "0")
-    assert result.returncode == 2 and "need files >= 1" in result.stderr
+    result = run_main("bench", "--files", "0")
+    assert result.returncode == 2 and "argument --files: must be at least 1, got 0" in result.stderr

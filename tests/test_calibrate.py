@@ -6,7 +6,7 @@ import csv
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.model.checkpoint import load_checkpoint
 from kwsbatch.train.calibrate import MAX_TEMPERATURE, MIN_TEMPERATURE, calibration_error, fit_temperature
@@ -55,24 +55,24 @@ def read_rows(path):
 
 def test_label_threshold_writes_unknown_below_the_confidence(speech_corpus, trained_model, tmp_path):
     plain, gated, everything = tmp_path / "plain.csv", tmp_path / "gated.csv", tmp_path / "all.csv"
-    run_cli("label", speech_corpus / "test.csv", "--model", trained_model, "-o", plain, "-q", check=True)
+    run_main("label", speech_corpus / "test.csv", "--model", trained_model, "-o", plain, "-q", check=True)
     rows = read_rows(plain)
     confidences = sorted(float(r["confidence"]) for r in rows)
     # Halfway between the two middle confidences (which the CSV rounds to 6 decimals): about half fall below.
     middle = len(confidences) // 2
     threshold = (confidences[middle - 1] + confidences[middle]) / 2
     assert confidences[middle - 1] < threshold < confidences[middle]
-    run_cli("label", speech_corpus / "test.csv", "--model", trained_model, "-o", gated, "--threshold", str(threshold), "-q", check=True)
+    run_main("label", speech_corpus / "test.csv", "--model", trained_model, "-o", gated, "--threshold", str(threshold), "-q", check=True)
     for before, after in zip(rows, read_rows(gated)):
         expected = before["label"] if float(before["confidence"]) >= threshold else "_unknown_"
         assert after["label"] == expected
         assert after["confidence"] == before["confidence"] and after["p_yes"] == before["p_yes"]
     assert sum(r["label"] == "_unknown_" for r in read_rows(gated)) == sum(c < threshold for c in confidences) > 0
-    run_cli("label", speech_corpus / "test.csv", "--model", trained_model, "-o", everything, "--threshold", "1", "-q", check=True)
+    run_main("label", speech_corpus / "test.csv", "--model", trained_model, "-o", everything, "--threshold", "1", "-q", check=True)
     assert {r["label"] for r in read_rows(everything)} <= {"_unknown_", *(r["label"] for r in rows if float(r["confidence"]) >= 1.0)}
 
 
 def test_label_threshold_must_be_a_probability(speech_corpus, trained_model):
-    result = run_cli("label", speech_corpus / "test.csv", "--model", trained_model, "--threshold", "1.5")
+    result = run_main("label", speech_corpus / "test.csv", "--model", trained_model, "--threshold", "1.5")
     assert result.returncode == 2  # a bad flag value is a usage error
-    assert result.stderr.strip().splitlines()[-1].endswith("error: --threshold must be a probability in [0, 1], got 1.5")
+    assert result.stderr.strip().splitlines()[-1].endswith("error: argument --threshold: must be at most 1, got 1.5")

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run_cli, tone
+from conftest import run_main, tone
 from sc_tree import make_tree
 
 from kwsbatch.corpus.check import check_corpus, inspect_file
@@ -18,7 +18,7 @@ def corpus(tmp_path_factory):
     """A Speech Commands tree and its manifests, written by the real CLI: a clean starting point."""
     base = tmp_path_factory.mktemp("check")
     make_tree(base / "sc", words=("yes", "no", "cat"))
-    run_cli("manifest", base / "sc", "-o", base / "manifests", "--words", "yes,no", check=True)
+    run_main("manifest", base / "sc", "-o", base / "manifests", "--words", "yes,no", check=True)
     return base
 
 
@@ -30,7 +30,7 @@ def _write(path, rows, columns=("path", "label", "speaker")):
 
 
 def _check(*args, cwd=None):
-    result = run_cli("check", *map(str, args), cwd=cwd)
+    result = run_main("check", *map(str, args), cwd=cwd)
     return result
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_cli, tone
+from conftest import NOTEBOOK, run_main, tone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +24,7 @@ CLASSES = ("down", "no", "up", "yes")
 def make_checkpoint(**model) -> Checkpoint:
     torch.manual_seed(0)
     features = FeatureConfig(n_mfcc=10, n_mels=32)
-    config = ModelConfig(n_classes=len(CLASSES), n_features=10, hidden=12, layers=2, **model)
+    config = ModelConfig(**(NOTEBOOK | dict(n_classes=len(CLASSES), n_features=10, hidden=12, layers=2) | model))
     spotter = KeywordSpotter(features, config)
     spotter.frontend.set_normalization(torch.linspace(-10, 3, 10), torch.linspace(1, 4, 10))
     return Checkpoint(
@@ -271,7 +271,7 @@ def test_label_with_a_bad_model_prints_one_error_line_and_exits_1(tmp_path, save
     sf.write(tmp_path / "x.wav", tone(440, 0.5), 16000)
     marker = tmp_path / "MARKER"
     _write_bad(kind, tmp_path / "bad.pt", marker, saved.read_bytes())
-    result = run_cli("label", "x.wav", "--model", "bad.pt", cwd=tmp_path)
+    result = run_main("label", "x.wav", "--model", "bad.pt", cwd=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: bad.pt: "), result.stderr

@@ -6,6 +6,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
-from conftest import REPO, WORDS, run_cli
+from conftest import REPO, WORDS, run_main
 
 from kwsbatch.cli import build_parser
 from kwsbatch.files.manifest import ManifestRow, read_manifest
@@ -74,10 +76,10 @@ def runs(speech_corpus, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     train = speech_corpus / "train.csv"
     for name in ("a", "b"):
-        run_cli("train", train, "-o", root / name, "--epochs", "4", *TINY, "-q", check=True)
-    run_cli("train", train, "-o", root / "resumed", "--epochs", "2", *TINY, "-q", check=True)
+        run_main("train", train, "-o", root / name, "--epochs", "4", *TINY, "-q", check=True)
+    run_main("train", train, "-o", root / "resumed", "--epochs", "2", *TINY, "-q", check=True)
     shutil.copytree(root / "resumed", root / "after2")  # the interrupted run, kept for other tests
-    resumed = run_cli("train", train, "-o", root / "resumed", "--epochs", "4", "--resume", *TINY, check=True)
+    resumed = run_main("train", train, "-o", root / "resumed", "--epochs", "4", "--resume", *TINY, check=True)
     (root / "resume.log").write_text(resumed.stderr)
     return {name: root / name for name in ("a", "b", "resumed", "after2")} | {"log": root / "resume.log"}
 
@@ -108,7 +110,7 @@ def test_same_seed_gives_identical_weights_and_labels(runs, speech_corpus, tmp_p
     assert without(history_a, "seconds") == without(history_b, "seconds")
     outputs = []
     for name in ("a", "b"):
-        result = run_cli("label", speech_corpus / "test.csv", "--model", runs[name] / "best.pt", "-q", check=True)
+        result = run_main("label", speech_corpus / "test.csv", "--model", runs[name] / "best.pt", "-q", check=True)
         outputs.append(read_csv(result.stdout))
     # Byte for byte, model column included: it hashes the weights, not the file's training date.
     assert outputs[0] == outputs[1]
@@ -136,7 +138,7 @@ def test_resume_with_other_model_settings_is_refused(runs, speech_corpus, tmp_pa
     run = tmp_path / "run"
     shutil.copytree(runs["after2"], run)
     settings = [a if a != "16" else "32" for a in TINY]  # --hidden 32 instead of 16
-    result = run_cli("train", speech_corpus / "train.csv", "-o", run, "--epochs", "4", "--resume", *settings, "-q")
+    result = run_main("train", speech_corpus / "train.csv", "-o", run, "--epochs", "4", "--resume", *settings, "-q")
     assert result.returncode == 1
     line = one_error_line(result)
     assert line.startswith(f"error: {run / 'last.pt'}: ") and "hidden" in line
@@ -145,7 +147,7 @@ def test_resume_with_other_model_settings_is_refused(runs, speech_corpus, tmp_pa
 
 def test_resume_before_any_epoch_finished_starts_over(speech_corpus, tmp_path):
     # A run killed while decoding leaves nothing behind: the same command with --resume just trains.
-    result = run_cli("train", speech_corpus / "train.csv", "-o", tmp_path / "new", "--epochs", "2", "--resume", *TINY)
+    result = run_main("train", speech_corpus / "train.csv", "-o", tmp_path / "new", "--epochs", "2", "--resume", *TINY)
     assert result.returncode == 0, result.stderr
     assert f"nothing to resume in {tmp_path / 'new'} (no epoch finished yet): starting at epoch 1" in result.stderr
     assert [int(r["epoch"]) for r in read_csv(tmp_path / "new" / "history.csv")] == [1, 2]
@@ -155,7 +157,7 @@ def test_resume_with_a_history_but_no_last_checkpoint_is_an_error(speech_corpus,
     run = tmp_path / "run"
     run.mkdir()
     (run / "history.csv").write_text("epoch,train_loss\n1,0.5\n")
-    result = run_cli("train", speech_corpus / "train.csv", "-o", run, "--epochs", "2", "--resume", *TINY, "-q")
+    result = run_main("train", speech_corpus / "train.csv", "-o", run, "--epochs", "2", "--resume", *TINY, "-q")
     assert result.returncode == 1
     assert one_error_line(result) == f"error: {run / 'last.pt'}: model file not found"
 
@@ -207,7 +209,7 @@ def audio_tree(speech_corpus, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def folder_labels(trained_model, audio_tree):
-    return run_cli("label", "audio", "--model", trained_model, "-q", cwd=audio_tree)
+    return run_main("label", "audio", "--model", trained_model, "-q", cwd=audio_tree)
 
 
 def test_label_a_folder_recursively(folder_labels):
@@ -239,7 +241,7 @@ def test_label_rows_are_consistent_probabilities(folder_labels, trained_model):
 
 def test_label_a_manifest_carries_its_columns(trained_model, speech_corpus, tmp_path):
     out = tmp_path / "labels.csv"
-    result = run_cli("label", speech_corpus / "test.csv", "--model", trained_model, "-o", out, "-q")
+    result = run_main("label", speech_corpus / "test.csv", "--model", trained_model, "-o", out, "-q")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert header(out.read_text()) == [*OWN_COLUMNS, "true_label", "speaker"]
@@ -250,7 +252,7 @@ def test_label_a_manifest_carries_its_columns(trained_model, speech_corpus, tmp_
 
 def test_label_explicit_files_in_the_order_given(trained_model, speech_corpus):
     files = ["yes/v02.wav", "down/v05.wav", "yes/v02.wav", "no/v00.wav"]
-    result = run_cli("label", *files, "--model", trained_model, cwd=speech_corpus)
+    result = run_main("label", *files, "--model", trained_model, cwd=speech_corpus)
     assert result.returncode == 0, result.stderr
     assert header(result.stdout) == OWN_COLUMNS
     rows = read_csv(result.stdout)
@@ -263,7 +265,7 @@ def test_a_corrupt_file_gets_an_error_row_and_exit_3(trained_model, speech_corpu
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
     sf.write(tmp_path / "long.wav", np.zeros(16000 * 3, dtype=np.int16), 16000)
     good = [str(speech_corpus / "up" / "v04.wav"), str(speech_corpus / "no" / "v06.wav")]
-    result = run_cli("label", good[0], "corrupt.wav", "long.wav", good[1], "--model", trained_model, "--max-seconds", "2",
+    result = run_main("label", good[0], "corrupt.wav", "long.wav", good[1], "--model", trained_model, "--max-seconds", "2",
                      cwd=tmp_path)
     assert result.returncode == 3
     rows = read_csv(result.stdout)
@@ -281,7 +283,7 @@ def test_jobs_2_writes_the_same_csv_as_jobs_1(trained_model, speech_corpus, audi
     (tmp_path / "corrupt.wav").write_bytes(b"not audio at all")
     inputs = [speech_corpus / "train.csv", audio_tree / "audio", tmp_path / "corrupt.wav"]
     results = [
-        run_cli("label", *inputs, "--model", trained_model, "--batch-size", "5", "-j", jobs, "-q") for jobs in ("1", "2")
+        run_main("label", *inputs, "--model", trained_model, "--batch-size", "5", "-j", jobs, "-q") for jobs in ("1", "2")
     ]
     assert [r.returncode for r in results] == [3, 3]
     assert results[0].stdout == results[1].stdout
@@ -289,7 +291,7 @@ def test_jobs_2_writes_the_same_csv_as_jobs_1(trained_model, speech_corpus, audi
 
 
 def test_label_a_missing_input_is_one_error_line(trained_model, tmp_path):
-    result = run_cli("label", "nothing.wav", "--model", trained_model, "-o", "out.csv", cwd=tmp_path)
+    result = run_main("label", "nothing.wav", "--model", trained_model, "-o", "out.csv", cwd=tmp_path)
     assert result.returncode == 1
     assert one_error_line(result) == "error: nothing.wav: no such file or folder"
     assert list(tmp_path.iterdir()) == []  # no output, not even a temporary file
@@ -302,7 +304,7 @@ def test_label_a_missing_input_is_one_error_line(trained_model, tmp_path):
 @pytest.fixture(scope="module")
 def evaluated(trained_model, speech_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "report"
-    result = run_cli("evaluate", speech_corpus / "test.csv", "--model", trained_model, "-o", out, "-q")
+    result = run_main("evaluate", speech_corpus / "test.csv", "--model", trained_model, "-o", out, "-q")
     return result, out
 
 
@@ -340,9 +342,9 @@ def test_evaluate_predictions_scores_an_existing_csv_without_a_model(evaluated, 
     _, model_report = evaluated
     by_model = json.loads((model_report / "report.json").read_text())
     labels = tmp_path / "labels.csv"
-    run_cli("label", speech_corpus / "test.csv", "--model", trained_model, "-o", labels, "-q", check=True)
+    run_main("label", speech_corpus / "test.csv", "--model", trained_model, "-o", labels, "-q", check=True)
     # An accuracy equal to --min-accuracy passes: the gate is "below", not "at or below".
-    result = run_cli("evaluate", speech_corpus / "test.csv", "--predictions", labels, "-o", tmp_path / "r",
+    result = run_main("evaluate", speech_corpus / "test.csv", "--predictions", labels, "-o", tmp_path / "r",
                      "--min-accuracy", str(by_model["accuracy"]), "-q")
     assert result.returncode == 0, result.stderr
     scored = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -353,7 +355,7 @@ def test_evaluate_predictions_scores_an_existing_csv_without_a_model(evaluated, 
 
 def test_min_accuracy_above_the_accuracy_exits_3(evaluated, speech_corpus, tmp_path):
     predictions = evaluated[1] / "predictions.csv"
-    result = run_cli("evaluate", speech_corpus / "test.csv", "--predictions", predictions, "-o", tmp_path / "a",
+    result = run_main("evaluate", speech_corpus / "test.csv", "--predictions", predictions, "-o", tmp_path / "a",
                      "--min-accuracy", "1.01", "-q")
     assert result.returncode == 3
     assert "is below --min-accuracy 101.00%" in result.stderr
@@ -373,11 +375,58 @@ def test_the_core_subcommands_exist():
     assert {"train", "label", "evaluate"} <= set(subcommands())
 
 
+def subparser(command: str) -> argparse.ArgumentParser:
+    (action,) = [a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction)]
+    return action.choices[command]
+
+
 @pytest.mark.parametrize("command", subcommands())
-def test_every_subcommand_has_help(command):
-    result = run_cli(command, "--help")
+def test_every_subcommand_has_help_with_examples_and_defaults(command):
+    result = run_main(command, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith(f"usage: kwsbatch {command}")
+    examples = result.stdout.split("\nexamples:\n", 1)[1]
+    assert examples.count(f"kwsbatch {command}") >= 1
+    parser = subparser(command)
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text = formatter._get_help_string(action)
+        assert text, f"{command} {action.option_strings[-1]} has no help"
+        # A switch is off unless given, a required option has no default; every other option says what it is when not given.
+        assert action.nargs == 0 or action.required or "default" in text, f"{command} {action.option_strings[-1]}: no default in {text!r}"
+
+
+def test_no_flag_means_two_things():
+    meanings: dict[str, set] = {}
+    for command in subcommands():
+        for action in subparser(command)._actions:
+            kind = (action.dest, type(action).__name__, getattr(action.type, "__name__", None), tuple(action.choices or ()))
+            for flag in action.option_strings:
+                meanings.setdefault(flag, set()).add(kind)
+    assert {flag: kinds for flag, kinds in meanings.items() if len(kinds) > 1} == {}
+    assert "--format" not in meanings  # the manifest's format, the output's or the model's: each says which
+
+
+def test_jobs_is_the_same_option_in_every_command():
+    jobs = {command: (a.default, a.help) for command in subcommands() for a in subparser(command)._actions if "-j" in a.option_strings}
+    assert {"label", "evaluate", "train", "check", "bench"} <= set(jobs)
+    assert len(set(jobs.values())) == 1 and next(iter(jobs.values()))[0] == 0  # 0: one worker per core
+
+
+def test_a_label_run_that_finds_its_output_locked_stops_before_torch_loads(tmp_path):
+    # A fresh process, to see what it imported: the cron run that finds another one writing stops at once.
+    program = (
+        "import sys\nfrom kwsbatch.cli import main\nfrom kwsbatch.files.lock import output_lock\n"
+        "with output_lock('out.csv'):\n"
+        "    import subprocess\n"
+        "    code = subprocess.run([sys.executable, '-c', 'import sys; from kwsbatch.cli import main; code = main(sys.argv[1:]); "
+        "print(code, sorted(m for m in (\\'torch\\', \\'numpy\\') if m in sys.modules))', 'label', 'clips', '-o', 'out.csv']).returncode\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "75 []", result.stderr
+    assert "another kwsbatch run is writing it" in result.stderr
 
 
 @pytest.mark.parametrize("command", subcommands())
@@ -388,13 +437,13 @@ def test_every_subcommand_has_a_readme_section(command):
 
 
 def test_usage_errors_exit_2(tmp_path):
-    assert run_cli(cwd=tmp_path).returncode == 2
-    assert run_cli("label", cwd=tmp_path).returncode == 2  # INPUT is required
-    assert run_cli("train", "m.csv", "--epochs", "many", cwd=tmp_path).returncode == 2
+    assert run_main(cwd=tmp_path).returncode == 2
+    assert run_main("label", cwd=tmp_path).returncode == 2  # INPUT is required
+    assert run_main("train", "m.csv", "--epochs", "many", cwd=tmp_path).returncode == 2
 
 
 def test_version():
-    result = run_cli("--version")
+    result = run_main("--version")
     assert result.returncode == 0 and re.fullmatch(r"kwsbatch \d+\.\d+\.\d+\n", result.stdout)
 
 
@@ -405,17 +454,17 @@ def test_version():
 @pytest.mark.slow
 def test_train_label_evaluate_end_to_end(speech_corpus, tmp_path):
     run, labels = tmp_path / "run", tmp_path / "labels.csv"
-    run_cli(
+    run_main(
         "train", speech_corpus / "train.csv", "-o", run, "--epochs", "30", "--batch-size", "8", "--hidden", "48",
         "--layers", "2", "--pooling", "mean", "--lr", "5e-3", "--lr-step", "10", "--val-fraction", "0.25", "--seed", "0",
         "-q", check=True,
     )
-    run_cli("label", speech_corpus / "test.csv", "--model", run / "best.pt", "-o", labels, "-q", check=True)
+    run_main("label", speech_corpus / "test.csv", "--model", run / "best.pt", "-o", labels, "-q", check=True)
     rows = read_csv(labels)
     accuracy = np.mean([r["label"] == r["true_label"] for r in rows])
     # Held-out voices, 4 classes (chance 0.25). Measured 11/12 for seeds 0-3; 0.75 allows two more misses.
     assert len(rows) == 12 and accuracy >= 0.75
-    result = run_cli("evaluate", speech_corpus / "test.csv", "--model", run / "best.pt", "-o", tmp_path / "report",
+    result = run_main("evaluate", speech_corpus / "test.csv", "--model", run / "best.pt", "-o", tmp_path / "report",
                      "--min-accuracy", "0.75", "-q")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "report" / "report.json").read_text())["accuracy"] == pytest.approx(accuracy, abs=1e-6)

@@ -11,8 +11,9 @@ from test_job import EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, make_corpus, read_row
 distributed = pytest.importorskip("distributed")
 
 from kwsbatch.label.cluster import score_on_cluster  # noqa: E402
+from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.job import run_label_job  # noqa: E402
-from kwsbatch.label.pipeline import LabelConfig, score_files  # noqa: E402
+from kwsbatch.label.pipeline import score_files  # noqa: E402
 from kwsbatch.label.rows import RowLayout  # noqa: E402
 from kwsbatch.model.checkpoint import default_model_path, load_checkpoint  # noqa: E402
 from kwsbatch.model.scorer import Scorer  # noqa: E402
@@ -87,7 +88,7 @@ def test_dask_flag_errors_are_one_line(tmp_path):
     corpus = tmp_path / "corpus"
     make_corpus(corpus, 2)
     usage = run_cli("label", corpus, "--dask", "local:2")
-    assert usage.returncode == EXIT_USAGE and "--dask needs an output file (-o FILE)" in usage.stderr
+    assert usage.returncode == EXIT_USAGE and "argument --dask: needs an output file (-o FILE)" in usage.stderr
     bad = run_cli("label", corpus, "-o", tmp_path / "out.csv", "--dask", "local:zero")
     assert bad.returncode == EXIT_ERROR
     assert bad.stderr.strip().splitlines()[-1] == "error: --dask local:zero: expected local:N with N >= 1 worker processes"

@@ -28,7 +28,7 @@ def clips() -> list[torch.Tensor]:
 
 
 def test_mfcc_on_cuda_matches_the_cpu(clips):
-    frontend = MfccFrontend(FeatureConfig())
+    frontend = MfccFrontend(FeatureConfig(clip_norm="none"))
     rng = np.random.default_rng(0)
     # Clips of different lengths in one batch, with a little noise so no frame is digital silence
     # (the log of a zero spectrum is where float rounding on two devices can differ most).

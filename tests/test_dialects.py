@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.errors import ManifestError
 from kwsbatch.files.manifest import iter_inputs, iter_manifest, manifest_header, read_manifest
@@ -86,7 +86,7 @@ def test_label_gives_every_dialect_the_csv_predictions(manifests, trained_model,
     """
     test = manifests["test"]
     order = ["csv", "jsonl", "tsv", "aliased", "audiofolder"]
-    result = run_cli("label", *(test[d] for d in order), "--model", trained_model, "-q")
+    result = run_main("label", *(test[d] for d in order), "--model", trained_model, "-q")
     assert result.returncode == 0, result.stderr
     out = pd.read_csv(io.StringIO(result.stdout), dtype=str, keep_default_na=False)
     n = len(csv_rows(test["csv"]))
@@ -102,7 +102,7 @@ def test_label_gives_every_dialect_the_csv_predictions(manifests, trained_model,
 def test_evaluate_scores_nemo_and_audiofolder_manifests_as_the_csv(manifests, trained_model, tmp_path):
     reports = {}
     for name in ("csv", "jsonl", "audiofolder"):
-        result = run_cli("evaluate", manifests["test"][name], "--model", trained_model, "-o", tmp_path / name, "-q")
+        result = run_main("evaluate", manifests["test"][name], "--model", trained_model, "-o", tmp_path / name, "-q")
         assert result.returncode == 0, result.stderr
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
     for name in ("jsonl", "audiofolder"):
@@ -118,7 +118,7 @@ def test_training_on_nemo_json_lines_gives_the_weights_training_on_csv_gives(man
     runs = {}
     for name in ("csv", "jsonl"):
         runs[name] = tmp_path / name
-        run_cli(
+        run_main(
             "train", manifests["train"][name], "--val", manifests["test"][name], "-o", runs[name], "--epochs", "2",
             "--batch-size", "8", "--hidden", "8", "--layers", "1", "-q", check=True,
         )
@@ -133,7 +133,7 @@ def test_training_on_nemo_json_lines_gives_the_weights_training_on_csv_gives(man
 def test_manifest_format_flag_reads_a_file_whose_name_does_not_say(manifests, trained_model, tmp_path):
     listing = tmp_path / "clips.txt"
     listing.write_text(manifests["test"]["tsv"].read_text())
-    result = run_cli("evaluate", listing, "--model", trained_model, "-o", tmp_path / "report", "-q")
+    result = run_main("evaluate", listing, "--model", trained_model, "-o", tmp_path / "report", "-q")
     assert result.returncode == 1
     assert result.stderr == (
         f"error: {listing}: cannot tell the manifest format from the name; use a .csv, .tsv or .jsonl extension "
@@ -142,9 +142,9 @@ def test_manifest_format_flag_reads_a_file_whose_name_does_not_say(manifests, tr
     # Beside the TSV, whose relative paths it holds.
     listing = manifests["test"]["tsv"].with_suffix(".txt")
     listing.write_text(manifests["test"]["tsv"].read_text())
-    result = run_cli("evaluate", listing, "--format", "tsv", "--model", trained_model, "-o", tmp_path / "report", "-q")
+    result = run_main("evaluate", listing, "--manifest-format", "tsv", "--model", trained_model, "-o", tmp_path / "report", "-q")
     assert result.returncode == 0, result.stderr
-    result = run_cli("label", listing, "--manifest-format", "tsv", "--model", trained_model, "-q")
+    result = run_main("label", listing, "--manifest-format", "tsv", "--model", trained_model, "-q")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1 + len(csv_rows(manifests["test"]["csv"]))
 
@@ -153,10 +153,8 @@ def test_manifest_format_flag_reads_a_file_whose_name_does_not_say(manifests, tr
 def test_every_reading_command_takes_manifest_format(command):
     from kwsbatch.cli import build_parser
 
-    spellings = ["--manifest-format"] + (["--format"] if command != "label" else [])
-    for flag in spellings:
-        args = build_parser().parse_args([command, "m.txt", flag, "jsonl"])
-        assert args.manifest_format == "jsonl"
+    args = build_parser().parse_args([command, "m.txt", "--manifest-format", "jsonl"])
+    assert args.manifest_format == "jsonl"
 
 
 # --- NeMo segments: offset and duration ------------------------------------------------------
@@ -181,9 +179,9 @@ def test_offset_and_duration_label_each_segment_as_its_own_clip(long_recording, 
         folder / "segments.jsonl",
         [{"audio_filepath": "session.wav", "offset": 0.5 + 1.5 * i, "duration": 1.0, "label": c.parent.name} for i, c in enumerate(clips)],
     )
-    segments = run_cli("label", folder / "segments.jsonl", "--model", trained_model, "-o", tmp_path / "segments.csv", "-q")
+    segments = run_main("label", folder / "segments.jsonl", "--model", trained_model, "-o", tmp_path / "segments.csv", "-q")
     assert segments.returncode == 0, segments.stderr
-    separate = run_cli("label", *clips, "--model", trained_model, "-o", tmp_path / "separate.csv", "-q", check=True)
+    separate = run_main("label", *clips, "--model", trained_model, "-o", tmp_path / "separate.csv", "-q", check=True)
     assert separate.returncode == 0
     got = pd.read_csv(tmp_path / "segments.csv", dtype=str, keep_default_na=False)
     expected = pd.read_csv(tmp_path / "separate.csv", dtype=str, keep_default_na=False)
@@ -201,9 +199,9 @@ def test_evaluate_predictions_matches_each_segment_to_its_own_row(long_recording
         manifest,
         [{"audio_filepath": "session.wav", "offset": 0.5 + 1.5 * i, "duration": 1.0, "label": c.parent.name} for i, c in enumerate(clips)],
     )
-    run_cli("label", manifest, "--model", trained_model, "-o", tmp_path / "segments.csv", "-q", check=True)
-    by_model = run_cli("evaluate", manifest, "--model", trained_model, "-o", tmp_path / "by-model", "-q", check=True)
-    scored = run_cli("evaluate", manifest, "--predictions", tmp_path / "segments.csv", "-o", tmp_path / "scored", "-q")
+    run_main("label", manifest, "--model", trained_model, "-o", tmp_path / "segments.csv", "-q", check=True)
+    by_model = run_main("evaluate", manifest, "--model", trained_model, "-o", tmp_path / "by-model", "-q", check=True)
+    scored = run_main("evaluate", manifest, "--predictions", tmp_path / "segments.csv", "-o", tmp_path / "scored", "-q")
     assert scored.returncode == 0, scored.stderr
     report = json.loads((tmp_path / "scored" / "report.json").read_text())
     assert report["n_scored"] == 4
@@ -223,7 +221,7 @@ def test_segments_past_the_end_are_cut_or_fail_their_row(long_recording, trained
             {"audio_filepath": "session.wav", "offset": 5.0},  # to the end
         ],
     )
-    result = run_cli("label", folder / "edges.jsonl", "--model", trained_model, "-o", tmp_path / "edges.csv", "-q")
+    result = run_main("label", folder / "edges.jsonl", "--model", trained_model, "-o", tmp_path / "edges.csv", "-q")
     assert result.returncode == 3
     out = pd.read_csv(tmp_path / "edges.csv", dtype=str, keep_default_na=False)
     assert list(out["duration_s"]) == ["0.500", "", "1.000"]
@@ -233,7 +231,7 @@ def test_segments_past_the_end_are_cut_or_fail_their_row(long_recording, trained
 def test_segment_length_not_file_length_meets_the_clip_limit(long_recording, trained_model, tmp_path):
     folder, _ = long_recording
     write_jsonl(folder / "limit.jsonl", [{"audio_filepath": "session.wav", "offset": 0}, {"audio_filepath": "session.wav", "offset": 0, "duration": 2}])
-    result = run_cli("label", folder / "limit.jsonl", "--model", trained_model, "--max-seconds", "3", "-o", tmp_path / "o.csv", "-q")
+    result = run_main("label", folder / "limit.jsonl", "--model", trained_model, "--max-seconds", "3", "-o", tmp_path / "o.csv", "-q")
     out = pd.read_csv(tmp_path / "o.csv", dtype=str, keep_default_na=False)
     assert result.returncode == 3
     assert out["error"][0] == f"{folder / 'session.wav'}: 6.0 s is longer than the 3 s limit for a clip (label long recordings with --window)"
@@ -276,7 +274,7 @@ def test_malformed_manifests_fail_with_the_file_and_line(tmp_path, name, text, m
 
 def test_a_manifest_error_reaches_the_cli_as_one_line(tmp_path, trained_model):
     (tmp_path / "train.jsonl").write_text('{"audio_filepath": "a.wav", "label": "yes"}\n{oops}\n')
-    result = run_cli("train", tmp_path / "train.jsonl", "-o", tmp_path / "run")
+    result = run_main("train", tmp_path / "train.jsonl", "-o", tmp_path / "run")
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {tmp_path / 'train.jsonl'} line 2: not valid JSON (")
     assert result.stderr.count("\n") == 1
@@ -311,8 +309,8 @@ def test_label_inputs_take_every_manifest_extension(tmp_path):
 
 def test_an_audiofolder_is_read_by_its_folder_as_by_its_metadata(manifests, trained_model, tmp_path):
     metadata = manifests["test"]["audiofolder"]
-    by_file, by_folder = (run_cli("label", given, "--model", trained_model, "-q", check=True).stdout for given in (metadata, metadata.parent))
+    by_file, by_folder = (run_main("label", given, "--model", trained_model, "-q", check=True).stdout for given in (metadata, metadata.parent))
     assert by_folder == by_file and "true_label" in by_folder.splitlines()[0]
     for name, given in (("file", metadata), ("folder", metadata.parent)):
-        run_cli("evaluate", given, "--model", trained_model, "-o", tmp_path / name, "-q", check=True)
+        run_main("evaluate", given, "--model", trained_model, "-o", tmp_path / name, "-q", check=True)
     assert (tmp_path / "folder" / "predictions.csv").read_text() == (tmp_path / "file" / "predictions.csv").read_text()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_main
 
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
 from kwsbatch.model.features import FeatureConfig
@@ -41,9 +41,9 @@ def padded(waves: list[torch.Tensor], extra: int = 0) -> tuple[np.ndarray, np.nd
 @pytest.fixture(scope="module")
 def exported(trained_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    onnx_run = run_cli("export", trained_model, "-o", out / "model.onnx", check=True)
+    onnx_run = run_main("export", trained_model, "-o", out / "model.onnx", check=True)
     assert re.search(r"wrote .*model\.onnx \(onnx, [\d.]+ MB\): matches kwsbatch on 4 clips", onnx_run.stderr)
-    run_cli("export", trained_model, "-o", out / "model.pt", check=True)
+    run_main("export", trained_model, "-o", out / "model.pt", check=True)
     return out
 
 
@@ -113,7 +113,7 @@ def test_readme_program_labels_a_wav_with_onnxruntime_and_numpy_alone(exported, 
     (tmp_path / "label_wav.py").write_text(WITHOUT_KWSBATCH + program)
     shutil.copy(exported / "model.onnx", tmp_path / "model.onnx")
     for clip in ("yes/v03.wav", "down/v07.wav"):
-        ours = run_cli("label", speech_corpus / clip, "--model", trained_model, "-q", check=True).stdout.splitlines()
+        ours = run_main("label", speech_corpus / clip, "--model", trained_model, "-q", check=True).stdout.splitlines()
         row = dict(zip(ours[0].split(","), ours[1].split(",")))
         result = subprocess.run([sys.executable, "label_wav.py", str(speech_corpus / clip)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
@@ -126,14 +126,14 @@ def test_readme_program_labels_a_wav_with_onnxruntime_and_numpy_alone(exported, 
 def test_bidirectional_models_export_exactly(bidirectional, pooling, tmp_path, speech_corpus):
     """Random weights and a low temperature: sharp probabilities, so a wrong backward direction would show."""
     torch.manual_seed(7)
-    config = ModelConfig(n_classes=3, hidden=16, layers=2, bidirectional=bidirectional, pooling=pooling)
-    spotter = KeywordSpotter(FeatureConfig(), config)
+    config = ModelConfig(n_classes=3, hidden=16, layers=2, bidirectional=bidirectional, pooling=pooling, conv_channels=0)
+    spotter = KeywordSpotter(FeatureConfig(clip_norm="none"), config)
     with torch.no_grad():
         for p in spotter.head.parameters():
             p.mul_(4.0)
     spotter.frontend.set_normalization(torch.full((12,), -20.0), torch.full((12,), 15.0))
-    save_checkpoint(Checkpoint(("a", "b", "c"), FeatureConfig(), config, spotter.state_dict(), temperature=0.2), tmp_path / "bi.pt")
-    run_cli("export", tmp_path / "bi.pt", "-o", tmp_path / "bi.onnx", "-q", check=True)
+    save_checkpoint(Checkpoint(("a", "b", "c"), FeatureConfig(clip_norm="none"), config, spotter.state_dict(), temperature=0.2), tmp_path / "bi.pt")
+    run_main("export", tmp_path / "bi.pt", "-o", tmp_path / "bi.onnx", "-q", check=True)
     waves = real_clips(speech_corpus)
     expected = Scorer(load_checkpoint(tmp_path / "bi.pt"), device="cpu").probabilities(waves)
     session = ort.InferenceSession(str(tmp_path / "bi.onnx"), providers=["CPUExecutionProvider"])
@@ -143,23 +143,23 @@ def test_bidirectional_models_export_exactly(bidirectional, pooling, tmp_path, s
 
 
 def test_format_flag_overrides_the_extension(trained_model, tmp_path):
-    run_cli("export", trained_model, "-o", tmp_path / "model.bin", "--format", "torchscript", "-q", check=True)
+    run_main("export", trained_model, "-o", tmp_path / "model.bin", "--to", "torchscript", "-q", check=True)
     with open(tmp_path / "model.bin", "rb") as f:
         assert f.read(2) == b"PK"  # a TorchScript archive is a zip file
 
 
 def test_unknown_extension_is_a_one_line_error_and_writes_nothing(trained_model, tmp_path):
-    result = run_cli("export", trained_model, "-o", tmp_path / "model.bin")
+    result = run_main("export", trained_model, "-o", tmp_path / "model.bin")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"error: {tmp_path / 'model.bin'}: cannot tell the export format from the extension; use .onnx or .pt, or pass --format"
+        f"error: {tmp_path / 'model.bin'}: cannot tell the export format from the extension; use .onnx or .pt, or pass --to"
     )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_exporting_a_file_that_is_not_a_model_fails_cleanly(tmp_path):
     (tmp_path / "notes.pt").write_text("not a model")
-    result = run_cli("export", tmp_path / "notes.pt", "-o", tmp_path / "model.onnx")
+    result = run_main("export", tmp_path / "notes.pt", "-o", tmp_path / "model.onnx")
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {tmp_path / 'notes.pt'}: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "model.onnx").exists()
@@ -167,6 +167,6 @@ def test_exporting_a_file_that_is_not_a_model_fails_cleanly(tmp_path):
 
 def test_the_bundled_model_exports_with_its_conv_front_end_and_clip_norm(tmp_path):
     """The default model uses the causal conv and per-clip normalisation; export checks itself within 1e-4."""
-    result = run_cli("export", "-o", tmp_path / "default.onnx")
+    result = run_main("export", "-o", tmp_path / "default.onnx")
     assert result.returncode == 0, result.stderr
     assert "matches kwsbatch on 4 clips" in result.stderr

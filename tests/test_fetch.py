@@ -10,7 +10,7 @@ import tarfile
 import threading
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 from sc_tree import make_tree
 
 from kwsbatch.corpus.fetch import ARCHIVES, MARKER, FetchError, extract
@@ -97,7 +97,7 @@ def archive(tmp_path_factory) -> bytes:
 
 
 def _fetch(server, name, data_dir, *extra):
-    return run_cli("fetch", "speech-commands", data_dir, "--url", server.url(name), "--words", "yes,no", *extra)
+    return run_main("fetch", "speech-commands", data_dir, "--url", server.url(name), "--words", "yes,no", *extra)
 
 
 def test_fetch_resumes_a_cut_download_then_writes_manifests(server, archive, tmp_path):
@@ -213,10 +213,10 @@ def test_damaged_and_unexpected_archives_are_one_line_errors(server, archive, tm
 
 
 def test_unknown_data_sets_and_versions():
-    result = run_cli("fetch", "speech-commands", "x", "--version", "0.03")
+    result = run_main("fetch", "speech-commands", "x", "--dataset-version", "0.03")
     assert result.returncode == 1
     assert result.stderr.strip() == "error: unknown data set speech-commands 0.03; known versions of speech-commands: 0.02, 0.01"
-    assert "known data sets: speech-commands" in run_cli("fetch", "librispeech", "x").stderr
+    assert "known data sets: speech-commands" in run_main("fetch", "librispeech", "x").stderr
 
 
 def test_published_archives_are_pinned():
@@ -236,9 +236,9 @@ def test_fetch_then_train_then_evaluate(server, archive, tmp_path):
     data = tmp_path / "sc"
     assert _fetch(server, "sc.tar.gz", data, "-q").returncode == 0
     manifests = data / "manifests"
-    run_cli("train", manifests / "train.csv", "--val", manifests / "val.csv", "-o", tmp_path / "run",
+    run_main("train", manifests / "train.csv", "--val", manifests / "val.csv", "-o", tmp_path / "run",
             "--epochs", "2", "--hidden", "16", "--layers", "1", "--batch-size", "8", "-q", check=True)
-    run_cli("evaluate", manifests / "test.csv", "--model", tmp_path / "run" / "best.pt", "-o", tmp_path / "report", "-q", check=True)
+    run_main("evaluate", manifests / "test.csv", "--model", tmp_path / "run" / "best.pt", "-o", tmp_path / "report", "-q", check=True)
     predictions = list(csv.DictReader(open(tmp_path / "report" / "predictions.csv")))
     assert len(predictions) == len(list(csv.DictReader(open(manifests / "test.csv"))))
     assert {"yes", "no", "_unknown_", "_silence_"} == {r["label"] for r in csv.DictReader(open(tmp_path / "report" / "per_class.csv"))}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 from kwsbatch import __version__
 from kwsbatch.model.checkpoint import load_checkpoint
@@ -16,7 +16,7 @@ PARAMETERS = (64 * 12 * 5 + 64) + (4 * 32 * (64 + 32) + 8 * 32) + (4 * 32 * (32 
 
 
 def test_json_describes_the_checkpoint(trained_model, speech_corpus):
-    result = run_cli("info", trained_model, "--json", check=True)
+    result = run_main("info", trained_model, "--json", check=True)
     info = json.loads(result.stdout)
     assert info["classes"] == ["down", "no", "up", "yes"]
     assert (info["format"], info["format_version"]) == ("kwsbatch-checkpoint", 1)
@@ -40,7 +40,7 @@ def test_json_describes_the_checkpoint(trained_model, speech_corpus):
 
 
 def test_text_names_each_part_on_one_line(trained_model, speech_corpus):
-    lines = run_cli("info", trained_model, check=True).stdout.splitlines()
+    lines = run_main("info", trained_model, check=True).stdout.splitlines()
     fields = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
     assert list(fields) == ["model", "classes", "features", "network", "size", "calibration", "trained", "settings", "metrics", "resumable"]
     assert fields["classes"] == "4: down, no, up, yes"
@@ -53,17 +53,17 @@ def test_text_names_each_part_on_one_line(trained_model, speech_corpus):
 
 
 def test_last_checkpoint_is_resumable(trained_model):
-    info = json.loads(run_cli("info", trained_model.parent / "last.pt", "--json", check=True).stdout)
+    info = json.loads(run_main("info", trained_model.parent / "last.pt", "--json", check=True).stdout)
     assert info["resumable"] is True
 
 
 def test_without_a_checkpoint_it_describes_the_bundled_model():
-    info = json.loads(run_cli("info", "--json", check=True).stdout)
+    info = json.loads(run_main("info", "--json", check=True).stdout)
     assert info["path"].endswith("default.pt") and len(info["classes"]) == 12
 
 
 def test_a_missing_model_is_a_one_line_error(tmp_path):
-    result = run_cli("info", tmp_path / "nope.pt")
+    result = run_main("info", tmp_path / "nope.pt")
     assert (result.returncode, result.stderr) == (1, f"error: {tmp_path / 'nope.pt'}: model file not found\n")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, run_cli, tone
+from conftest import REPO, run_main, tone
 
 from kwsbatch.files.lock import output_lock
 
@@ -38,7 +38,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def label(*args, **kwargs) -> subprocess.CompletedProcess:
-    return run_cli("label", *args, **kwargs)
+    return run_main("label", *args, **kwargs)
 
 
 def test_a_rerun_over_the_same_files_labels_nothing_and_writes_the_same_bytes(tmp_path):
@@ -212,7 +212,7 @@ def test_standard_output_streams_rows_in_input_order_and_refuses_incremental_fla
     rows = list(csv.DictReader(result.stdout.splitlines()))
     assert [r["path"] for r in rows] == [str(p) for p in paths]
     usage = label(tmp_path / "corpus", "--force")
-    assert usage.returncode == EXIT_USAGE and "--force and --wait need an output file (-o FILE)" in usage.stderr
+    assert usage.returncode == EXIT_USAGE and "argument --force: needs an output file (-o FILE)" in usage.stderr
     assert label(tmp_path / "corpus", "--window", "1", "--hop", "2", "-o", tmp_path / "o.csv").returncode == EXIT_USAGE
 
 

@@ -1,4 +1,5 @@
-"""The package's shape: stage subpackages whose imports point one way, down the stages, never in a circle."""
+"""The package's shape: stage subpackages whose imports point one way, down the stages, never in a circle;
+functions that fit on a screen."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kwsbatch"
 # Each stage may import only from stages ranked below it. The foundation (errors, class names,
 # progress display, the version) is below everything; the CLI sits on top.
 RANKS = {
-    "kwsbatch": 0, "errors": 0, "classes": 0, "progress": 0, "faults": 0,
+    "kwsbatch": 0, "errors": 0, "classes": 0, "progress": 0, "faults": 0, "settings": 0,
     "files": 1,
     "model": 2, "corpus": 2,
     "train": 3, "label": 3,
@@ -79,3 +80,16 @@ def test_the_import_graph_has_no_cycle():
 
 def import_graph_modules() -> set[str]:
     return set(import_graph())
+
+
+MAX_FUNCTION_LINES = 60  # a function fits on a screen (STYLE.md)
+
+
+def test_every_function_fits_on_a_screen():
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert long == []

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import NOTEBOOK
 
 from kwsbatch.model.features import FeatureConfig
 from kwsbatch.model.spotter import KeywordLSTM, KeywordSpotter, ModelConfig
@@ -20,7 +21,7 @@ CONFIGS = {
 
 def make_head(**settings) -> KeywordLSTM:
     torch.manual_seed(0)
-    config = dict(n_classes=4, n_features=12, hidden=16, layers=2) | settings
+    config = NOTEBOOK | dict(n_classes=4, n_features=12, hidden=16, layers=2) | settings
     return KeywordLSTM(ModelConfig(**config)).eval()
 
 
@@ -80,7 +81,7 @@ def test_extra_padding_frames_change_nothing():
 
 def test_spotter_maps_waveforms_to_one_logit_row_per_clip():
     torch.manual_seed(0)
-    spotter = KeywordSpotter(FeatureConfig(), ModelConfig(n_classes=3, hidden=8, layers=1)).eval()
+    spotter = KeywordSpotter(FeatureConfig(clip_norm="none"), ModelConfig(**NOTEBOOK, n_classes=3, hidden=8, layers=1)).eval()
     waves = torch.randn(4, 16000)
     with torch.no_grad():
         logits = spotter(waves, torch.tensor([16000, 400, 8000, 1200]))

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import NOTEBOOK
 
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.model.features import FeatureConfig, MfccFrontend, pad_waveforms
@@ -28,7 +29,7 @@ def clips(n: int = 64, seed: int = 0) -> list[torch.Tensor]:
 def spotter(seed: int = 0, *, clip_norm: str = "none", **model) -> KeywordSpotter:
     torch.manual_seed(seed)
     features = FeatureConfig(clip_norm=clip_norm)
-    return KeywordSpotter(features, ModelConfig(n_classes=5, hidden=16, layers=2, **model)).eval()
+    return KeywordSpotter(features, ModelConfig(**(NOTEBOOK | dict(n_classes=5, hidden=16, layers=2) | model))).eval()
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 NUMERIC = {"confidence", "p_down", "p_no", "p_up", "p_yes", "duration_s"}
 INTEGER = {"sample_rate", "channels", "file_size", "file_mtime_ns"}
@@ -24,7 +24,7 @@ def labelled(trained_model, speech_corpus, tmp_path_factory):
         writer.writerows({**r, "path": str(speech_corpus / r["path"])} for r in rows)
         writer.writerow({"path": str(folder / "broken.wav"), "label": "yes", "speaker": "nobody"})
     for out in ("out.csv", "out.jsonl", "out.parquet"):
-        result = run_cli("label", folder / "clips.csv", "--model", trained_model, "-o", folder / out, "-q")
+        result = run_main("label", folder / "clips.csv", "--model", trained_model, "-o", folder / out, "-q")
         assert result.returncode == 3, result.stderr  # the broken file
     return folder
 
@@ -59,7 +59,7 @@ def test_parquet_holds_the_json_lines_rows_with_typed_columns(labelled):
 
 
 def test_json_lines_output_reads_back_as_a_manifest(labelled, trained_model, tmp_path):
-    result = run_cli("label", labelled / "out.jsonl", "--model", trained_model, "--format", "jsonl", "-q")
+    result = run_main("label", labelled / "out.jsonl", "--model", trained_model, "--output-format", "jsonl", "-q")
     assert result.returncode == 3  # the broken file again
     first = [json.loads(line) for line in (labelled / "out.jsonl").read_text().splitlines()]
     again = [json.loads(line) for line in result.stdout.splitlines()]
@@ -69,7 +69,7 @@ def test_json_lines_output_reads_back_as_a_manifest(labelled, trained_model, tmp
 
 
 def test_parquet_needs_a_file(trained_model, speech_corpus):
-    result = run_cli("label", speech_corpus / "yes" / "v00.wav", "--model", trained_model, "--format", "parquet", "-q")
+    result = run_main("label", speech_corpus / "yes" / "v00.wav", "--model", trained_model, "--output-format", "parquet", "-q")
     assert result.returncode == 1
     assert result.stderr == "error: parquet output needs a file: pass -o out.parquet\n"
 
@@ -81,7 +81,7 @@ def test_evaluate_scores_json_lines_and_parquet_predictions_as_the_csv(labelled,
     manifest = tmp_path / "truth.csv"
     manifest.write_text("\n".join((labelled / "clips.csv").read_text().splitlines()[:-1]) + "\n")  # without the broken file
     for predictions in ("out.csv", name):
-        result = run_cli("evaluate", manifest, "--predictions", labelled / predictions, "-o", tmp_path / predictions, "-q")
+        result = run_main("evaluate", manifest, "--predictions", labelled / predictions, "-o", tmp_path / predictions, "-q")
         assert result.returncode == 0, result.stderr
     report, expected = (json.loads((tmp_path / p / "report.json").read_text()) for p in (name, "out.csv"))
     assert report["accuracy"] == expected["accuracy"]

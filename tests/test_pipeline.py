@@ -10,8 +10,8 @@ import torch
 from conftest import REPO, tone
 
 from kwsbatch.files.manifest import ManifestRow
-from kwsbatch.label.pipeline import LabelConfig, score_files
-from kwsbatch.label.windows import WindowConfig
+from kwsbatch.label.config import LabelConfig, WindowConfig
+from kwsbatch.label.pipeline import score_files
 from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
 from kwsbatch.model.scorer import Scorer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run_cli, tone
+from conftest import run_main, tone
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 
@@ -89,7 +89,7 @@ def labelled_folder(tmp_path_factory) -> tuple[Path, dict[str, dict], subprocess
     (folder / "loop").mkdir()
     os.symlink("..", folder / "loop" / "back")  # a folder loop: scanned once, not forever
     out = root / "out.csv"
-    result = run_cli("label", folder, "-o", out, "-j", "1", "-q")
+    result = run_main("label", folder, "-o", out, "-j", "1", "-q")
     return folder, read_rows(out), result
 
 
@@ -132,7 +132,7 @@ def test_a_file_deleted_between_listing_and_reading_gets_a_not_found_row(tmp_pat
     sf.write(tmp_path / "deleted.wav", tone(440, 0.5), 16000)
     (tmp_path / "list.csv").write_text("path\nkept.wav\ndeleted.wav\n")
     (tmp_path / "deleted.wav").unlink()
-    result = run_cli("label", tmp_path / "list.csv", "-o", tmp_path / "out.csv", "-j", "1", "-q")
+    result = run_main("label", tmp_path / "list.csv", "-o", tmp_path / "out.csv", "-j", "1", "-q")
     assert result.returncode == EXIT_PARTIAL
     rows = read_rows(tmp_path / "out.csv")
     assert rows["deleted.wav"]["error"] == f"{tmp_path / 'deleted.wav'}: file not found"
@@ -204,7 +204,7 @@ def mixed_manifest(tmp_path_factory) -> Path:
 
 
 def test_evaluate_reports_unreadable_clips_as_failed_rows_and_scores_the_rest(mixed_manifest, tmp_path):
-    result = run_cli("evaluate", mixed_manifest, "-o", tmp_path / "report", "-q")
+    result = run_main("evaluate", mixed_manifest, "-o", tmp_path / "report", "-q")
     assert result.returncode == EXIT_OK, result.stderr
     report = (tmp_path / "report").iterdir()
     predictions = next(p for p in report if p.name == "predictions.csv")
@@ -217,7 +217,7 @@ def test_evaluate_reports_unreadable_clips_as_failed_rows_and_scores_the_rest(mi
 
 @pytest.mark.slow
 def test_training_skips_and_counts_unreadable_clips_with_a_warning(mixed_manifest, tmp_path):
-    result = run_cli(
+    result = run_main(
         "train", mixed_manifest, "--val", mixed_manifest, "-o", tmp_path / "run", "--epochs", "1",
         "--hidden", "8", "--layers", "1", "--batch-size", "8", "-q",
     )
@@ -226,5 +226,5 @@ def test_training_skips_and_counts_unreadable_clips_with_a_warning(mixed_manifes
         assert f"skipping {mixed_manifest} line" in result.stderr and name in result.stderr
     # Each unreadable clip is counted once per set it is in (train and val here).
     assert "skipped 6 unreadable clips" in result.stderr
-    info = run_cli("info", tmp_path / "run" / "best.pt", "--json", check=True)
+    info = run_main("info", tmp_path / "run" / "best.pt", "--json", check=True)
     assert '"skipped_unreadable": 6' in info.stdout

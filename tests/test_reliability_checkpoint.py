@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.errors import CheckpointError
 from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
@@ -109,7 +109,7 @@ def test_every_command_that_reads_a_model_refuses_the_crafted_pickle(tmp_path):
         ["info", model],
         ["export", model, "-o", tmp_path / "m.onnx"],
     ):
-        result = run_cli(*command, "-q")
+        result = run_main(*command, "-q")
         assert (result.returncode, result.stderr) == (EXIT_ERROR, refusal), command
     assert not marker.exists()
 
@@ -120,6 +120,6 @@ def test_resume_from_a_truncated_last_checkpoint_is_an_error_naming_it(tmp_path)
     (run / "last.pt").write_bytes(default_model_path().read_bytes()[:10000])
     wav = next((default_model_path().parent / "samples").glob("*.wav"))
     (tmp_path / "m.csv").write_text(f"path,label\n{wav},yes\n{wav},no\n")
-    result = run_cli("train", tmp_path / "m.csv", "--val", tmp_path / "m.csv", "-o", run, "--resume", "-q")
+    result = run_main("train", tmp_path / "m.csv", "--val", tmp_path / "m.csv", "-o", run, "--resume", "-q")
     assert result.returncode == EXIT_ERROR
     assert result.stderr == f"error: {run / 'last.pt'}: not a readable kwsbatch model (truncated or corrupt)\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import run_cli, tone
+from conftest import run_main, tone
 
 from kwsbatch.errors import ManifestError
 from kwsbatch.files.manifest import read_manifest
@@ -36,7 +36,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def test_no_header_is_an_error_that_says_the_first_line_must_be_one(clips):
     manifest = write(clips, "m.csv", b"a.wav,yes\nb.wav,no\n")
-    result = run_cli("label", manifest, "-q")
+    result = run_main("label", manifest, "-q")
     assert result.returncode == EXIT_ERROR
     assert result.stderr == (
         f"error: {manifest}: no path column (the first line must be a header); "
@@ -52,11 +52,11 @@ def test_no_path_column_is_an_error_listing_the_names_it_looked_for(clips):
 
 def test_no_label_column_is_fine_for_label_and_an_error_for_evaluate_and_train(clips, tmp_path):
     manifest = write(clips, "m.csv", b"path,word\na.wav,yes\nb.wav,no\n")
-    labelled = run_cli("label", manifest, "-o", tmp_path / "out.csv", "-q")
+    labelled = run_main("label", manifest, "-o", tmp_path / "out.csv", "-q")
     assert labelled.returncode == EXIT_OK, labelled.stderr
     assert [r["word"] for r in read_rows(tmp_path / "out.csv")] == ["yes", "no"]
     for command in (["evaluate", manifest], ["train", manifest, "-o", tmp_path / "run"]):
-        result = run_cli(*command, "-q")
+        result = run_main(*command, "-q")
         assert result.returncode == EXIT_ERROR
         assert result.stderr == f"error: {manifest}: no 'label' column in the header; this command needs the true labels\n"
 
@@ -83,9 +83,9 @@ def test_blank_lines_are_skipped_and_rows_keep_their_own_line_numbers(clips):
 
 def test_duplicated_paths_give_one_output_row_when_labelling_and_count_twice_when_scoring(clips, tmp_path):
     manifest = write(clips, "m.csv", b"path,label\na.wav,yes\nb.wav,no\na.wav,yes\n")
-    assert run_cli("label", manifest, "-o", tmp_path / "out.csv", "-q").returncode == EXIT_OK
+    assert run_main("label", manifest, "-o", tmp_path / "out.csv", "-q").returncode == EXIT_OK
     assert [r["path"] for r in read_rows(tmp_path / "out.csv")] == ["a.wav", "b.wav"]
-    result = run_cli("evaluate", manifest, "-o", tmp_path / "report", "-q")
+    result = run_main("evaluate", manifest, "-o", tmp_path / "report", "-q")
     assert result.returncode == EXIT_OK, result.stderr
     assert [r["path"] for r in read_rows(tmp_path / "report" / "predictions.csv")] == ["a.wav", "b.wav", "a.wav"]
 
@@ -96,7 +96,7 @@ def test_paths_outside_the_manifests_folder_resolve_against_that_folder_not_the_
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     assert [r.audio_path for r in read_manifest(manifest)] == [manifest.parent / "../../a.wav", clips / "b.wav"]
-    result = run_cli("label", manifest, "-o", tmp_path / "out.csv", "-q", cwd=elsewhere)
+    result = run_main("label", manifest, "-o", tmp_path / "out.csv", "-q", cwd=elsewhere)
     assert result.returncode == EXIT_OK, result.stderr
     rows = read_rows(tmp_path / "out.csv")
     assert [(r["path"], r["error"]) for r in rows] == [("../../a.wav", ""), (str(clips / "b.wav"), "")]  # paths as written
@@ -105,7 +105,7 @@ def test_paths_outside_the_manifests_folder_resolve_against_that_folder_not_the_
 
 def test_a_label_the_model_does_not_know_is_an_error_naming_the_row(clips, tmp_path):
     manifest = write(clips, "m.csv", b"path,label\na.wav,yes\nb.wav,banana\n")
-    result = run_cli("evaluate", manifest, "-o", tmp_path / "report", "-q")
+    result = run_main("evaluate", manifest, "-o", tmp_path / "report", "-q")
     assert result.returncode == EXIT_ERROR
     assert result.stderr.startswith(f"error: {manifest} line 3: label 'banana' is not one the model knows (")
     assert result.stderr.count("\n") == 1
@@ -115,7 +115,7 @@ def test_a_label_the_model_does_not_know_is_an_error_naming_the_row(clips, tmp_p
 def test_a_validation_label_unknown_to_the_training_manifest_is_an_error_naming_the_row(clips, tmp_path):
     train = write(clips, "train.csv", b"path,label\na.wav,yes\nb.wav,no\n")
     val = write(clips, "val.csv", b"path,label\na.wav,yes\nb.wav,maybe\n")
-    result = run_cli("train", train, "--val", val, "-o", tmp_path / "run", "-q")
+    result = run_main("train", train, "--val", val, "-o", tmp_path / "run", "-q")
     assert result.returncode == EXIT_ERROR
     assert result.stderr.startswith(f"error: {val} line 3: label 'maybe' is not one the training manifest knows (no, yes)")
 

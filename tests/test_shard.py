@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import run_main
 from test_job import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, make_corpus, read_rows
 
 from kwsbatch.label.shard import Shard, shard_of
@@ -19,7 +19,7 @@ def test_shard_of_is_pinned_so_arrays_agree_across_machines_and_versions():
 @pytest.mark.parametrize("text", ["3", "a/b", "4/4", "-1/4", "0/0", "1/"])
 def test_a_malformed_shard_is_a_usage_error(tmp_path, text):
     make_corpus(tmp_path / "corpus", 2)
-    result = run_cli("label", tmp_path / "corpus", "-o", tmp_path / "out.csv", "--shard", text)
+    result = run_main("label", tmp_path / "corpus", "-o", tmp_path / "out.csv", "--shard", text)
     assert result.returncode == EXIT_USAGE
     assert "--shard" in result.stderr and "Traceback" not in result.stderr
 
@@ -34,10 +34,10 @@ def test_shard_parse():
 def test_three_shards_cover_the_corpus_once_and_merge_to_the_unsharded_output(tmp_path):
     make_corpus(tmp_path / "corpus", 40)
     whole = tmp_path / "whole.csv"
-    assert run_cli("label", tmp_path / "corpus", "-o", whole).returncode == EXIT_OK
+    assert run_main("label", tmp_path / "corpus", "-o", whole).returncode == EXIT_OK
     shards = [tmp_path / f"out-{k}.csv" for k in range(3)]
     for k, shard in enumerate(shards):
-        result = run_cli("label", tmp_path / "corpus", "-o", shard, "--shard", f"{k}/3", "-j", "1")
+        result = run_main("label", tmp_path / "corpus", "-o", shard, "--shard", f"{k}/3", "-j", "1")
         assert result.returncode == EXIT_OK, result.stderr
     sizes = [len(read_rows(s)) for s in shards]
     assert sum(sizes) == 40 and all(0 < n < 40 for n in sizes)
@@ -45,7 +45,7 @@ def test_three_shards_cover_the_corpus_once_and_merge_to_the_unsharded_output(tm
         assert all(shard_of(r["path"], 3) == k for r in read_rows(shard))
 
     merged = tmp_path / "merged.csv"
-    result = run_cli("merge", *shards, "-o", merged, "--inputs", tmp_path / "corpus")
+    result = run_main("merge", *shards, "-o", merged, "--inputs", tmp_path / "corpus")
     assert result.returncode == EXIT_OK, result.stderr
     assert f"merged 3 shards: 40 files, 40 rows -> {merged}" in result.stderr
     by_path = {r["path"]: r for r in read_rows(whole)}
@@ -61,7 +61,7 @@ def test_three_shards_cover_the_corpus_once_and_merge_to_the_unsharded_output(tm
             assert float(row[column]) == pytest.approx(float(whole_row[column]), abs=1e-5), column
 
     # A shard rerun is incremental like any label run.
-    again = run_cli("label", tmp_path / "corpus", "-o", shards[0], "--shard", "0/3")
+    again = run_main("label", tmp_path / "corpus", "-o", shards[0], "--shard", "0/3")
     assert f"skipped {sizes[0]} unchanged" in again.stderr
 
 
@@ -69,16 +69,16 @@ def test_merge_reports_a_missing_shard_and_a_duplicated_one(tmp_path):
     make_corpus(tmp_path / "corpus", 20)
     shards = [tmp_path / f"out-{k}.csv" for k in range(2)]
     for k, shard in enumerate(shards):
-        assert run_cli("label", tmp_path / "corpus", "-o", shard, "--shard", f"{k}/2", "-j", "1").returncode == EXIT_OK
+        assert run_main("label", tmp_path / "corpus", "-o", shard, "--shard", f"{k}/2", "-j", "1").returncode == EXIT_OK
     n0 = len(read_rows(shards[0]))
 
     merged = tmp_path / "merged.csv"
-    missing = run_cli("merge", shards[0], "-o", merged, "--inputs", tmp_path / "corpus")
+    missing = run_main("merge", shards[0], "-o", merged, "--inputs", tmp_path / "corpus")
     assert missing.returncode == EXIT_PARTIAL
     assert f"{20 - n0} missing from every shard (" in missing.stderr
     assert len(read_rows(merged)) == n0  # still written: the rows it has are good
 
-    doubled = run_cli("merge", shards[0], shards[1], shards[0], "-o", merged)
+    doubled = run_main("merge", shards[0], shards[1], shards[0], "-o", merged)
     assert doubled.returncode == EXIT_PARTIAL
     assert f"20 files, 20 rows -> {merged}; {n0} duplicated, kept the first copy" in doubled.stderr
     assert sorted(r["path"] for r in read_rows(merged)) == sorted(
@@ -89,17 +89,17 @@ def test_merge_reports_a_missing_shard_and_a_duplicated_one(tmp_path):
 def test_merge_to_jsonl_keeps_numbers_typed_and_refuses_shards_of_other_runs(tmp_path):
     make_corpus(tmp_path / "corpus", 6)
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    assert run_cli("label", tmp_path / "corpus", "-o", a, "--shard", "0/2").returncode == EXIT_OK
-    assert run_cli("label", tmp_path / "corpus", "-o", b, "--shard", "1/2", "--window", "0.5").returncode in (EXIT_OK, EXIT_PARTIAL)
+    assert run_main("label", tmp_path / "corpus", "-o", a, "--shard", "0/2").returncode == EXIT_OK
+    assert run_main("label", tmp_path / "corpus", "-o", b, "--shard", "1/2", "--window", "0.5").returncode in (EXIT_OK, EXIT_PARTIAL)
     merged = tmp_path / "m.jsonl"
-    assert run_cli("merge", a, "-o", merged).returncode == EXIT_OK
+    assert run_main("merge", a, "-o", merged).returncode == EXIT_OK
     records = [json.loads(line) for line in merged.read_text().splitlines()]
     assert records and all(isinstance(r["confidence"], float) and isinstance(r["file_size"], int) for r in records)
 
-    mixed = run_cli("merge", a, b, "-o", tmp_path / "m.csv")
+    mixed = run_main("merge", a, b, "-o", tmp_path / "m.csv")
     assert mixed.returncode == EXIT_ERROR
     assert mixed.stderr.startswith(f"error: {b}: has other columns than {a}")
     assert not (tmp_path / "m.csv").exists()
 
-    into_itself = run_cli("merge", a, "-o", a)
+    into_itself = run_main("merge", a, "-o", a)
     assert into_itself.returncode == EXIT_ERROR and "is also one of the shards" in into_itself.stderr

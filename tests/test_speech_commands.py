@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run_cli
+from conftest import run_main
 from sc_tree import NOISE_TONES, RATE, make_tree
 
 from kwsbatch.corpus.speech_commands import DatasetError, ManifestConfig, speaker_of, which_set, write_manifests
@@ -71,7 +71,7 @@ def tree(tmp_path_factory):
 def manifests(tree, tmp_path_factory):
     root, _ = tree
     out = tmp_path_factory.mktemp("manifests")
-    run_cli("manifest", root, "-o", out, "--words", KEYWORDS, check=True)
+    run_main("manifest", root, "-o", out, "--words", KEYWORDS, check=True)
     return out
 
 
@@ -126,7 +126,7 @@ def test_silence_is_cut_from_its_own_split_stretch_of_the_noise(manifests):
 def test_same_settings_give_identical_files(tree, manifests):
     root, _ = tree
     again = manifests.parent / f"{manifests.name}-again"  # a sibling: the relative paths match
-    run_cli("manifest", root, "-o", again, "--words", KEYWORDS, check=True)
+    run_main("manifest", root, "-o", again, "--words", KEYWORDS, check=True)
     for name in ("train.csv", "val.csv", "test.csv", "splits.json"):
         assert (again / name).read_bytes() == (manifests / name).read_bytes()
     clips = sorted(p.name for p in (manifests / "_silence_").iterdir())
@@ -137,9 +137,9 @@ def test_same_settings_give_identical_files(tree, manifests):
 def test_rerun_replaces_earlier_silence_clips(tree, tmp_path):
     root, _ = tree
     out = tmp_path / "m"
-    run_cli("manifest", root, "-o", out, "--words", KEYWORDS, "--silence-percent", "50", check=True)
+    run_main("manifest", root, "-o", out, "--words", KEYWORDS, "--silence-percent", "50", check=True)
     many = len(list((out / "_silence_").iterdir()))
-    run_cli("manifest", root, "-o", out, "--words", KEYWORDS, check=True)
+    run_main("manifest", root, "-o", out, "--words", KEYWORDS, check=True)
     listed = {r["path"] for s in ("train", "val", "test") for r in _rows(out / f"{s}.csv") if r["label"] == "_silence_"}
     assert {f"_silence_/{p.name}" for p in (out / "_silence_").iterdir()} == listed
     assert len(listed) < many
@@ -153,7 +153,7 @@ def test_list_files_decide_the_split_when_present(tmp_path):
     (root / "testing_list.txt").write_text(f"yes/{train_speaker}_nohash_0.wav\nyes/gone_nohash_0.wav\n")
     (root / "validation_list.txt").write_text(f"yes/{speakers['test'][0]}_nohash_1.wav\n\n")
     out = tmp_path / "m"
-    result = run_cli("manifest", root, "-o", out, "--words", "yes", check=True)
+    result = run_main("manifest", root, "-o", out, "--words", "yes", check=True)
     assert "1 files named in the split lists are not in" in result.stderr
     test = [r["path"] for r in _rows(out / "test.csv") if r["label"] == "yes"]
     val = [r["path"] for r in _rows(out / "val.csv") if r["label"] == "yes"]
@@ -166,12 +166,12 @@ def test_list_files_decide_the_split_when_present(tmp_path):
 def test_all_words_and_all_unknowns(tree, tmp_path):
     root, _ = tree
     out = tmp_path / "all"
-    run_cli("manifest", root, "-o", out, "--words", "all", "--silence-percent", "0", check=True)
+    run_main("manifest", root, "-o", out, "--words", "all", "--silence-percent", "0", check=True)
     labels = {r["label"] for s in ("train", "val", "test") for r in _rows(out / f"{s}.csv")}
     assert labels == {"yes", "no", "up", "cat", "dog"}
     assert not (out / "_silence_").exists()
     out = tmp_path / "unknown"
-    run_cli("manifest", root, "-o", out, "--words", "yes", "--unknown-percent", "all", check=True)
+    run_main("manifest", root, "-o", out, "--words", "yes", "--unknown-percent", "all", check=True)
     unknown = [r for s in ("train", "val", "test") for r in _rows(out / f"{s}.csv") if r["label"] == "_unknown_"]
     assert len(unknown) == 4 * 8 * 2  # no, up, cat, dog x 8 speakers x 2 utterances
     assert json.loads((out / "splits.json").read_text())["settings"]["unknown_percent"] == "all"
@@ -190,7 +190,7 @@ def test_unknown_choice_depends_on_seed_not_on_other_files(tree, tmp_path):
 
 def test_missing_word_is_a_one_line_error(tree, tmp_path):
     root, _ = tree
-    result = run_cli("manifest", root, "-o", tmp_path / "m", "--words", "yes,marvin")
+    result = run_main("manifest", root, "-o", tmp_path / "m", "--words", "yes,marvin")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: no folder of clips for marvin (found: cat, dog, no, up, yes)"]
@@ -198,7 +198,7 @@ def test_missing_word_is_a_one_line_error(tree, tmp_path):
 
 def test_default_words_are_the_standard_ten(tree, tmp_path):
     root, _ = tree
-    result = run_cli("manifest", root, "-o", tmp_path / "m")
+    result = run_main("manifest", root, "-o", tmp_path / "m")
     assert result.returncode == 1
     assert "no folder of clips for down, left, right, on, off, stop, go (found: cat, dog, no, up, yes)" in result.stderr
 
@@ -206,10 +206,10 @@ def test_default_words_are_the_standard_ten(tree, tmp_path):
 def test_no_background_noise_asks_for_silence_percent_zero(tmp_path):
     root = tmp_path / "sc"
     make_tree(root, words=("yes", "no"), noise=False)
-    result = run_cli("manifest", root, "-o", tmp_path / "m", "--words", "yes")
+    result = run_main("manifest", root, "-o", tmp_path / "m", "--words", "yes")
     assert result.returncode == 1
     assert "pass --silence-percent 0" in result.stderr
-    run_cli("manifest", root, "-o", tmp_path / "m", "--words", "yes", "--silence-percent", "0", check=True)
+    run_main("manifest", root, "-o", tmp_path / "m", "--words", "yes", "--silence-percent", "0", check=True)
 
 
 def test_bad_settings_are_refused():
@@ -228,7 +228,7 @@ def test_a_silence_folder_in_the_tree_is_used_instead_of_cutting(tmp_path):
     for speaker in speakers["train"] + speakers["test"]:
         sf.write(root / "_silence_" / f"{speaker}_nohash_0.wav", np.zeros(RATE, dtype=np.float32), RATE)
     out = tmp_path / "m"
-    run_cli("manifest", root, "-o", out, "--words", "yes", check=True)
+    run_main("manifest", root, "-o", out, "--words", "yes", check=True)
     assert not (out / "_silence_").exists()
     for split in ("train", "test"):
         silence = [r for r in _rows(out / f"{split}.csv") if r["label"] == "_silence_"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.model.checkpoint import checkpoint_id, load_checkpoint
 
@@ -19,7 +19,7 @@ TINY = ("--epochs", "1", "--batch-size", "8", "--hidden", "16", "--layers", "1",
 def tiny_train(corpus: Path, out: Path, *extra: str, epochs: int = 1, check: bool = True):
     args = ["train", corpus / "train.csv", "-o", out, *TINY, *extra]
     args[args.index("--epochs") + 1] = str(epochs)
-    return run_cli(*args, check=check)
+    return run_main(*args, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +70,10 @@ def test_background_noise_comes_from_noise_dir(speech_corpus, noise_dir, tmp_pat
 @pytest.mark.parametrize(
     "flags, status, message",
     [
-        (("--speed", "1,2,1"), 1, "error: invalid training settings: PlaySpeed: need 0.25 <= min_rate <= max_rate <= 4, got 2.0, 1.0"),
-        (("--amplify", "1,2,3,4"), 1, "error: invalid training settings: --amplify takes at most 3 numbers, got 4"),
-        (("--time-mask", "0.5,2.5"), 1, "error: invalid training settings: frame and coefficient counts must be whole numbers, got 2.5"),
-        (("--conv-stride", "0"), 1, "error: invalid model settings: need conv_channels >= 0, conv_kernel >= 1, conv_stride >= 1"),
+        (("--speed", "1,2,1"), 2, "argument --speed: PlaySpeed: need 0.25 <= min_rate <= max_rate <= 4, got 2.0, 1.0"),
+        (("--amplify", "1,2,3,4"), 2, "argument --amplify: takes at most 3 numbers, got 4"),
+        (("--time-mask", "0.5,2.5"), 2, "argument --time-mask: frame and coefficient counts must be whole numbers, got 2.5"),
+        (("--conv-stride", "0"), 2, "argument --conv-stride: must be at least 1, got 0"),
         (("--time-shift", "a,b"), 2, "argument --time-shift: expected comma-separated numbers, got 'a,b'"),
         (("--augment", "wild"), 2, "argument --augment: invalid choice: 'wild'"),
     ],
@@ -117,7 +117,7 @@ def test_resume_with_other_model_settings_is_refused(speech_corpus, tmp_path):
 def test_finetune_trains_only_the_classifier_and_says_what_it_kept(speech_corpus, trained_model, tmp_path):
     manifest = subset_manifest(speech_corpus, {"yes", "no", "up"}, tmp_path / "three.csv")
     # A high learning rate, weight decay and dropout flags would all move any weight the optimizer held.
-    result = run_cli(
+    result = run_main(
         "train", manifest, "-o", tmp_path / "ft", "--finetune", trained_model, "--epochs", "2", "--batch-size", "8",
         "--lr", "0.05", "--weight-decay", "0.1", "--val-fraction", "0.25",
     )
@@ -137,7 +137,7 @@ def test_finetune_trains_only_the_classifier_and_says_what_it_kept(speech_corpus
 
 
 def test_finetune_on_the_same_classes_starts_from_the_whole_model(speech_corpus, trained_model, tmp_path):
-    result = run_cli(
+    result = run_main(
         "train", speech_corpus / "train.csv", "-o", tmp_path / "ft", "--finetune", trained_model,
         "--epochs", "1", "--batch-size", "8", "--lr", "0.05", "--val-fraction", "0.25",
     )

@@ -92,7 +92,7 @@ def test_init_maps_classifier_rows_by_class_name(speech_corpus, base, tmp_path):
 def test_init_and_finetune_together_is_a_usage_error(speech_corpus, base, tmp_path):
     result = run_cli("train", speech_corpus / "train.csv", "--init", base, "--finetune", base, "-o", tmp_path / "run")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("argument --finetune: not allowed with argument --init")
+    assert result.stderr.strip().splitlines()[-1].endswith("argument --init: start from one checkpoint: --finetune (the classifier) or --init (every layer), not both")
 
 
 def test_init_from_a_missing_checkpoint_is_an_error(speech_corpus, tmp_path):

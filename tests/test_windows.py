@@ -6,7 +6,8 @@ import soundfile as sf
 
 from kwsbatch.classes import is_background
 from kwsbatch.errors import AudioError
-from kwsbatch.label.windows import DetectionMerger, WindowConfig, WindowReader, merge_detections
+from kwsbatch.label.config import WindowConfig
+from kwsbatch.label.windows import DetectionMerger, WindowReader, merge_detections
 
 CLASSES = ("_silence_", "_unknown_", "no", "yes")
 
@@ -120,5 +121,5 @@ def test_a_threshold_at_a_windows_own_probability_keeps_it():
 
 @pytest.mark.parametrize("threshold", [-0.1, 1.5])
 def test_window_threshold_is_a_probability(threshold):
-    with pytest.raises(ValueError, match="--threshold must be a probability"):
+    with pytest.raises(ValueError, match="threshold: must be a probability"):
         WindowConfig(1.0, 0.5, threshold)

@@ -41,6 +41,7 @@ import soundfile as sf
 from kwsbatch.errors import KwsError
 from kwsbatch.files.manifest import ManifestRow, is_manifest_path, iter_manifest, iter_tree
 from kwsbatch.progress import Reporter
+from kwsbatch.settings import ONE_PER_CORE, worker_count
 
 # Upper bin edges in seconds; Speech Commands clips are at most 1 s, so [0.75, 1) vs [1, 1.5)
 # separates its short clips from its full ones.
@@ -201,11 +202,12 @@ class CheckReport:
         }
 
 
-def check_corpus(inputs: Sequence[str], *, jobs: int = 1, max_listed: int = 1000, chunk_size: int = 64,
+def check_corpus(inputs: Sequence[str], *, jobs: int = ONE_PER_CORE, max_listed: int = 1000, chunk_size: int = 64,
                  reporter: Reporter | None = None) -> CheckReport:
     """Audit the files that inputs (manifests and folders) list; see the module docstring."""
-    if jobs < 1:
-        raise KwsError(f"jobs must be at least 1, got {jobs}")
+    if jobs < 0:
+        raise KwsError(f"jobs must be at least 0, got {jobs}")
+    jobs = worker_count(jobs)
     reporter = reporter or Reporter()
     report = CheckReport(inputs=[str(i) for i in inputs])
     with tempfile.TemporaryDirectory(prefix="kwsbatch-check-") as tmp:

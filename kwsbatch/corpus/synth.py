@@ -58,6 +58,7 @@ import torch
 import torchaudio.functional as AF
 
 from kwsbatch.errors import KwsError
+from kwsbatch.settings import ONE_PER_CORE, worker_count
 
 UNKNOWN = "_unknown_"
 SILENCE = "_silence_"
@@ -671,16 +672,16 @@ def _write_background(out_dir: Path, config: SynthConfig, engines: dict[str, Eng
 # ------------------------------------------------------------------------------- entry points
 
 
-def synthesize_corpus(config: SynthConfig, out_dir: str | Path, *, jobs: int = 1,
+def synthesize_corpus(config: SynthConfig, out_dir: str | Path, *, jobs: int = ONE_PER_CORE,
                       progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """Write the corpus under out_dir (new or empty) and return its manifest.
 
-    jobs: clips rendered at once; threads suffice since the engines run as subprocesses.
+    jobs: clips rendered at once (0: one per core); threads suffice since the engines run as subprocesses.
     progress: called with the number of clips just written (e.g. rich's `advance`); the total is
     `config.n_clips`.
     """
-    if jobs < 1:
-        raise SynthError(f"jobs must be at least 1, got {jobs}")
+    if jobs < 0:
+        raise SynthError(f"jobs must be at least 0, got {jobs}")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SynthError(f"{out_dir} exists and is not an empty directory: choose a new -o")
@@ -696,7 +697,7 @@ def synthesize_corpus(config: SynthConfig, out_dir: str | Path, *, jobs: int = 1
     def work(clip: _Clip) -> None:
         _write_wav(out_dir / clip.path, _render(clip, config, by_name), config.sample_rate)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with ThreadPoolExecutor(max_workers=worker_count(jobs)) as pool:
         try:
             for _ in pool.map(work, clips):
                 if progress is not None:

@@ -10,8 +10,9 @@ import pandas as pd
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.files.manifest import check_known_labels, read_manifest
 from kwsbatch.files.output import read_label_output
+from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.job import output_row_key, row_key
-from kwsbatch.label.pipeline import LabelConfig, score_files
+from kwsbatch.label.pipeline import score_files
 from kwsbatch.label.rows import RowLayout
 from kwsbatch.model.checkpoint import load_checkpoint
 from kwsbatch.model.scorer import Scorer
@@ -23,8 +24,7 @@ def predict_manifest(
     model: str | os.PathLike,
     *,
     device: str = "auto",
-    batch_size: int = 64,
-    jobs: int = 1,
+    config: LabelConfig = LabelConfig(),
     reporter: Reporter | None = None,
     manifest_format: str | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...], dict]:
@@ -39,7 +39,7 @@ def predict_manifest(
     columns = layout.columns(["label", *extras])
     results = []
     reporter.start("evaluating", len(rows))
-    for task, task_results in score_files(scorer, rows, LabelConfig(batch_size=batch_size, jobs=jobs), ordered=True):
+    for task, task_results in score_files(scorer, rows, config, ordered=True):
         for row, result in zip(task, task_results):
             (fields,) = layout.result_fields(result)
             results.append({**layout.input_fields(row), **fields})

@@ -35,9 +35,10 @@ from kwsbatch.classes import is_background
 from kwsbatch.errors import ManifestError
 from kwsbatch.evaluate.sweep import SHOWN_THRESHOLDS, THRESHOLDS
 from kwsbatch.files.manifest import ManifestRow, is_manifest_name, iter_manifest, manifest_header
-from kwsbatch.label.pipeline import LabelConfig, score_files
+from kwsbatch.label.config import LabelConfig, WindowConfig
+from kwsbatch.label.pipeline import score_files
 from kwsbatch.label.rows import FileResult
-from kwsbatch.label.windows import Detection, WindowConfig, merge_detections
+from kwsbatch.label.windows import Detection, merge_detections
 from kwsbatch.model.checkpoint import load_checkpoint
 from kwsbatch.model.scorer import Scorer
 from kwsbatch.progress import Reporter

@@ -190,12 +190,6 @@ class Resampler:
         return step, self.target_rate // gcd, transform.width, kernel
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int, *, max_seconds: float | None = DEFAULT_MAX_SECONDS):
-    """Decode, mix to mono and resample one file: (n_samples,) float32 tensor at sample_rate."""
-    clip = decode_audio(path, max_seconds=max_seconds)
-    return Resampler(sample_rate)(clip.samples, clip.sample_rate)
-
-
 def _segment_frames(f: sf.SoundFile, path, offset: float | None, duration: float | None) -> tuple[int, int]:
     """(first frame, frame count) to read: the whole file, or the segment from offset (to the end without duration)."""
     if offset is None:

@@ -1,19 +1,22 @@
-"""Where `label` writes its rows: CSV (label.py's writer), JSON lines, or Parquet.
+"""Where `label` (and `merge`) write their rows: CSV, JSON lines, or Parquet; and reading them back.
 
 All three hold the same fields in the same order. CSV is text; JSON lines and Parquet carry
 numbers as numbers (``confidence``, ``p_<class>``, ``duration_s`` as floats, ``sample_rate`` and
 ``channels`` as integers, null on a failed row) and everything else as text, so a reader gets
-typed columns without guessing. Every format is written to a temporary file and renamed at the
-end, and streamed: a corpus of millions of rows is never held in memory.
+typed columns without guessing (label/rows.py says which columns are numbers). One writer,
+write_label_rows, serves every format: to a file (a temporary one, renamed at the end) or to a
+stream, and streamed: a corpus of millions of rows is never held in memory.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.atomic import atomic_write
@@ -24,7 +27,7 @@ PARQUET_ROWS_PER_GROUP = 65536  # rows buffered before each Parquet row group is
 
 
 def output_format(out: str | os.PathLike | None, given: str | None = None) -> str:
-    """The format asked for (--format), else the one the output's extension names, else CSV."""
+    """The format asked for (--output-format), else the one the output's extension names, else CSV."""
     if given is not None:
         if given not in OUTPUT_FORMATS:
             raise KwsError(f"unknown output format {given!r} (choose from {', '.join(OUTPUT_FORMATS)})")
@@ -34,39 +37,30 @@ def output_format(out: str | os.PathLike | None, given: str | None = None) -> st
     return _EXTENSIONS.get(Path(out).suffix.lower(), "csv")
 
 
-def column_types(classes: Iterable[str]) -> dict[str, type]:
-    """The numeric columns of a label output for these classes; every other column is text."""
-    return {"confidence": float, **{f"p_{c}": float for c in classes}, "duration_s": float, "sample_rate": int, "channels": int}
-
-
-def write_predictions(
-    results: Iterable[dict],
-    out: str | os.PathLike | None,
-    columns: list[str],
+def write_label_rows(
+    rows: Iterable[Sequence],
+    out: str | os.PathLike | TextIO,
+    columns: Sequence[str],
     types: dict[str, type],
     *,
     output_format: str = "csv",
-    on_row: Callable[[dict], None] | None = None,
 ) -> None:
-    """Stream rows to out (standard output when None or '-') in output_format."""
-    if output_format == "csv":
-        _write_csv(results, out, columns, on_row)
-        return
-    rows = _typed_rows(results, columns, types, on_row)
-    if output_format == "jsonl":
-        if out is None or str(out) == "-":
-            import sys
+    """Stream rows (values in columns order; text, or numbers for the typed formats) to out in output_format.
 
-            _write_json_lines(sys.stdout, rows)
-            return
-        with atomic_write(Path(out), "w", encoding="utf-8", newline="\n") as f:
-            _write_json_lines(f, rows)
-    elif output_format == "parquet":
-        if out is None or str(out) == "-":
-            raise KwsError("parquet output needs a file: pass -o out.parquet")
-        _write_parquet(rows, Path(out), columns, types)
-    else:
+    out is a path, written atomically, or an open text stream (standard output) for CSV and JSON lines.
+    types maps the numeric columns to float or int; every other column is text.
+    """
+    if output_format not in OUTPUT_FORMATS:
         raise KwsError(f"unknown output format {output_format!r} (choose from {', '.join(OUTPUT_FORMATS)})")
+    write = {"csv": _write_csv, "jsonl": _write_json_lines, "parquet": _write_parquet}[output_format]
+    if not isinstance(out, (str, os.PathLike)):
+        if output_format == "parquet":
+            raise KwsError("parquet output needs a file: pass -o out.parquet")
+        write(out, rows, columns, types)
+        return
+    binary = output_format == "parquet"
+    with atomic_write(Path(out), "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as f:
+        write(f, rows, columns, types)
 
 
 def label_output_header(path: str | os.PathLike, kind: str) -> list[str]:
@@ -149,21 +143,14 @@ def _read_parquet(path: str | os.PathLike) -> list[dict]:
         raise KwsError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
 
 
-def json_line(values: Iterable, columns: list[str], types: dict[str, type]) -> str:
-    """One output row as a JSON line, numbers as numbers and null for a failed row's empty fields."""
-    record = {c: _typed(v, types.get(c, str)) for c, v in zip(columns, values)}
-    return json.dumps(record, ensure_ascii=False) + "\n"
-
-
 def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _typed_rows(results: Iterable[dict], columns: list[str], types: dict[str, type], on_row) -> Iterator[dict]:
-    for result in results:
-        yield {c: _typed(result.get(c, ""), types.get(c, str)) for c in columns}
-        if on_row is not None:
-            on_row(result)
+def _typed_records(rows: Iterable[Sequence], columns: Sequence[str], types: dict[str, type]) -> Iterator[dict]:
+    kinds = [types.get(c, str) for c in columns]
+    for values in rows:
+        yield {c: _typed(v, kind) for c, v, kind in zip(columns, values, kinds)}
 
 
 def _typed(value: object, kind: type) -> object:
@@ -172,30 +159,18 @@ def _typed(value: object, kind: type) -> object:
     return None if value in ("", None) else kind(value)
 
 
-def _write_csv(results: Iterable[dict], out, columns: list[str], on_row) -> None:
-    def write(f) -> None:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
-        writer.writeheader()
-        for result in results:
-            writer.writerow(result)
-            if on_row is not None:
-                on_row(result)
-
-    if out is None or str(out) == "-":
-        import sys
-
-        write(sys.stdout)
-    else:
-        with atomic_write(Path(out), "w", newline="", encoding="utf-8") as f:
-            write(f)
+def _write_csv(f: TextIO, rows: Iterable[Sequence], columns: Sequence[str], types: dict[str, type]) -> None:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    writer.writerows(rows)
 
 
-def _write_json_lines(f, rows: Iterable[dict]) -> None:
-    for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+def _write_json_lines(f: TextIO, rows: Iterable[Sequence], columns: Sequence[str], types: dict[str, type]) -> None:
+    for record in _typed_records(rows, columns, types):
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _write_parquet(rows: Iterable[dict], out: Path, columns: list[str], types: dict[str, type]) -> None:
+def _write_parquet(f: BinaryIO, rows: Iterable[Sequence], columns: Sequence[str], types: dict[str, type]) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -203,14 +178,8 @@ def _write_parquet(rows: Iterable[dict], out: Path, columns: list[str], types: d
         raise KwsError("parquet output needs pyarrow: pip install 'kwsbatch[parquet]'") from None
     arrow_types = {str: pa.string(), float: pa.float64(), int: pa.int64()}
     schema = pa.schema([(c, arrow_types[types.get(c, str)]) for c in columns])
-    with atomic_write(out, "wb") as f:
-        writer = pq.ParquetWriter(f, schema)
-        batch: list[dict] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == PARQUET_ROWS_PER_GROUP:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch = []
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-        writer.close()
+    writer = pq.ParquetWriter(f, schema)
+    records = _typed_records(rows, columns, types)
+    while batch := list(itertools.islice(records, PARQUET_ROWS_PER_GROUP)):
+        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    writer.close()

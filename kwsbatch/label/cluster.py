@@ -22,7 +22,8 @@ from pathlib import Path
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.manifest import ManifestRow, chunked
-from kwsbatch.label.pipeline import LabelConfig, score_files
+from kwsbatch.label.config import LabelConfig
+from kwsbatch.label.pipeline import score_files
 from kwsbatch.label.rows import FileResult
 from kwsbatch.model.scorer import Scorer
 

@@ -24,17 +24,17 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TextIO
 
 from kwsbatch.errors import KwsError
-from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
+from kwsbatch.files.atomic import remove_stale_temporaries
 from kwsbatch.files.lock import output_lock
-from kwsbatch.files.manifest import ManifestRow, check_inputs_exist, input_extra_columns, iter_inputs
-from kwsbatch.files.output import column_types, iter_label_output, json_line, label_output_header, write_predictions
+from kwsbatch.files.manifest import ManifestRow, check_inputs_exist, iter_inputs
+from kwsbatch.files.output import iter_label_output, label_output_header, write_label_rows
+from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.journal import Journal, file_identity, journal_path, remove_journal
-from kwsbatch.label.pipeline import LabelConfig, Score
-from kwsbatch.label.rows import FILE_COLUMNS, FileResult, RowLayout
+from kwsbatch.label.pipeline import Score
+from kwsbatch.label.rows import FILE_COLUMNS, OutputColumns, RowLayout
 from kwsbatch.label.shard import Shard, select_shard
 from kwsbatch.progress import Reporter
 
@@ -107,8 +107,7 @@ def run_label_job(
     reporter = reporter or Reporter()
     check_inputs_exist(inputs)
     out = Path(out)
-    windowed = config.window is not None
-    columns = _Columns(layout, inputs, windowed, manifest_format)
+    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format)
     summary = JobSummary(out=str(out))
     if out.is_dir():
         raise KwsError(f"{out}: is a folder; -o takes the path of the CSV file to write")
@@ -116,14 +115,7 @@ def run_label_job(
         started = time.perf_counter()
         remove_stale_temporaries(out)  # half-written outputs of killed runs: ours to clean, under the lock
         importable = not force and _check_previous(out, output_format, columns, reporter)
-        settings = {
-            "model": layout.model_id,
-            "columns": columns.own,
-            "max_seconds": config.max_seconds,
-            "window": [config.window.window_s, config.window.hop_s, config.window.threshold] if windowed else None,
-            "threshold": layout.threshold,
-        }
-        journal = Journal.open(journal_path(out), settings, out)
+        journal = Journal.open(journal_path(out), _journal_settings(layout, columns, config), out)
         try:
             if journal.resumed:
                 reporter.log(f"resuming an interrupted run: {journal.labelled_count():,} files already labelled")
@@ -135,13 +127,7 @@ def run_label_job(
             # only, so results cached for another shard's files are never written.
             rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
             _label_new_files(score, rows, journal, config, columns, summary, reporter)
-            try:
-                _write_output(out, output_format, journal, columns, summary)
-            except OSError as e:  # a full disk or a read-only folder: the rename never happened
-                raise KwsError(
-                    f"{out}: cannot write the output ({e.strerror or e}); the previous {out.name} is unchanged "
-                    f"and labelled files are kept in {journal.path}: fix that and run the same command again"
-                ) from None
+            _write_output(out, output_format, journal, columns, summary)
         except sqlite3.Error as e:  # the journal's disk filled up (or it broke) mid-run
             raise KwsError(
                 f"{journal.path}: cannot record results ({e}); {out} is unchanged: free space and run the same command again"
@@ -152,6 +138,12 @@ def run_label_job(
         summary.seconds = time.perf_counter() - started
     summary.peak_rss = peak_rss()
     return summary
+
+
+def _journal_settings(layout: RowLayout, columns: OutputColumns, config: LabelConfig) -> dict:
+    """What a journal's results depend on: a killed run's journal is resumed only under the same."""
+    window = [config.window.window_s, config.window.hop_s, config.window.threshold] if config.window is not None else None
+    return {"model": layout.model_id, "columns": columns.own, "max_seconds": config.max_seconds, "window": window, "threshold": layout.threshold}
 
 
 # A segment of a file (a manifest row with an offset) is its own entry: path, mark, offset, duration.
@@ -177,40 +169,12 @@ def output_row_key(record: dict[str, str]) -> str:
         return record["path"]
 
 
-class _Columns:
-    """The output's columns in their three groups, and rows as plain value lists in that order.
-
-    The journal stores values, not dicts, and the output is written with csv.writer: on a rerun
-    over millions of unchanged files, copying rows is most of the work.
-    """
-
-    def __init__(self, layout: RowLayout, inputs: list[str], windowed: bool, manifest_format: str | None = None):
-        self.layout = layout
-        self.own = layout.columns(windowed=windowed)  # path, then the model's columns
-        self.results = self.own[1:]
-        extras = input_extra_columns(inputs, manifest_format=manifest_format)
-        self.all = layout.columns(extras, windowed=windowed, file_columns=True)
-        self.extras = self.all[len(self.own) + len(FILE_COLUMNS) :]
-
-    def input_values(self, row: ManifestRow) -> list[str]:
-        fields = self.layout.input_fields(row)
-        return [fields.get(c, "") for c in self.extras]
-
-    def result_values(self, result: FileResult) -> list[list]:
-        return [[fields.get(c, "") for c in self.results] for fields in self.layout.result_fields(result)]
-
-    def types(self) -> dict[str, type]:
-        """Numeric columns, for the typed formats (JSON lines, Parquet)."""
-        window = {"start_s": float, "end_s": float} if "start_s" in self.own else {}
-        return {**column_types(self.layout.classes), **window, **{c: int for c in FILE_COLUMNS}}
-
-
 def _label_new_files(
     score: Score,
     rows: Iterable[ManifestRow],
     journal: Journal,
     config: LabelConfig,
-    columns: _Columns,
+    columns: OutputColumns,
     summary: JobSummary,
     reporter: Reporter,
 ) -> None:
@@ -228,7 +192,7 @@ def _label_new_files(
 
 
 def _new_files(
-    rows: Iterable[ManifestRow], journal: Journal, columns: _Columns, identities: dict, summary: JobSummary, reporter: Reporter
+    rows: Iterable[ManifestRow], journal: Journal, columns: OutputColumns, identities: dict, summary: JobSummary, reporter: Reporter
 ) -> Iterator[ManifestRow]:
     """Record every input row, yielding only the files that have no result for their current state."""
     for n, row in enumerate(rows, 1):
@@ -249,7 +213,7 @@ def _new_files(
             summary.resumed += 1
 
 
-def _check_previous(out: Path, output_format: str, columns: _Columns, reporter: Reporter) -> bool:
+def _check_previous(out: Path, output_format: str, columns: OutputColumns, reporter: Reporter) -> bool:
     """Whether out holds rows this run can keep; refuse to replace a file that is not a label output."""
     if not out.exists():
         return False
@@ -268,7 +232,7 @@ def _check_previous(out: Path, output_format: str, columns: _Columns, reporter: 
     return not missing
 
 
-def _previous_results(out: Path, output_format: str, columns: _Columns, model_id: str) -> Iterator[tuple[str, int, int, list[list]]]:
+def _previous_results(out: Path, output_format: str, columns: OutputColumns, model_id: str) -> Iterator[tuple[str, int, int, list[list]]]:
     """(path, size, mtime_ns, rows) of the previous output's files that this model labelled without error."""
     try:
         # Window mode writes a file's detections on consecutive rows.
@@ -286,20 +250,18 @@ def _previous_results(out: Path, output_format: str, columns: _Columns, model_id
         raise KwsError(f"{out}: cannot read the previous output ({e}); move it away, or use --force to overwrite it") from None
 
 
-def _write_output(out: Path, output_format: str, journal: Journal, columns: _Columns, summary: JobSummary) -> None:
-    """Write the journal's rows to out atomically: CSV straight from value lists, else typed records."""
-    rows = _output_values(journal, columns, summary)
-    if output_format == "csv":
-        with atomic_write(out, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns.all)
-            writer.writerows(rows)
-    else:
-        records = (dict(zip(columns.all, values)) for values in rows)
-        write_predictions(records, out, columns.all, columns.types(), output_format=output_format)
+def _write_output(out: Path, output_format: str, journal: Journal, columns: OutputColumns, summary: JobSummary) -> None:
+    """Write the journal's rows to out atomically."""
+    try:
+        write_label_rows(_output_values(journal, columns, summary), out, columns.all, columns.types, output_format=output_format)
+    except OSError as e:  # a full disk or a read-only folder: the rename never happened
+        raise KwsError(
+            f"{out}: cannot write the output ({e.strerror or e}); the previous {out.name} is unchanged "
+            f"and labelled files are kept in {journal.path}: fix that and run the same command again"
+        ) from None
 
 
-def _output_values(journal: Journal, columns: _Columns, summary: JobSummary) -> Iterator[list]:
+def _output_values(journal: Journal, columns: OutputColumns, summary: JobSummary) -> Iterator[list]:
     error = columns.results.index("error")
     summary.failed = 0
     for key, extras, identity, rows in journal.output():
@@ -319,38 +281,39 @@ def stream_labels(
     *,
     output_format: str = "csv",
     manifest_format: str | None = None,
-    f: TextIO = sys.stdout,
+    f: TextIO | None = None,
     shard: Shard | None = None,
     reporter: Reporter | None = None,
 ) -> JobSummary:
-    """Label inputs to a CSV or JSON-lines stream, in input order, one row per input row: no lock, journal or skipping."""
+    """Label inputs to a CSV or JSON-lines stream (standard output by default), in input order, one row per
+    input row: no lock, journal or skipping."""
     reporter = reporter or Reporter()
     check_inputs_exist(inputs)
-    columns = _Columns(layout, inputs, config.window is not None, manifest_format)
-    if output_format == "csv":
-        writer = csv.writer(f)
-        writer.writerow(columns.all)
-    elif output_format == "jsonl":
-        types = columns.types()
-        writer = SimpleNamespace(writerow=lambda values: f.write(json_line(values, columns.all, types)))
-    else:
-        raise KwsError(f"{output_format} output needs a file: pass -o out.{output_format}")
+    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format)
     summary = JobSummary(out="standard output")
     started = time.perf_counter()
+    rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
     reporter.start("labelling", None)
     try:
-        for task, results in score(select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard), config, ordered=True):
-            for row, result in zip(task, results):
-                size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
-                rows = columns.result_values(result)
-                for values in rows:
-                    writer.writerow([row.path, *values, size, mtime_ns, *columns.input_values(row)])
-                summary.rows += len(rows)
-            summary.labelled += len(task)
-            summary.failed += sum(bool(r.error) for r in results)
-            reporter.advance(len(task), failed=f"{summary.failed:,}")
+        write_label_rows(_scored_rows(score, rows, config, columns, summary, reporter), f or sys.stdout, columns.all, columns.types,
+                         output_format=output_format)
     finally:
         reporter.stop()
     summary.seconds = time.perf_counter() - started
     summary.peak_rss = peak_rss()
     return summary
+
+
+def _scored_rows(score: Score, rows: Iterable[ManifestRow], config: LabelConfig, columns: OutputColumns, summary: JobSummary,
+                 reporter: Reporter) -> Iterator[list]:
+    """Each input row's output rows as value lists, in input order, as the tasks finish."""
+    for task, results in score(rows, config, ordered=True):
+        for row, result in zip(task, results):
+            size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
+            values = columns.result_values(result)
+            for result_values in values:
+                yield [row.path, *result_values, size, mtime_ns, *columns.input_values(row)]
+            summary.rows += len(values)
+        summary.labelled += len(task)
+        summary.failed += sum(bool(r.error) for r in results)
+        reporter.advance(len(task), failed=f"{summary.failed:,}")

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kwsbatch.errors import KwsError
-from kwsbatch.files.atomic import atomic_write
 from kwsbatch.files.manifest import iter_inputs
-from kwsbatch.files.output import column_types, iter_label_output, output_format, write_predictions
-from kwsbatch.label.rows import FILE_COLUMNS
+from kwsbatch.files.output import iter_label_output, output_format, write_label_rows
+from kwsbatch.label.rows import column_types
 
 LISTED = 5  # example paths named per problem in the summary line
 
@@ -82,14 +81,7 @@ def merge_outputs(
     summary = MergeSummary(out=str(out), shards=len(shards))
     seen: set[bytes] = set()
     rows = _merged_rows(shards, header, seen, summary)
-    kind = output_format(out, out_format)
-    if kind == "csv":
-        with atomic_write(out, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows([row[c] for c in header] for row in rows)
-    else:
-        write_predictions(rows, out, header, _types(header), output_format=kind)
+    write_label_rows(rows, out, header, column_types(header), output_format=output_format(out, out_format))
     if inputs is not None:
         _check_inputs(inputs, manifest_format, seen, summary)
     return summary
@@ -128,7 +120,7 @@ def _header(shard) -> list[str]:
     return []
 
 
-def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: MergeSummary) -> Iterator[dict]:
+def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: MergeSummary) -> Iterator[list[str]]:
     model = None
     for shard in shards:
         # Window mode writes a file's detections on consecutive rows: a file is a group of rows.
@@ -144,7 +136,7 @@ def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: Mer
             seen.add(key)
             summary.files += 1
             summary.rows += len(group)
-            yield from group
+            yield from ([row.get(c, "") for c in header] for row in group)
 
 
 def _check_inputs(inputs: list[str], manifest_format: str | None, seen: set[bytes], summary: MergeSummary) -> None:
@@ -157,10 +149,3 @@ def _check_inputs(inputs: list[str], manifest_format: str | None, seen: set[byte
         if key not in seen:
             summary.note("missing", row.path)
     summary.unexpected = len(seen - expected)
-
-
-def _types(header: list[str]) -> dict[str, type]:
-    """The typed formats' numeric columns, from the header alone: p_<class> names the classes."""
-    classes = [c[2:] for c in header if c.startswith("p_")]
-    window = {"start_s": float, "end_s": float} if "start_s" in header else {}
-    return {**column_types(classes), **window, **{c: int for c in FILE_COLUMNS}}

@@ -37,33 +37,13 @@ import torch
 
 from kwsbatch.errors import AudioError, KwsError
 from kwsbatch.faults import hold
-from kwsbatch.files.audio import DEFAULT_MAX_SECONDS, decode_audio
+from kwsbatch.files.audio import decode_audio
 from kwsbatch.files.manifest import ManifestRow, chunked
+from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.rows import FileResult
-from kwsbatch.label.windows import DetectionMerger, WindowConfig, WindowReader
+from kwsbatch.label.windows import DetectionMerger, WindowReader
 from kwsbatch.model.scorer import Scorer
-
-
-@dataclass(frozen=True)
-class LabelConfig:
-    batch_size: int = 64  # clips (or windows) per model batch
-    jobs: int = 0  # workers; 0: one per usable core
-    processes: bool = False  # workers are processes rather than threads (the CPU only)
-    sort_window: int = 4  # batches' worth of upcoming clips sorted by length together (one task)
-    max_seconds: float | None = DEFAULT_MAX_SECONDS  # clip mode: longer files get an error row
-    window: WindowConfig | None = None  # window mode: slide over each file, report detections
-
-    def __post_init__(self):
-        if self.batch_size < 1 or self.sort_window < 1 or self.jobs < 0:
-            raise ValueError(f"need batch_size >= 1, sort_window >= 1, jobs >= 0; got {self}")
-
-    @property
-    def workers(self) -> int:
-        return self.jobs or usable_cores()
-
-    @property
-    def task_size(self) -> int:
-        return self.batch_size * self.sort_window
+from kwsbatch.settings import worker_count
 
 
 @dataclass
@@ -100,18 +80,11 @@ def keep_freed_memory() -> None:
         pass
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def score_files(
     scorer: Scorer, rows: Iterable[ManifestRow], config: LabelConfig, *, ordered: bool = False
 ) -> Iterator[tuple[list[ManifestRow], list[FileResult]]]:
     """Yield (task rows, their results) as tasks finish: in input order when ordered, else as they come."""
-    jobs = config.workers
+    jobs = worker_count(config.jobs)
     keep_freed_memory()
     pending: collections.deque[tuple[list[ManifestRow], Future]] = collections.deque()
     with _workers(scorer, config) as submit:
@@ -134,7 +107,7 @@ def _workers(scorer: Scorer, config: LabelConfig) -> Iterator[Callable[[list[Man
         context = multiprocessing.get_context("spawn")
         stop = context.Event()
         pool = ProcessPoolExecutor(
-            config.workers, mp_context=context, initializer=_start_worker, initargs=(scorer, stop, os.getpid())
+            worker_count(config.jobs), mp_context=context, initializer=_start_worker, initargs=(scorer, stop, os.getpid())
         )
         def submit(task: list[ManifestRow]) -> Future:
             try:
@@ -151,7 +124,7 @@ def _workers(scorer: Scorer, config: LabelConfig) -> Iterator[Callable[[list[Man
             pool.shutdown(wait=True, cancel_futures=True)
         return
     stop = threading.Event()
-    with _single_threaded_torch(), ThreadPoolExecutor(config.workers, thread_name_prefix="kwsbatch-label") as pool:
+    with single_threaded_torch(), ThreadPoolExecutor(worker_count(config.jobs), thread_name_prefix="kwsbatch-label") as pool:
         try:
             yield lambda task: pool.submit(_score_task, scorer, task, config, stop)
         finally:
@@ -203,7 +176,7 @@ def _worker_died(task: list[ManifestRow]) -> KwsError:
 
 
 @contextlib.contextmanager
-def _single_threaded_torch() -> Iterator[None]:
+def single_threaded_torch() -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

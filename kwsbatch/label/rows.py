@@ -1,7 +1,8 @@
 """Label output rows: the columns a `label` run writes, and the values of each file's result.
 
 One file's result (FileResult) comes from the pipeline; this module decides how it reads in an
-output: which columns, in which order, formatted how, and what `--threshold` makes of it.
+output: which columns, in which order, formatted how, which of them are numbers, and what
+`--threshold` makes of it. files/output.py writes the rows in a format.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kwsbatch.files.manifest import ManifestRow
+from kwsbatch.files.manifest import ManifestRow, input_extra_columns
 from kwsbatch.label.windows import Detection, WindowScores
 
 BASE_COLUMNS = ("path", "label", "confidence")
@@ -19,6 +20,22 @@ WINDOW_COLUMNS = ("path", "start_s", "end_s", "label", "confidence")  # window m
 INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error")
 FILE_COLUMNS = ("file_size", "file_mtime_ns")  # the file as it was labelled: how a rerun tells it changed
 UNKNOWN = "_unknown_"  # what --threshold writes for a clip no class is sure enough of
+_NUMBERS = {"confidence": float, "duration_s": float, "start_s": float, "end_s": float, "sample_rate": int, "channels": int,
+            **{c: int for c in FILE_COLUMNS}}
+
+
+def column_types(columns: Iterable[str], classes: Iterable[str] | None = None) -> dict[str, type]:
+    """The numeric columns among a label output's columns, for the typed formats (JSON lines, Parquet).
+
+    Each class's p_<class> is a float too; without classes, every p_ column is taken for one (a
+    header read back, as merge reads its shards).
+    """
+    probabilities = {f"p_{c}" for c in classes} if classes is not None else None
+    return {
+        c: _NUMBERS.get(c, float)
+        for c in columns
+        if c in _NUMBERS or (c in probabilities if probabilities is not None else c.startswith("p_"))
+    }
 
 
 @dataclass
@@ -92,3 +109,28 @@ class RowLayout:
             for d in result.detections
         ]
         return rows or [info]
+
+
+class OutputColumns:
+    """A run's output columns in their three groups, and rows as plain value lists in that order.
+
+    path and the model's own columns, then FILE_COLUMNS, then the inputs' extra (manifest) columns.
+    The journal stores values, not dicts, and CSV is written from value lists: on a rerun over
+    millions of unchanged files, copying rows is most of the work.
+    """
+
+    def __init__(self, layout: RowLayout, inputs: list[str], windowed: bool, manifest_format: str | None = None):
+        self.layout = layout
+        self.own = layout.columns(windowed=windowed)  # path, then the model's columns
+        self.results = self.own[1:]
+        extras = input_extra_columns(inputs, manifest_format=manifest_format)
+        self.all = layout.columns(extras, windowed=windowed, file_columns=True)
+        self.extras = self.all[len(self.own) + len(FILE_COLUMNS) :]
+        self.types = column_types(self.all, layout.classes)
+
+    def input_values(self, row: ManifestRow) -> list[str]:
+        fields = self.layout.input_fields(row)
+        return [fields.get(c, "") for c in self.extras]
+
+    def result_values(self, result: FileResult) -> list[list]:
+        return [[fields.get(c, "") for c in self.results] for fields in self.layout.result_fields(result)]

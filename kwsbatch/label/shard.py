@@ -12,8 +12,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kwsbatch.files.manifest import ManifestRow
+from kwsbatch.settings import SettingError
+
+if TYPE_CHECKING:  # light to import: label/config.py checks --shard before the heavy modules load
+    from kwsbatch.files.manifest import ManifestRow
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class Shard:
 
     def __post_init__(self):
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"--shard K/N needs N >= 1 and 0 <= K < N, got {self.index}/{self.count}")
+            raise SettingError("shard", f"K/N needs N >= 1 and 0 <= K < N, got {self.index}/{self.count}")
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -37,7 +41,7 @@ class Shard:
                 raise ValueError
             index, count = int(k), int(n)
         except ValueError:
-            raise ValueError(f"--shard takes K/N with whole numbers, e.g. 0/8; got {text!r}") from None
+            raise SettingError("shard", f"takes K/N with whole numbers, e.g. 0/8; got {text!r}") from None
         return cls(index, count)
 
     def holds(self, path: str) -> bool:

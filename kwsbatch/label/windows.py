@@ -25,23 +25,9 @@ import soundfile as sf
 from kwsbatch.classes import is_background
 from kwsbatch.errors import AudioError
 from kwsbatch.files.audio import read_mono, reading_errors
+from kwsbatch.label.config import WindowConfig
 
 BLOCK_SECONDS = 60.0  # audio read from disk at a time
-
-
-@dataclass(frozen=True)
-class WindowConfig:
-    window_s: float  # seconds of audio the model hears at once
-    hop_s: float  # seconds between window starts; <= window_s, so no audio is skipped
-    threshold: float = 0.0  # the least probability of its keyword a window needs to count toward a detection
-
-    def __post_init__(self):
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"--threshold must be a probability in [0, 1], got {self.threshold:g}")
-        if not self.window_s > 0:
-            raise ValueError(f"--window must be positive, got {self.window_s:g}")
-        if not 0 < self.hop_s <= self.window_s:
-            raise ValueError(f"--hop must be positive and at most --window ({self.window_s:g} s), got {self.hop_s:g}")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ FORMAT_VERSION = 1
 # ("Unsupported operand ...") is damage, not an attempt to run code.
 _REFUSED_MARKERS = ("global", "call reduce", "create new object")
 
+# Settings added after checkpoints were first written, at the values the models saved before had:
+# a missing field means the model was built without it, whatever today's default is.
+_BEFORE_MODEL_SETTINGS = {"pooling": "last", "conv_channels": 0, "conv_kernel": 5, "conv_stride": 2}
+_BEFORE_FEATURE_SETTINGS = {"clip_norm": "none"}
+
 
 @dataclass
 class Checkpoint:
@@ -135,8 +140,8 @@ def _from_dict(raw: object, path: Path) -> Checkpoint:
         )
     try:
         classes = tuple(str(c) for c in raw["classes"])
-        feature_config = FeatureConfig(**raw["feature_config"])
-        model_config = ModelConfig(**raw["model_config"])
+        feature_config = FeatureConfig(**{**_BEFORE_FEATURE_SETTINGS, **raw["feature_config"]})
+        model_config = ModelConfig(**{**_BEFORE_MODEL_SETTINGS, **raw["model_config"]})
         state_dict = dict(raw["state_dict"])
         provenance = dict(raw.get("provenance") or {})
         temperature = float(raw.get("temperature", 1.0))

@@ -39,22 +39,26 @@ import torch
 from kwsbatch.errors import KwsError
 from kwsbatch.files.audio import decode_audio
 from kwsbatch.files.manifest import chunked
-from kwsbatch.label.pipeline import LabelConfig, keep_freed_memory, score_sorted
+from kwsbatch.label.config import LabelConfig
+from kwsbatch.label.pipeline import keep_freed_memory, score_sorted
 from kwsbatch.model.scorer import Scorer
+from kwsbatch.settings import check_settings, jobs_setting, setting, worker_count
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    files: int = 2000  # clips to make and label
+    """What `kwsbatch bench` measures; device, batch_size and jobs are label's, with label's defaults."""
+
+    files: int = setting(2000, "clips to make and label (0.5-1.5 s, WAV and FLAC, some stereo 44.1 kHz)", at_least=1)
     device: str = "auto"
-    batch_size: int = 64
-    jobs: int = 0  # label's --jobs (0: one worker per core)
-    single_files: int | None = None  # clips for the one-at-a-time run (default: all)
-    seed: int = 0
+    batch_size: int = LabelConfig.batch_size
+    jobs: int = jobs_setting()
+    single_files: int | None = setting(None, "clips for the one-at-a-time run (default: all of them)", at_least=1)
+    seed: int = setting(0, "seeds the clips' lengths, tones and formats")
 
     def __post_init__(self):
-        if self.files < 1 or self.batch_size < 1 or self.jobs < 0 or (self.single_files is not None and self.single_files < 1):
-            raise ValueError(f"need files >= 1, batch_size >= 1, jobs >= 0, single_files >= 1; got {self}")
+        check_settings(self)
+        LabelConfig(batch_size=self.batch_size, jobs=self.jobs)  # label's limits
 
 
 @dataclass
@@ -124,7 +128,7 @@ class BenchResult:
 
 def run_bench(config: BenchConfig, scorer: Scorer, model: Path, *, folder: Path | None = None, log=print) -> BenchResult:
     """Make the clips (in folder, or a temporary one removed afterwards) and measure everything."""
-    workers = LabelConfig(jobs=config.jobs).workers
+    workers = worker_count(config.jobs)
     keep = folder is not None
     folder = Path(folder) if keep else Path(tempfile.mkdtemp(prefix="kwsbatch-bench-"))
     try:

@@ -59,7 +59,7 @@ def export_format(out: str | os.PathLike, given: str | None = None) -> str:
         return given
     suffix = Path(out).suffix.lower()
     if suffix not in _EXTENSIONS:
-        raise ExportError(f"{out}: cannot tell the export format from the extension; use .onnx or .pt, or pass --format")
+        raise ExportError(f"{out}: cannot tell the export format from the extension; use .onnx or .pt, or pass --to")
     return _EXTENSIONS[suffix]
 
 

@@ -15,42 +15,63 @@ noise scale 0, mask width 0), so one vectorised ``apply`` serves the whole batch
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
+from kwsbatch.settings import SettingError
+
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+TRANSFORM_FIELDS = ("time_shift", "zero_pad", "amplify", "speed", "noise", "time_mask", "freq_mask")
+WAVEFORM_ORDER = ("speed", "time_shift", "zero_pad", "amplify", "noise")  # the order they apply in
+FEATURE_ORDER = ("time_mask", "freq_mask")
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Each field is (probability per clip, range...) and matches a `kwsbatch train` flag."""
+    """Each field is (probability per clip, range...) and matches a `kwsbatch train` flag; the defaults are the
+    standard preset, and a preset or the flags lay their numbers over it (override)."""
 
-    time_shift: tuple[float, float] = (0.0, 0.1)  # --time-shift P,MAX_S: move the clip up to MAX_S either way
-    zero_pad: tuple[float, float] = (0.0, 0.2)  # --zero-pad P,MAX_S: add up to MAX_S of silence at each end
-    amplify: tuple[float, float, float] = (0.0, -6.0, 6.0)  # --amplify P,MIN_DB,MAX_DB: gain
-    speed: tuple[float, float, float] = (0.0, 0.9, 1.1)  # --speed P,MIN,MAX: play faster/slower (pitch moves too)
-    noise: tuple[float, float, float] = (0.0, 5.0, 25.0)  # --noise P,MIN_SNR_DB,MAX_SNR_DB: add background noise
-    time_mask: tuple[float, float, float] = (0.0, 10, 1)  # --time-mask P,MAX_FRAMES,COUNT: zero runs of frames
-    freq_mask: tuple[float, float, float] = (0.0, 2, 1)  # --freq-mask P,MAX_COEFFS,COUNT: zero bands of coefficients
+    # The standard preset: each transform on for a share of the clips.
+    time_shift: tuple[float, float] = (0.5, 0.1)  # --time-shift P,MAX_S: move the clip up to MAX_S either way
+    zero_pad: tuple[float, float] = (0.3, 0.2)  # --zero-pad P,MAX_S: add up to MAX_S of silence at each end
+    amplify: tuple[float, float, float] = (0.5, -10.0, 6.0)  # --amplify P,MIN_DB,MAX_DB: gain
+    speed: tuple[float, float, float] = (0.5, 0.9, 1.1)  # --speed P,MIN,MAX: play faster/slower (pitch moves too)
+    noise: tuple[float, float, float] = (0.5, 5.0, 25.0)  # --noise P,MIN_SNR_DB,MAX_SNR_DB: add background noise
+    time_mask: tuple[float, float, float] = (0.5, 10, 1)  # --time-mask P,MAX_FRAMES,COUNT: zero runs of frames
+    freq_mask: tuple[float, float, float] = (0.5, 2, 1)  # --freq-mask P,MAX_COEFFS,COUNT: zero bands of coefficients
     noise_dir: str | None = None  # --noise-dir: default _background_noise_/ beside the train manifest
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "noise_dir":
+            if f.name not in TRANSFORM_FIELDS:
                 continue
             if len(value) != len(f.default):
-                raise ValueError(f"{f.name} takes {len(f.default)} numbers (probability, range...), got {value}")
+                raise SettingError(f.name, f"takes {len(f.default)} numbers (probability, range...), got {value}")
             object.__setattr__(self, f.name, tuple(float(v) for v in value))
-        self._transforms(16000, torch.zeros(1))  # each transform checks its own ranges
+        for name in TRANSFORM_FIELDS:  # each transform checks its own ranges
+            try:
+                self._transform(name, 16000, torch.zeros(1))
+            except ValueError as e:
+                raise SettingError(name, str(e)) from None
 
     @classmethod
     def preset(cls, name: str) -> "AugmentConfig":
         if name not in AUGMENT_PRESETS:
             raise ValueError(f"augment preset must be one of {AUGMENT_PRESETS}, got {name!r}")
         return _PRESETS[name]
+
+    def override(self, **leading: tuple[float, ...]) -> "AugmentConfig":
+        """This config with the leading numbers of some transforms replaced: speed=(1, 0.8) keeps max_rate."""
+        changed = {}
+        for name, numbers in leading.items():
+            current = getattr(self, name)
+            if len(numbers) > len(current):
+                raise SettingError(name, f"takes at most {len(current)} numbers, got {len(numbers)}")
+            changed[name] = (*numbers, *current[len(numbers) :])
+        return replace(self, **changed)
 
     @property
     def uses_noise(self) -> bool:
@@ -61,23 +82,20 @@ class AugmentConfig:
 
     def build(self, *, sample_rate: int, noise: torch.Tensor | None = None) -> "Augmentation":
         """The transforms this config switches on (p > 0); noise is the 1-D background for `noise`."""
-        wave, feature = self._transforms(sample_rate, noise)
+        names = [n for n in WAVEFORM_ORDER if n != "noise" or noise is not None]
+        wave = [self._transform(name, sample_rate, noise) for name in names]
+        feature = [self._transform(name, sample_rate, noise) for name in FEATURE_ORDER]
         return Augmentation(Compose([t for t in wave if t.p > 0]), Compose([t for t in feature if t.p > 0]))
 
-    def _transforms(self, sample_rate: int, noise: torch.Tensor | None):
-        wave = [
-            PlaySpeed(*self.speed),
-            TimeShift(self.time_shift[0], round(self.time_shift[1] * sample_rate)),
-            ZeroPad(self.zero_pad[0], round(self.zero_pad[1] * sample_rate)),
-            Amplify(*self.amplify),
-        ]
-        if noise is not None:
-            wave.append(BackgroundNoise(noise, *self.noise))
-        feature = [
-            TimeMask(self.time_mask[0], _whole(self.time_mask[1]), _whole(self.time_mask[2])),
-            FreqMask(self.freq_mask[0], _whole(self.freq_mask[1]), _whole(self.freq_mask[2])),
-        ]
-        return wave, feature
+    def _transform(self, name: str, sample_rate: int, noise: torch.Tensor | None):
+        value = getattr(self, name)
+        if name in ("time_shift", "zero_pad"):
+            return (TimeShift if name == "time_shift" else ZeroPad)(value[0], round(value[1] * sample_rate))
+        if name in ("time_mask", "freq_mask"):
+            return (TimeMask if name == "time_mask" else FreqMask)(value[0], _whole(value[1]), _whole(value[2]))
+        if name == "noise":
+            return BackgroundNoise(noise, *value)
+        return {"speed": PlaySpeed, "amplify": Amplify}[name](*value)
 
 
 def _whole(value: float) -> int:
@@ -359,18 +377,20 @@ class FreqMask(FeatureTransform):
         return features.masked_fill(masked[:, None, :], 0.0), frame_lengths
 
 
+# Every transform off, at the ranges a flag such as `--augment none --amplify 1` then uses.
+_NONE = AugmentConfig(
+    time_shift=(0.0, 0.1),
+    zero_pad=(0.0, 0.2),
+    amplify=(0.0, -6, 6),
+    speed=(0.0, 0.9, 1.1),
+    noise=(0.0, 5, 25),
+    time_mask=(0.0, 10, 1),
+    freq_mask=(0.0, 2, 1),
+)
 _PRESETS = {
-    "none": AugmentConfig(),
-    "light": AugmentConfig(time_shift=(0.5, 0.1), amplify=(0.5, -6, 6), noise=(0.3, 10, 30)),
-    "standard": AugmentConfig(
-        time_shift=(0.5, 0.1),
-        zero_pad=(0.3, 0.2),
-        amplify=(0.5, -10, 6),
-        speed=(0.5, 0.9, 1.1),
-        noise=(0.5, 5, 25),
-        time_mask=(0.5, 10, 1),
-        freq_mask=(0.5, 2, 1),
-    ),
+    "none": _NONE,
+    "light": replace(_NONE, time_shift=(0.5, 0.1), amplify=(0.5, -6, 6), noise=(0.3, 10, 30)),
+    "standard": AugmentConfig(),
     "strong": AugmentConfig(
         time_shift=(0.7, 0.15),
         zero_pad=(0.5, 0.3),

@@ -12,6 +12,7 @@ import torch
 from kwsbatch.files.audio import DecodedClip, Resampler, decode_many
 from kwsbatch.files.manifest import ManifestRow, chunked
 from kwsbatch.progress import Reporter
+from kwsbatch.settings import ONE_PER_CORE, worker_count
 
 
 def decode_chunks(
@@ -20,7 +21,9 @@ def decode_chunks(
     """Yield (chunk, decoded) pairs in order; with jobs > 1, worker processes decode ahead.
 
     Each decoded item is a DecodedClip, or the one-line reason the file could not be read.
+    jobs 0: one worker per core.
     """
+    jobs = worker_count(jobs)
     if jobs <= 1:
         for chunk in chunks:
             yield chunk, decode_many(_readable_paths(chunk), max_seconds)
@@ -69,7 +72,7 @@ def load_clips(
     sample_rate: int,
     *,
     sources: Sequence[int] | None = None,
-    jobs: int = 1,
+    jobs: int = ONE_PER_CORE,
     max_seconds: float | None = None,
     reporter: Reporter | None = None,
     description: str = "loading",

@@ -1,12 +1,10 @@
 """Training: manifests in, a run folder out (best.pt, last.pt, history.csv).
 
-Clips are decoded once into memory, from one manifest or several weighted ones (sources.py); each
-epoch draws them by weight (or class-balanced) with a seeded generator (sampling.py), pads each
-batch, augments the padded batch on the device (augment.py), computes MFCCs there and trains the LSTM. last.pt carries the optimizer, scheduler and generator
+Clips are decoded once into memory; each epoch shuffles (or class-balance samples) them with a
+seeded generator, pads each batch, augments the padded batch on the device (augment.py), computes
+MFCCs there and trains the LSTM. last.pt carries the optimizer, scheduler and generator
 states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
 softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
-A run can start from a trained checkpoint (warmstart.py): `init` trains every layer, `finetune`
-only the classifier.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,8 +30,9 @@ from kwsbatch.files.tree import NOISE_FOLDER
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.model.device import full_float32, resolve_device
 from kwsbatch.model.features import FeatureConfig, FeatureStats, pad_waveforms
-from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
+from kwsbatch.model.spotter import ArchitectureConfig, KeywordSpotter, ModelConfig
 from kwsbatch.progress import Reporter
+from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting
 from kwsbatch.train.augment import Augmentation, AugmentConfig, load_noise
 from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips
@@ -58,40 +57,31 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_acc
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3  # Adam's learning rate (the notebook's 1e-3)
-    weight_decay: float = 0.0
-    lr_step: int = 5  # epochs between learning-rate decays (the notebook halves every 5)
-    lr_gamma: float = 0.5
-    accumulate: int = 1  # batches per optimizer step
-    seed: int = 0
-    val_fraction: float = 0.1  # held out of the train manifest when no validation manifest is given
-    patience: int = 0  # stop after this many epochs without a better validation accuracy; 0 = never
-    jobs: int = 1  # decode processes
-    hidden: int = 64
-    layers: int = 3
-    dropout: float = 0.0
-    bidirectional: bool = False
-    pooling: str = "last"
-    conv_channels: int = 0  # 0: no convolutional front end
-    conv_kernel: int = 5
-    conv_stride: int = 2
+    """How to train; the model's shape is an ArchitectureConfig, its features a FeatureConfig."""
+
+    epochs: int = setting(30, "passes over the training clips", at_least=1)
+    batch_size: int = setting(64, "clips per optimizer batch", at_least=1)
+    lr: float = setting(1e-3, "Adam's learning rate (the notebook's; 0 moves no weight)", at_least=0)
+    weight_decay: float = setting(0.0, "Adam's weight decay", at_least=0)
+    lr_step: int = setting(5, "epochs between learning-rate decays (the notebook halves every 5)", at_least=1)
+    lr_gamma: float = setting(0.5, "factor applied to the learning rate at each decay", above=0)
+    accumulate: int = setting(1, "batches per optimizer step (gradient accumulation)", at_least=1)
+    seed: int = setting(0, "seeds the initial weights, the shuffling, dropout and augmentation")
+    val_fraction: float = setting(0.1, "share of the train manifest held out when no validation manifest is given", above=0, below=1)
+    patience: int = setting(0, "early stop after N epochs without a better validation accuracy (0: never)", at_least=0)
+    jobs: int = jobs_setting()
     # "sample": draw each epoch's clips with probability 1 / (its class's count), so every class is
     # seen equally often; "weight": weight the loss by that instead; "none": as the manifest has them.
-    balance: str = "none"
-    finetune: str | None = None  # checkpoint to start from, training only its classifier
-    init: str | None = None  # checkpoint to start from, training every layer
+    balance: str = setting("none", "class-balanced sampling or loss weights", choices=BALANCES)
+    finetune: str | None = setting(None, "start from this checkpoint and train only its classifier (default: none, train from scratch)",
+                                   metavar="CKPT")
+    init: str | None = setting(None, "start from this checkpoint and train every layer; its model and feature settings win over "
+                               "the flags (default: none, train from scratch)", metavar="CKPT")
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
-            raise ValueError("epochs, batch_size and accumulate must be at least 1")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.balance not in BALANCES:
-            raise ValueError(f"balance must be one of {BALANCES}, got {self.balance!r}")
+        check_settings(self)
         if self.finetune and self.init:
-            raise ValueError("start from one checkpoint: finetune (the classifier) or init (every layer), not both")
+            raise SettingError("init", "start from one checkpoint: --finetune (the classifier) or --init (every layer), not both")
 
 
 @dataclass
@@ -109,8 +99,9 @@ def train(
     run_dir: str | Path,
     *,
     config: TrainConfig = TrainConfig(),
+    model: ArchitectureConfig = ArchitectureConfig(),
     features: FeatureConfig = FeatureConfig(),
-    augment: AugmentConfig = AugmentConfig(),
+    augment: AugmentConfig | None = None,
     val_manifest: str | Path | Sequence[str | Path] | None = None,
     device: str = "auto",
     resume: bool = False,
@@ -122,14 +113,18 @@ def train(
 
     train_manifest: one manifest, or several, each a path (weight 1) or a TrainSource with its
     weight. val_manifest: one or several; without it each training manifest gives up a slice.
-    A run_dir that holds anything is refused unless resume (continue the run in it) or force
-    (start over: its best.pt, last.pt and history.csv are removed first).
+    augment None is the bundled recipe, default_augmentation(): the standard preset, with background
+    noise only when the (first) training manifest's folder has some. A run_dir that holds anything
+    is refused unless resume (continue the run in it) or force (start over: its best.pt, last.pt
+    and history.csv are removed first).
     """
+    sources, val_manifests = as_sources(train_manifest), as_list(val_manifest)
     process = join(resolve_device(device))
     check_run_dir(run_dir, resume=resume, force=force, writes=process.writes)
     _reproducible_on(process.device)
+    augment = default_augmentation(sources[0].manifest) if augment is None else augment
     result = _train(
-        train_manifest, run_dir, config=config, features=features, augment=augment, val_manifest=val_manifest,
+        sources, run_dir, config=config, model=model, features=features, augment=augment, val_manifest=val_manifests,
         process=process, resume=resume, reporter=reporter if process.writes else None, manifest_format=manifest_format,
     )
     leave(process)
@@ -206,14 +201,16 @@ class _RunData:
         return describe_sources(self.sources, self.train.sources, None if self.val_manifests else self.val.sources, self.weights)
 
 
-def _read_data(sources, val_manifests, config: TrainConfig, features: FeatureConfig, manifest_format, reporter: Reporter) -> _RunData:
+def _read_data(sources, val_manifests, config: TrainConfig, model: ArchitectureConfig, features: FeatureConfig, manifest_format,
+               reporter: Reporter) -> _RunData:
+    """The rows of every source and validation manifest, their classes, the run's settings and the clips decoded into memory."""
     rows = read_sources(sources, val_manifests, config.val_fraction, manifest_format)
     classes = tuple(sorted({r.label for r in rows.train}))
     if len(classes) < 2:
         raise ManifestError(f"{' and '.join(s.manifest for s in sources)}: needs at least two labels to train, found {list(classes)}")
     check_known_labels(rows.val, classes, known_by="the training manifest" if len(sources) == 1 else "the training manifests")
     start = _warm_start(config)
-    features, model_config = _settings(config, features, len(classes), start, reporter)
+    features, model_config = _settings(model, features, len(classes), start, reporter)
     train_set = _load(rows.train, rows.train_sources, classes, features, config, reporter, "loading train")
     val_set = _load(rows.val, rows.val_sources, classes, features, config, reporter, "loading val")
     weights = torch.tensor([s.weight for s in sources], dtype=torch.float64)[train_set.sources]
@@ -223,8 +220,27 @@ def _read_data(sources, val_manifests, config: TrainConfig, features: FeatureCon
     return data
 
 
+@dataclass
+class _Run:
+    """What a training run carries from epoch to epoch."""
+
+    config: TrainConfig
+    process: Process
+    run_dir: Path
+    data: _RunData
+    spotter: KeywordSpotter
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    shuffle: torch.Generator
+    augmentation: Augmentation
+    augment_rng: torch.Generator  # its own stream, so switching augmentation on or off does not change the shuffling
+    provenance: dict
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf})
+
+
 def _train(
-    train_manifest, run_dir, *, config: TrainConfig, features: FeatureConfig, augment: AugmentConfig, val_manifest,
+    train_manifest, run_dir, *, config: TrainConfig, model: ArchitectureConfig, features: FeatureConfig, augment: AugmentConfig, val_manifest,
     process: Process, resume: bool, reporter: Reporter | None, manifest_format: str | None,
 ) -> TrainResult:
     reporter = reporter or Reporter()
@@ -234,29 +250,47 @@ def _train(
         reporter.log(f"nothing to resume in {run_dir} (no epoch finished yet): starting at epoch 1")
         resume = False
     torch.manual_seed(config.seed)
-    device = process.device
+    run = _start_run(train_manifest, val_manifest, run_dir, config, model, features, augment, process, reporter, manifest_format)
+    start_epoch = 1
+    if resume:
+        start_epoch, run.history, run.best = _restore(
+            run_dir / "last.pt", run.spotter, run.optimizer, run.scheduler, (run.shuffle, run.augment_rng), run.data.classes
+        )
+        if process.rank:  # last.pt holds rank 0's augmentation stream; the others start theirs afresh
+            run.augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
+        reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
+    _train_epochs(run, start_epoch, reporter)
+    temperature = _calibrate(run_dir / "best.pt", run.data, config.batch_size, process.device, reporter) if process.writes else 1.0
+    best = run.best
+    return TrainResult(run_dir, best["epoch"], best["val_accuracy"], run.history, run.provenance["skipped_unreadable"], temperature)
 
-    data = _read_data(as_sources(train_manifest), as_list(val_manifest), config, features, manifest_format, reporter)
-    classes, features, train_set, val_set = data.classes, data.features, data.train, data.val
 
-    spotter = KeywordSpotter(features, data.model_config).to(device)
+def _start_run(sources, val_manifests, run_dir: Path, config: TrainConfig, model: ArchitectureConfig, features: FeatureConfig,
+               augment: AugmentConfig, process: Process, reporter: Reporter, manifest_format: str | None) -> _Run:
+    """The clips in memory, the model (new, or a checkpoint's), its optimizer and the run's generators."""
+    data = _read_data(sources, val_manifests, config, model, features, manifest_format, reporter)
+    spotter = KeywordSpotter(data.features, data.model_config).to(process.device)
     if data.start is None:
-        spotter.frontend.set_normalization(*_feature_stats(spotter, train_set, config.batch_size, device))
+        spotter.frontend.set_normalization(*_feature_stats(spotter, data.train, config.batch_size, process.device))
     else:  # its normalisation too: the run begins from exactly the checkpoint's model
-        reporter.log(data.start.load_into(spotter, classes))
+        reporter.log(data.start.load_into(spotter, data.classes))
     broadcast_parameters(spotter, process)
     trainable = _trainable_parameters(spotter, frozen=config.finetune is not None)
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle = torch.Generator().manual_seed(config.seed)
-    augmentation, noise_files = _augmentation(augment, data.sources[0].manifest, features.sample_rate, reporter)
-    # Its own stream, so switching augmentation on or off does not change the shuffling.
+    augmentation, noise_files = _augmentation(augment, data.sources[0].manifest, data.features.sample_rate, reporter)
     # Each rank its own stream: the same draws on every rank would augment their clips alike.
     augment_rng = torch.Generator().manual_seed(config.seed + 0x5EED + 7919 * process.rank)
     if augmentation:
         reporter.log(f"augmentation: {augmentation!r}")
+    provenance = _provenance(data, config, augment, noise_files)
+    return _Run(config, process, run_dir, data, spotter, optimizer, scheduler, shuffle, augmentation, augment_rng, provenance)
 
-    provenance = {
+
+def _provenance(data: _RunData, config: TrainConfig, augment: AugmentConfig, noise_files) -> dict:
+    """What a checkpoint records of how it was made: names and content hashes, never the training machine's paths."""
+    return {
         "kwsbatch_version": kwsbatch.__version__,
         "torch_version": str(torch.__version__),
         "train_manifest": " ".join(file_name(s.manifest) + ("" if s.weight == 1 else f":{s.weight:g}") for s in data.sources),
@@ -268,69 +302,32 @@ def _train(
         "train_config": _recorded_config(config, data.start),
         "augment_config": {**augment.to_dict(), "noise_dir": file_name(augment.noise_dir)},
         "noise_files": noise_files,
-        "n_train": len(train_set),
-        "n_val": len(val_set),
-        "skipped_unreadable": len(train_set.failures) + len(val_set.failures),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "skipped_unreadable": len(data.train.failures) + len(data.val.failures),
     }
-    history: list[dict] = []
-    best = {"epoch": 0, "val_accuracy": -1.0, "val_loss": math.inf}
-    start_epoch = 1
-    if resume:
-        start_epoch, history, best = _restore(run_dir / "last.pt", spotter, optimizer, scheduler, (shuffle, augment_rng), classes)
-        if process.rank:  # last.pt holds rank 0's augmentation stream; the others start theirs afresh
-            augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
-        reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
 
-    class_weights = loss_weights(train_set.targets, data.weights, len(classes)).to(device) if config.balance == "weight" else None
+
+def _train_epochs(run: _Run, start_epoch: int, reporter: Reporter) -> None:
+    """Epochs from start_epoch on, saving best.pt, last.pt and history.csv after each; stop early when patience runs out."""
+    config, device, data = run.config, run.process.device, run.data
+    class_weights = loss_weights(data.train.targets, data.weights, len(data.classes)).to(device) if config.balance == "weight" else None
     loss_fn = nn.CrossEntropyLoss(weight=class_weights)
     stale = 0
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        _seed_gpu_dropout(device, config.seed, epoch, process.rank)
-        lr = optimizer.param_groups[0]["lr"]
+        _seed_gpu_dropout(device, config.seed, epoch, run.process.rank)
+        lr = run.optimizer.param_groups[0]["lr"]
         # Every rank draws the same order from the same generator and trains on its share of it.
-        order = rank_share(epoch_order(train_set.targets, data.weights, config.balance, shuffle), process)
+        order = rank_share(epoch_order(data.train.targets, data.weights, config.balance, run.shuffle), run.process)
         train_loss, train_acc = _train_epoch(
-            spotter, train_set, order, optimizer, loss_fn, config, (augmentation, augment_rng), process, reporter, epoch
+            run.spotter, data.train, order, run.optimizer, loss_fn, config, (run.augmentation, run.augment_rng), run.process, reporter, epoch
         )
-        val_loss, val_acc = evaluate_clips(spotter, val_set, config.batch_size, device)
-        scheduler.step()
-        row = dict(
-            epoch=epoch,
-            train_loss=round(train_loss, 6),
-            train_accuracy=round(train_acc, 6),
-            val_loss=round(val_loss, 6),
-            val_accuracy=round(val_acc, 6),
-            lr=lr,
-            seconds=round(time.perf_counter() - started, 2),
-        )
-        history.append(row)
-        improved = (val_acc, -val_loss) > (best["val_accuracy"], -best["val_loss"])
-        if improved:
-            best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
-        metrics = {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "epoch": epoch, **row}
-        checkpoint = Checkpoint(
-            classes=classes,
-            feature_config=features,
-            model_config=spotter.head.config,
-            state_dict=spotter.state_dict(),
-            provenance={**provenance, "created": _now(), "metrics": metrics},
-        )
-        if improved and process.writes:
-            save_checkpoint(checkpoint, run_dir / "best.pt")
-        checkpoint.training_state = {
-            "epoch": epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "shuffle_state": shuffle.get_state(),
-            "augment_state": augment_rng.get_state(),
-            "torch_rng_state": torch.get_rng_state(),
-            "history": history,
-            "best": best,
-        }
-        if process.writes:
-            save_checkpoint(checkpoint, run_dir / "last.pt")
-            _write_history(run_dir / "history.csv", history)
+        val_loss, val_acc = evaluate_clips(run.spotter, data.val, config.batch_size, device)
+        run.scheduler.step()
+        row = dict(epoch=epoch, train_loss=round(train_loss, 6), train_accuracy=round(train_acc, 6), val_loss=round(val_loss, 6),
+                   val_accuracy=round(val_acc, 6), lr=lr, seconds=round(time.perf_counter() - started, 2))
+        improved = _save_epoch(run, row, val_loss, val_acc)
         reporter.log(
             f"epoch {epoch:3d}/{config.epochs}  train loss {train_loss:.4f} acc {train_acc:.2%}  "
             f"val loss {val_loss:.4f} acc {val_acc:.2%}  lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *best" if improved else "")
@@ -339,8 +336,39 @@ def _train(
         if config.patience and stale >= config.patience:
             reporter.log(f"early stop: no better validation accuracy for {config.patience} epochs")
             break
-    temperature = _calibrate(run_dir / "best.pt", val_set, data.val_names(), config.batch_size, device, reporter) if process.writes else 1.0
-    return TrainResult(run_dir, best["epoch"], best["val_accuracy"], history, provenance["skipped_unreadable"], temperature)
+
+
+def _save_epoch(run: _Run, row: dict, val_loss: float, val_acc: float) -> bool:
+    """Record an epoch's history row; write best.pt when it improved, and last.pt with all a --resume needs."""
+    epoch = row["epoch"]
+    run.history.append(row)
+    improved = (val_acc, -val_loss) > (run.best["val_accuracy"], -run.best["val_loss"])
+    if improved:
+        run.best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss}
+    metrics = {"best_epoch": run.best["epoch"], "best_val_accuracy": run.best["val_accuracy"], "epoch": epoch, **row}
+    checkpoint = Checkpoint(
+        classes=run.data.classes,
+        feature_config=run.data.features,
+        model_config=run.spotter.head.config,
+        state_dict=run.spotter.state_dict(),
+        provenance={**run.provenance, "created": _now(), "metrics": metrics},
+    )
+    if improved and run.process.writes:
+        save_checkpoint(checkpoint, run.run_dir / "best.pt")
+    checkpoint.training_state = {
+        "epoch": epoch,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "shuffle_state": run.shuffle.get_state(),
+        "augment_state": run.augment_rng.get_state(),
+        "torch_rng_state": torch.get_rng_state(),
+        "history": run.history,
+        "best": run.best,
+    }
+    if run.process.writes:
+        save_checkpoint(checkpoint, run.run_dir / "last.pt")
+        _write_history(run.run_dir / "history.csv", run.history)
+    return improved
 
 
 def evaluate_clips(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device: torch.device) -> tuple[float, float]:
@@ -405,6 +433,15 @@ def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device,
     return logits, clips.targets[idx].to(device)
 
 
+def default_augmentation(train_manifest) -> AugmentConfig:
+    """The bundled recipe: AugmentConfig() (the standard preset), without background noise when there is none
+    beside the training manifest; asking for noise explicitly (AugmentConfig()) warns when there is none."""
+    config = AugmentConfig()
+    if default_noise_dir(train_manifest).is_dir():
+        return config
+    return replace(config, noise=(0.0, *config.noise[1:]))
+
+
 def default_noise_dir(train_manifest) -> Path:
     """Where background noise is looked for without --noise-dir: beside the training manifest, or in the tree trained on."""
     path = Path(train_manifest)
@@ -426,12 +463,13 @@ def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, repor
     return config.build(sample_rate=sample_rate, noise=noise), files
 
 
-def _calibrate(best_path: Path, val_set: ClipSet, val_names: list[str], batch_size: int, device, reporter: Reporter) -> float:
+def _calibrate(best_path: Path, data: _RunData, batch_size: int, device, reporter: Reporter) -> float:
     """Fit the best model's temperature on the validation clips and store it in best.pt, with
     the best model's validation accuracy on each source when there are several."""
     if not best_path.is_file():
         return 1.0
     checkpoint = load_checkpoint(best_path)
+    val_set, val_names = data.val, data.val_names()
     logits, targets = clip_logits(checkpoint.build(device), val_set, batch_size, device)
     temperature = fit_temperature(logits, targets)
     before, after = calibration_error(logits, targets), calibration_error(logits, targets, temperature)
@@ -486,14 +524,9 @@ def _warm_start(config: TrainConfig) -> WarmStart | None:
     return WarmStart(load_checkpoint(path), every_layer=bool(config.init)) if path else None
 
 
-def _settings(config: TrainConfig, features: FeatureConfig, n_classes: int, start: WarmStart | None, reporter: Reporter):
+def _settings(model: ArchitectureConfig, features: FeatureConfig, n_classes: int, start: WarmStart | None, reporter: Reporter):
     """The run's feature and model settings: a starting checkpoint's, else from the configs."""
-    try:
-        model_config = _model_config(config, features, n_classes)
-    except ValueError as e:
-        if start is None:
-            raise KwsError(f"invalid model settings: {e}") from None
-        model_config = None  # ignored anyway: the checkpoint's settings win
+    model_config = model.for_data(n_classes, features.n_mfcc)
     if start is None:
         return features, model_config
     ignored = start.ignored_settings(features, model_config)
@@ -508,21 +541,6 @@ def _recorded_config(config: TrainConfig, start: WarmStart | None) -> dict:
     if start is not None:
         recorded["init" if start.every_layer else "finetune"] = start.model_id
     return recorded
-
-
-def _model_config(config: TrainConfig, features: FeatureConfig, n_classes: int) -> ModelConfig:
-    return ModelConfig(
-        n_classes=n_classes,
-        n_features=features.n_mfcc,
-        hidden=config.hidden,
-        layers=config.layers,
-        dropout=config.dropout,
-        bidirectional=config.bidirectional,
-        pooling=config.pooling,
-        conv_channels=config.conv_channels,
-        conv_kernel=config.conv_kernel,
-        conv_stride=config.conv_stride,
-    )
 
 
 def _restore(path: Path, spotter, optimizer, scheduler, generators, classes):

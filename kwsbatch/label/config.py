@@ -1,0 +1,93 @@
+"""What a `label` run is asked to do: its settings, light to import (no torch, no numpy).
+
+A cron run that finds another one writing its output stops before torch and the model load
+(label/run.py), and the command line builds its flags from these fields (settings.py); both need
+them without paying for the model's imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from kwsbatch.label.shard import Shard
+from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    window_s: float  # seconds of audio the model hears at once
+    hop_s: float  # seconds between window starts; <= window_s, so no audio is skipped
+    threshold: float = 0.0  # the least probability of its keyword a window needs to count toward a detection
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold <= 1.0:
+            raise SettingError("threshold", f"must be a probability in [0, 1], got {self.threshold:g}")
+        if not self.window_s > 0:
+            raise SettingError("window", f"must be positive, got {self.window_s:g}")
+        if not 0 < self.hop_s <= self.window_s:
+            raise SettingError("hop", f"must be positive and at most --window ({self.window_s:g} s), got {self.hop_s:g}")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How the pipeline reads and scores files; shared by label, evaluate and bench."""
+
+    batch_size: int = setting(64, "clips (or windows) per model batch", at_least=1)
+    jobs: int = jobs_setting()
+    processes: bool = setting(False, "workers are processes, not threads: faster on the CPU for large runs, 2 s slower to start")
+    sort_window: int = 4  # batches' worth of upcoming clips sorted by length together (one task)
+    max_seconds: float | None = setting(30.0, "files longer than this get an error row (without --window)", above=0)
+    window: WindowConfig | None = None  # window mode: slide over each file, report detections
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.sort_window < 1:
+            raise SettingError("sort_window", f"must be at least 1, got {self.sort_window}")
+
+    @property
+    def task_size(self) -> int:
+        return self.batch_size * self.sort_window
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """One `kwsbatch label` run: what to label, with which model, into what; fields match its flags."""
+
+    inputs: tuple[str, ...]
+    out: str = "-"  # the output file; "-": standard output
+    output_format: str | None = None  # None: from out's extension, else csv
+    manifest_format: str | None = None  # None: from each manifest's name
+    model: str | None = None  # None: the bundled model
+    device: str = "auto"
+    threshold: float = setting(0.0, "clips: label _unknown_ when the top probability is below P; --window: a window counts toward "
+                               "a detection only when its keyword's probability is at least P", at_least=0, at_most=1, metavar="P")
+    window: float | None = setting(None, "slide a window this long over each file; one row per detection (default: none)",
+                                   metavar="SECONDS")
+    hop: float | None = setting(None, "seconds between windows (default: half the window)", metavar="SECONDS")
+    shard: str | None = setting(None, "label only shard K (0 to N-1) of N, chosen by a stable hash of each path; "
+                                "join with `kwsbatch merge` (default: all)", metavar="K/N")
+    force: bool = setting(False, "relabel every file, not only new or changed ones")
+    wait: bool = setting(False, "when another run is writing the same output, wait for it instead of exiting with status 75")
+    dask: str | None = None  # a dask.distributed scheduler's address, or "local:N"
+    config: LabelConfig = LabelConfig()  # its window comes from window and hop
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.to_stdout and (self.force or self.wait):
+            raise SettingError("force" if self.force else "wait", "needs an output file (-o FILE)")
+        if self.to_stdout and self.dask:
+            raise SettingError("dask", "needs an output file (-o FILE): the driver writes it with the journal")
+        if self.shard is not None:
+            Shard.parse(self.shard)
+        if self.hop is not None and self.window is None:
+            raise SettingError("hop", "needs --window")
+        window = None
+        if self.window is not None:
+            window = WindowConfig(self.window, self.hop if self.hop is not None else self.window / 2, self.threshold)
+        object.__setattr__(self, "config", replace(self.config, window=window))
+
+    @property
+    def to_stdout(self) -> bool:
+        return self.out == "-"
