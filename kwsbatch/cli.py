@@ -173,7 +173,7 @@ def _add_synth(sub, common) -> None:
     p.add_argument("--unknown", type=int, default=None, help="_unknown_ clips (default: 2 x per-word)")
     p.add_argument("--silence", type=int, default=None, help="_silence_ clips (default: per-word)")
     p.add_argument("--speakers", type=int, default=None, help="voice settings to sample (default: per-word)")
-    p.add_argument("--engines", default=None, help="comma-separated engines (default: every installed one: espeak-ng, flite, festival)")
+    p.add_argument("--engines", default=None, help="comma-separated engines: espeak-ng, flite, festival (default: those installed), piper, kokoro (pip extras)")
     p.add_argument("--unknown-words", default=None, help="word list file for _unknown_ (one word per line)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-j", "--jobs", type=int, default=2, help="clips synthesized at once")
@@ -504,7 +504,7 @@ def cmd_synth(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kwsbatch.corpus.synth import SynthConfig, read_word_list, summarize, synthesize_corpus
+    from kwsbatch.corpus.synth import SynthConfig, read_word_list, speaker_notes, summarize, synthesize_corpus
 
     config = SynthConfig(
         words=tuple(w for w in args.words.split(",") if w.strip()),
@@ -529,6 +529,8 @@ def cmd_synth(args) -> int:
     for row in counts.itertuples(index=False):
         table.add_row(*map(str, row))
     Console().print(table)
+    for note in speaker_notes(manifest):
+        print(note)
     return EXIT_OK
 
 
