@@ -104,6 +104,15 @@ def test_threads_sharing_the_engine_get_the_audio_of_one_thread(engine):
         assert list(pool.map(say, reversed(jobs))) == alone[::-1]
 
 
+def test_piper_redraws_noise_that_was_too_short_reproducibly(monkeypatch):
+    engine = _engine("piper")
+    setting = engine.voice_settings(np.random.default_rng(5), 1)[0]
+    monkeypatch.setattr(engine, "FRAMES_PER_ID", 1)  # too little prior noise for any word: the 8x or 64x retry speaks
+    takes = [engine.speak("go", setting, rng=np.random.default_rng(9))[0] for _ in range(2)]
+    assert takes[0].tobytes() == takes[1].tobytes()
+    assert 0.15 * 22050 < len(synth.trim_silence(takes[0], 22050)) < 22050
+
+
 def test_kokoro_blends_many_voices_and_their_ids_round_trip():
     settings = _engine("kokoro").voice_settings(np.random.default_rng(4), 300)
     assert len({s.speaker for s in settings}) >= 290  # ~450 blends x 36 speeds: few repeats
