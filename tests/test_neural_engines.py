@@ -140,6 +140,7 @@ def test_kokoro_blend_is_the_weighted_sum_of_its_voices():
     ("kokoro:xx_yy1.0@1", "distinct voices of jf_alpha,"),
     ("kokoro:jf_alpha@1", "voice\\+weight parts"),
     ("piper:en_US-joe-medium@1", "not like kokoro:"),
+    ("kokoro:jf_alpha0.6+jm_kumo0.4@1.1.1", "not like kokoro:"),
 ])
 def test_a_bad_kokoro_voice_id_is_a_one_line_error(text, message):
     with pytest.raises(SynthError, match=message) as error:

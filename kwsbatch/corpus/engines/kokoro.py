@@ -64,7 +64,7 @@ def voice_id(setting: VoiceSetting) -> str:
 
 def parse_voice_id(text: str) -> VoiceSetting:
     """The setting `voice_id` wrote; SynthError unless the blend is valid."""
-    match = re.fullmatch(r"kokoro:([^@]+)@([0-9.]+)", text.strip())
+    match = re.fullmatch(r"kokoro:([^@]+)@([0-9]+(?:\.[0-9]+)?)", text.strip())
     if not match:
         raise SynthError(f"kokoro voice {text!r} is not like kokoro:jf_alpha0.6+jm_kumo0.4@1.1")
     parse_blend(match.group(1))
