@@ -2,8 +2,7 @@
 
 System programs, used by default when installed: espeak-ng (required: it also phonemizes),
 flite, festival. Neural engines, optional pip extras used only when named (`--engines`): piper
-and kokoro; they take ten times the CPU per clip and hundreds of MB per process, and a default
-that changed whenever a pip package appeared would change what the same command writes.
+and kokoro, which take up to ten times the CPU per clip and ~200 MB each.
 """
 
 from __future__ import annotations
