@@ -10,7 +10,7 @@ a copy under ~/.cache through a temporary name that concurrent processes share),
 English with `espeak-ng --ipa` mapped to Kokoro's symbols, and runs the model itself.
 
 A voice setting blends 2-3 of the five tables with weights in tenths (so the name is the exact
-blend) at a speed: `voice_id` writes it as `kokoro:jf_alpha0.6+jm_kumo0.4@1.1`, `parse_voice_id`
+blend; 450 blends) at a speed: `voice_id` writes it as `kokoro:jf_alpha0.6+jm_kumo0.4@1.1`, `parse_voice_id`
 reads it back. Blends are new speakers, so settings split by voice are unseen voices (with a
 Japanese accent; mostly female, as four of the five tables are). Kokoro draws no noise: the same
 setting saying the same text twice gives the same audio.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import itertools
 import json
 import re
 import shutil
@@ -55,6 +56,21 @@ def ipa_to_kokoro(ipa: str) -> str:
         ipa = ipa.replace(old, new)
     ipa = re.sub(r"(\S)\u0329", r"ᵊ\1", ipa)  # other syllabic consonants: n̩ -> ᵊn
     return ipa.replace("^", "")
+
+
+def _blends() -> tuple[str, ...]:
+    """Every mix of 2 or 3 distinct voices with weights in tenths, each at least 0.1, summing to 1
+    (so the name is the exact blend): 10 pairs x 9 + 10 triples x 36 = 450."""
+    blends = []
+    for k in (2, 3):
+        for chosen in itertools.combinations(VOICES, k):
+            for cuts in itertools.combinations(range(1, 10), k - 1):
+                tenths = np.diff([0, *cuts, 10])
+                blends.append("+".join(f"{v}{t / 10:.1f}" for v, t in zip(chosen, tenths)))
+    return tuple(blends)
+
+
+BLENDS = _blends()
 
 
 def voice_id(setting: VoiceSetting) -> str:
@@ -110,16 +126,11 @@ class KokoroEngine:
         self.session = onnx_session(model)
 
     def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
-        settings = []
-        for _ in range(n):
-            k = int(rng.integers(2, 4))
-            chosen = sorted(rng.choice(len(VOICES), size=k, replace=False))
-            # Weights in tenths, each at least 0.1, summing to 1: the name then is the exact blend.
-            cuts = np.sort(rng.choice(np.arange(1, 10), size=k - 1, replace=False))
-            tenths = np.diff(np.concatenate([[0], cuts, [10]]))
-            blend = "+".join(f"{VOICES[i]}{t / 10:.1f}" for i, t in zip(chosen, tenths))
-            settings.append(VoiceSetting(self.name, blend, (("speed", round(float(rng.uniform(0.85, 1.2)), 2)),)))
-        return settings
+        """n settings, each a different blend while n <= len(BLENDS) (450): a blend said at two
+        speeds is one voice, and would otherwise land in two splits."""
+        order = rng.permutation(len(BLENDS))
+        return [VoiceSetting(self.name, BLENDS[order[i % len(BLENDS)]], (("speed", round(float(rng.uniform(0.85, 1.2)), 2)),))
+                for i in range(n)]
 
     def style(self, blend: str, n_tokens: int) -> np.ndarray:
         """The blend's style vector (1, 256) for an utterance of n_tokens phonemes: the tables are
