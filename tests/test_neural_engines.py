@@ -79,6 +79,8 @@ def test_same_seed_gives_the_same_audio_whatever_came_before(engine):
     reseeded = engine.speak("left", first, rng=np.random.default_rng(8))[0]
     # Piper's takes differ with the noise it is fed; Kokoro draws none, so a take is the setting's.
     assert (take.tobytes() != reseeded.tobytes()) == (engine.name == "piper")
+    # Without a generator the noise is seeded by setting and text: still a pure function.
+    assert engine.speak("left", first)[0].tobytes() == engine.speak("left", first)[0].tobytes()
 
 
 def test_voice_settings_sound_different_and_tempo_speeds_up(engine):
@@ -145,6 +147,12 @@ def test_kokoro_blend_is_the_weighted_sum_of_its_voices():
 def test_a_bad_kokoro_voice_id_is_a_one_line_error(text, message):
     with pytest.raises(SynthError, match=message) as error:
         parse_voice_id(text)
+    assert "\n" not in str(error.value)
+
+
+def test_kokoro_refuses_a_text_longer_than_one_call_in_one_line():
+    with pytest.raises(SynthError, match=r"is \d+ phonemes, more than one call takes \(508\)") as error:
+        _engine("kokoro").speak("internationalization " * 40, parse_voice_id("kokoro:jf_alpha0.5+jm_kumo0.5@1"))
     assert "\n" not in str(error.value)
 
 

@@ -144,16 +144,12 @@ class KokoroEngine:
 
     def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0,
               rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-        """(samples,) at 24,000 Hz. A text too long for one call (~30 words) is spoken in halves."""
+        """(samples,) at 24,000 Hz; texts up to ~30 words (508 phonemes: synth's babble says 10 a call)."""
         tokens = [self.vocab[c] for c in self.phonemes(text) if c in self.vocab]
         if not tokens:
             raise SynthError(f"kokoro: espeak-ng gave no phonemes Kokoro knows for {text!r}")
         if len(tokens) > _MAX_TOKENS - 2:  # two pad tokens frame every call
-            words = text.split()
-            if len(words) < 2:
-                raise SynthError(f"kokoro: {text[:40]!r}... is {len(tokens)} phonemes, more than one call takes")
-            halves = (" ".join(words[:len(words) // 2]), " ".join(words[len(words) // 2:]))
-            return np.concatenate([self.speak(h, setting, tempo=tempo)[0] for h in halves]), SAMPLE_RATE
+            raise SynthError(f"kokoro: {text[:40]!r}... is {len(tokens)} phonemes, more than one call takes ({_MAX_TOKENS - 2})")
         audio = self.session.run(None, {
             "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
             "style": self.style(setting.voice, len(tokens)),
