@@ -9,6 +9,8 @@ import pytest
 import soundfile as sf
 
 from kwsbatch.corpus import synth
+from kwsbatch.corpus.engines import ENGINE_TYPES, VoiceSetting, available_engines
+from kwsbatch.corpus.engines.espeak import EspeakEngine
 from kwsbatch.corpus.synth import (
     COLUMNS,
     SILENCE,
@@ -82,7 +84,10 @@ def test_manifest_and_split_files(corpus):
     for name in ("white_noise", "pink_noise", "brown_noise", "babble"):
         assert sf.info(out / "_background_noise_" / f"{name}.wav").duration >= 10
     voices = pd.read_csv(out / "voices.csv")
-    assert set(voices["speaker"]) == set(manifest.loc[manifest["engine"] != "noise", "speaker"])
+    spoken = manifest[manifest["engine"] != "noise"]
+    assert set(voices["speaker"]) == set(spoken["speaker"])
+    assert dict(zip(voices["speaker"], voices["voice"])) == dict(zip(spoken["speaker"], spoken["voice"]))
+    assert (manifest.loc[manifest["engine"] == "noise", "voice"] == "").all()
 
 
 @needs_espeak
@@ -100,7 +105,7 @@ def test_splits_are_disjoint_by_speaker_and_hold_every_class(corpus):
 def test_same_seed_gives_identical_bytes_whatever_jobs(corpus, tmp_path):
     out, manifest = corpus
     again = synthesize_corpus(CONFIG, tmp_path / "again", jobs=1)
-    parallel = synthesize_corpus(CONFIG, tmp_path / "parallel", jobs=2)
+    synthesize_corpus(CONFIG, tmp_path / "parallel", jobs=2)
     pd.testing.assert_frame_equal(again, manifest)
     assert _digests(tmp_path / "again") == _digests(out)
     assert _digests(tmp_path / "parallel") == _digests(out)
@@ -139,8 +144,8 @@ def test_read_word_list_keeps_plain_lowercase_words(tmp_path):
 
 @needs_espeak
 def test_long_speech_is_sped_up_to_fit():
-    engine = synth.EspeakEngine()
-    setting = synth.VoiceSetting(engine.name, "gmw/en-US", (("rate", 130), ("pitch", 50), ("range", 100),
+    engine = EspeakEngine()
+    setting = VoiceSetting(engine.name, "gmw/en-US", (("rate", 130), ("pitch", 50), ("range", 100),
                                                              ("amplitude", 100)))
     speech = synth._speak_to_fit(engine, "internationalization department", setting, 16000, 14400)
     assert 8000 < len(speech) <= 14400
@@ -160,7 +165,7 @@ def test_bad_config_is_one_line_error(config, message):
 
 
 def test_missing_espeak_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(SynthError, match=r"espeak-ng not found: install it with `apt-get install espeak-ng`"):
         synthesize_corpus(SynthConfig(words=("yes",)), tmp_path / "c")
 
@@ -207,7 +212,7 @@ def test_engine_speaks_each_voice_audibly_and_differently(name):
     program, install = ENGINE_PROGRAMS[name]
     if shutil.which(program) is None or shutil.which("espeak-ng") is None:
         pytest.skip(f"{program} not installed ({install})")
-    engine = synth._ENGINE_TYPES[name]()
+    engine = ENGINE_TYPES[name]()
     settings = engine.voice_settings(np.random.default_rng(0), 2 * len(engine.voices))
     assert {s.voice.split("+")[0] for s in settings} == set(engine.voices)  # every voice is used
     assert len({s.speaker for s in settings}) > len(engine.voices)  # more than one setting per voice
@@ -228,7 +233,7 @@ def test_engine_speaks_each_voice_audibly_and_differently(name):
 @pytest.mark.skipif(shutil.which("text2wave") is None or shutil.which("espeak-ng") is None,
                     reason="festival not installed (apt-get install festival festvox-kallpc16k)")
 def test_festival_is_a_default_engine_and_makes_a_corpus(tmp_path):
-    festival = next(e for e in synth.available_engines() if e.name == "festival")  # a default engine
+    festival = next(e for e in available_engines() if e.name == "festival")  # a default engine
     config = SynthConfig(words=("no",), per_word=3, unknown=3, silence=0, unknown_words=VOCAB, engines=("festival",), seed=1)
     manifest = synthesize_corpus(config, tmp_path / "c")
     assert set(manifest["engine"]) == {"festival"}

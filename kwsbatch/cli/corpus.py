@@ -15,6 +15,7 @@ EXIT_OK, EXIT_PARTIAL = 0, 3
 SYNTH_EXAMPLES = """examples:
   kwsbatch synth --words yes,no,up,down -o data/synth
   kwsbatch synth --words on,off --per-word 50 --engines espeak-ng --seed 1 -o data/small
+  kwsbatch synth --words yes,no --per-word 300 --engines piper,kokoro -o data/neural   # pip install '.[tts]'
 """
 
 
@@ -27,7 +28,7 @@ def add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unknown", type=int, default=None, help="_unknown_ clips (default: 2 x per-word)")
     p.add_argument("--silence", type=int, default=None, help="_silence_ clips (default: per-word)")
     p.add_argument("--speakers", type=int, default=None, help="voice settings to sample (default: per-word)")
-    p.add_argument("--engines", default=None, help="comma-separated engines (default: every installed one: espeak-ng, flite, festival)")
+    p.add_argument("--engines", default=None, help="comma-separated engines: espeak-ng, flite, festival (default: those installed), piper, kokoro (pip extras)")
     p.add_argument("--unknown-words", default=None, help="word list file for _unknown_, one word per line (default: the bundled list)")
     p.add_argument("--seed", type=int, default=SynthConfig.seed, help="seeds the voices, words and placements")
     add_jobs(p)
@@ -37,7 +38,7 @@ def run_synth(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kwsbatch.corpus.synth import SynthConfig, read_word_list, summarize, synthesize_corpus
+    from kwsbatch.corpus.synth import SynthConfig, read_word_list, speaker_notes, summarize, synthesize_corpus
 
     config = SynthConfig(
         words=tuple(w for w in args.words.split(",") if w.strip()), per_word=args.per_word, unknown=args.unknown,
@@ -57,6 +58,8 @@ def run_synth(args) -> int:
     for row in counts.itertuples(index=False):
         table.add_row(*map(str, row))
     Console().print(table)
+    for note in speaker_notes(manifest):
+        print(note)
     return EXIT_OK
 
 

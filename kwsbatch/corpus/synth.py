@@ -6,7 +6,7 @@ clips out the way Google Speech Commands does::
 
     out_dir/<label>/<speaker>_<n>.wav      16 kHz mono PCM_16, exactly `clip_seconds` long
     out_dir/_background_noise_/*.wav       long white/pink/brown noise and TTS babble (not listed)
-    out_dir/manifest.csv                   path,label,speaker,engine,text,split
+    out_dir/manifest.csv                   path,label,speaker,engine,voice,text,split
     out_dir/train.csv, val.csv, test.csv   the same rows, one file per split
     out_dir/voices.csv                     speaker,engine,voice,params,split: what each speaker is
 
@@ -14,7 +14,12 @@ Labels are the keywords, `_unknown_` (other English words and a few two-word phr
 keywords and their homophones) and `_silence_` (near-silence and coloured noise; its `text` is the
 noise kind and its engine `noise`). A *speaker* is one engine voice setting (engine + voice +
 variant + rate + pitch ...); splits are drawn by speaker, so no voice setting straddles two
-splits, and every split gets every class and engine whenever the counts allow.
+splits, and every split gets every class and engine whenever the counts allow. The `voice`
+column names the underlying voice: settings that share it are one voice told to speak
+differently (every piper setting is the same man), which `speaker_notes` spells out.
+
+Engines live in kwsbatch.corpus.engines: espeak-ng, flite and festival by default, the neural
+piper and kokoro (pip extras) when named.
 
 The default unknown vocabulary is the bundled assets/unknown_words.txt (5000 common words), not
 /usr/share/dict/words, so a seed gives the same corpus on machines with and without wamerican;
@@ -27,9 +32,10 @@ Public API::
                 splits=(0.8, 0.1, 0.1))
     synthesize_corpus(config, out_dir, *, jobs=1, progress=None) -> manifest DataFrame
     summarize(manifest) -> clip counts per (label, engine) x split
+    speaker_notes(manifest) -> one line per engine: its voice settings and the voices behind them
     read_word_list(path) -> words for SynthConfig.unknown_words (e.g. /usr/share/dict/words)
     filter_unknown_words(words, keywords) -> words minus keywords and their homophones
-    available_engines(names=None) -> [Engine]; EspeakEngine, FliteEngine, FestivalEngine; SynthError
+    kwsbatch.corpus.engines: available_engines(names=None) -> [Engine]; VoiceSetting; SynthError
 
 Same config and seed give byte-identical files whatever `jobs` is: every random draw comes from
 a generator seeded with (seed, purpose, index), never from shared state.
@@ -38,18 +44,13 @@ a generator seeded with (seed, purpose, index), never from shared state.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import re
-import shutil
-import subprocess
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
-from xml.sax.saxutils import escape
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,19 +58,20 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from kwsbatch.errors import KwsError
+from kwsbatch.corpus.engines import Engine, SynthError, VoiceSetting, available_engines
+from kwsbatch.corpus.engines.base import run_program
 from kwsbatch.settings import ONE_PER_CORE, worker_count
 
 UNKNOWN = "_unknown_"
 SILENCE = "_silence_"
 BACKGROUND_DIR = "_background_noise_"
 SPLITS = ("train", "val", "test")
-COLUMNS = ("path", "label", "speaker", "engine", "text", "split")
+COLUMNS = ("path", "label", "speaker", "engine", "voice", "text", "split")
 DEFAULT_WORDS_FILE = Path(__file__).parents[1] / "assets" / "unknown_words.txt"
 
 # Streams keep the draws for different purposes independent, so e.g. changing --silence does not
 # change which voices speak the keywords.
-_VOICES, _PLAN, _TEXTS, _CLIP, _BACKGROUND = range(5)
+_VOICES, _PLAN, _TEXTS, _CLIP, _BACKGROUND, _SPEECH = range(6)
 _PHRASE_FRACTION = 0.1      # share of _unknown_ clips that are two-word phrases
 _MAX_SPEECH = 0.9           # speech may fill at most this share of a clip, so its offset varies
 _MAX_TEMPO = 2.0            # beyond 2x faster TTS becomes unintelligible; truncate instead
@@ -91,10 +93,6 @@ NEAR_HOMOPHONES: dict[str, tuple[str, ...]] = {
     "off": ("of", "oft"),
     "stop": ("stoop", "step"),
 }
-
-
-class SynthError(KwsError):
-    """A corpus cannot be synthesized: bad options, a missing engine, or an engine failure."""
 
 
 @dataclass(frozen=True)
@@ -158,264 +156,6 @@ class SynthConfig:
         return round(self.sample_rate * self.clip_seconds)
 
 
-# ---------------------------------------------------------------------------------- engines
-
-
-@dataclass(frozen=True)
-class VoiceSetting:
-    """One way an engine can speak: a voice plus its parameters; hashes to a stable speaker id."""
-
-    engine: str
-    voice: str
-    params: tuple[tuple[str, int | float], ...] = ()
-
-    @property
-    def speaker(self) -> str:
-        # hashlib, not hash(): ids (and so splits) must not change between processes.
-        key = repr((self.engine, self.voice, self.params)).encode()
-        return f"{self.engine}_{hashlib.sha1(key).hexdigest()[:8]}"
-
-    def describe(self) -> str:
-        return " ".join([f"voice={self.voice}"] + [f"{k}={v}" for k, v in self.params])
-
-
-class Engine(Protocol):
-    """A TTS engine. Adding one is a class with these members plus an entry in _ENGINE_TYPES."""
-
-    name: str
-    weight: float  # relative share of the voice settings when several engines are used
-
-    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
-        """n settings sampled with rng, cycling through the engine's voices evenly."""
-
-    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
-        """Float32 mono waveform and its sample rate; tempo > 1 speaks faster."""
-
-
-def _run(cmd: Sequence[str], what: str, stdin: str | None = None) -> bytes:
-    try:
-        done = subprocess.run(cmd, input=stdin.encode() if stdin else None, capture_output=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SynthError(f"{what} failed: {e}") from None
-    if done.returncode != 0 or not done.stdout:
-        reason = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[0]
-        raise SynthError(f"{what} failed: {reason}")
-    return done.stdout
-
-
-def _decode_wav(data: bytes, what: str) -> tuple[np.ndarray, int]:
-    try:
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except RuntimeError as e:
-        raise SynthError(f"{what} wrote unreadable audio: {e}") from None
-    return audio.mean(axis=1), sr
-
-
-class EspeakEngine:
-    """espeak-ng: every English accent crossed with every voice variant (`-v en-us+f3`)."""
-
-    name = "espeak-ng"
-    weight = 3.0
-
-    def __init__(self):
-        if shutil.which("espeak-ng") is None:
-            raise SynthError("espeak-ng not found: install it with `apt-get install espeak-ng`")
-        self.voices, self.skipped = self._english_voices()
-        if not self.voices:
-            raise SynthError(f"espeak-ng has no working English voice (tried {', '.join(self.skipped)})")
-        self.variants = self._variants()
-
-    def _english_voices(self) -> tuple[list[str], list[str]]:
-        """Voice files (e.g. gmw/en-US) that speak; mbrola voices only if mbrola works."""
-        listing = _run(["espeak-ng", "--voices=en"], "espeak-ng --voices=en").decode()
-        voices, skipped = [], []
-        for line in listing.splitlines()[1:]:
-            fields = line.split()
-            if len(fields) < 5 or fields[1] == "variant":
-                continue
-            voice = fields[4]
-            if voice.startswith("mb/") and shutil.which("mbrola") is None:
-                skipped.append(voice)
-            elif voice not in voices:
-                voices.append(voice)
-        working = []
-        for voice in voices:
-            try:  # an mbrola voice whose database is missing exits 0 with no audio
-                _run(["espeak-ng", "-v", voice, "--stdout", "test"], "probe")
-                working.append(voice)
-            except SynthError:
-                skipped.append(voice)
-        return working, skipped
-
-    @staticmethod
-    def _variants() -> list[str]:
-        # Read the variant directory: `--voices=variant` prints names, not the file names `+`
-        # needs, and an unknown `+variant` silently falls back to the plain voice.
-        version = _run(["espeak-ng", "--version"], "espeak-ng --version").decode()
-        match = re.search(r"Data at:\s*(\S.*)$", version.strip())
-        folder = Path(match.group(1).strip()) / "voices" / "!v" if match else None
-        if folder is None or not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.is_file())
-
-    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
-        variants = [""] + self.variants  # "" is the accent's own voice
-        order = rng.permutation(len(self.voices))
-        settings = []
-        for i in range(n):
-            voice = self.voices[order[i % len(self.voices)]]
-            variant = variants[rng.integers(len(variants))]
-            params = (
-                ("rate", int(rng.integers(130, 241))),      # words/min, default 175
-                ("pitch", int(rng.integers(15, 86))),       # 0-99, default 50
-                ("range", int(rng.integers(40, 161))),      # pitch range, % of the voice's
-                ("amplitude", int(rng.integers(70, 141))),  # 0-200, default 100
-            )
-            settings.append(VoiceSetting(self.name, f"{voice}+{variant}" if variant else voice, params))
-        return settings
-
-    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
-        p = dict(setting.params)
-        rate = min(450, round(p["rate"] * tempo))
-        # This espeak-ng has no -P flag; SSML prosody is how it takes a pitch range.
-        ssml = f'<speak><prosody range="{p["range"]}%">{escape(text)}</prosody></speak>'
-        cmd = ["espeak-ng", "-m", "-z", "--stdout", "-v", setting.voice, "-s", str(rate),
-               "-p", str(p["pitch"]), "-a", str(p["amplitude"]), ssml]
-        return _decode_wav(_run(cmd, f"espeak-ng -v {setting.voice} on {text!r}"), "espeak-ng")
-
-
-class FliteEngine:
-    """flite: its general-domain voices, rate and mean pitch varied with --setf."""
-
-    name = "flite"
-    weight = 1.0  # few voices, so a small share keeps them from dominating the speakers
-    # awb_time only knows how to say the time of day.
-    LIMITED_DOMAIN = frozenset({"awb_time"})
-    # Typical mean F0 per voice, Hz; pitch is sampled around it (rms ignores the setting).
-    F0 = {"slt": 170}
-    DEFAULT_F0 = 105
-
-    def __init__(self):
-        if shutil.which("flite") is None:
-            raise SynthError("flite not found: install it with `apt-get install flite`")
-        listing = _run(["flite", "-lv"], "flite -lv").decode()
-        names = listing.split(":", 1)[-1].split()
-        self.voices = [v for v in names if v not in self.LIMITED_DOMAIN]
-        if not self.voices:
-            raise SynthError("flite lists no general-domain voice")
-
-    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
-        order = rng.permutation(len(self.voices))
-        settings = []
-        for i in range(n):
-            voice = self.voices[order[i % len(self.voices)]]
-            f0 = self.F0.get(voice, self.DEFAULT_F0)
-            params = (
-                ("stretch", round(float(rng.uniform(0.8, 1.25)), 2)),
-                ("f0", int(round(f0 * rng.uniform(0.8, 1.25)))),
-            )
-            settings.append(VoiceSetting(self.name, voice, params))
-        return settings
-
-    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
-        p = dict(setting.params)
-        cmd = ["flite", "-voice", setting.voice,
-               "--setf", f"duration_stretch={p['stretch'] / tempo:.3f}",
-               "--setf", f"int_f0_target_mean={p['f0']}", "-t", text, "-o", "/dev/stdout"]
-        return _decode_wav(_run(cmd, f"flite -voice {setting.voice} on {text!r}"), "flite")
-
-
-class FestivalEngine:
-    """festival (via text2wave): its English voices (festvox kal and ked diphones, the HTS voice
-    slt, ...), speaking rate and mean pitch varied."""
-
-    name = "festival"
-    weight = 1.0  # a handful of voices, like flite
-    # Voices live in <festival>/voices/<language>/<voice>/; these language folders are English.
-    ENGLISH = frozenset({"english", "us", "uk", "british", "american", "scottish"})
-
-    def __init__(self):
-        if shutil.which("festival") is None or shutil.which("text2wave") is None:
-            raise SynthError("festival not found: install it with `apt-get install festival festvox-kallpc16k`")
-        listing = _run(["festival", "--pipe"], "festival", "(print voice-locations)\n").decode()
-        # ((kal_diphone . "/usr/share/festival/voices/english/kal_diphone/") ...)
-        located = re.findall(r'\((\w+) \. "([^"]*)"\)', listing)
-        english = sorted(v for v, path in located if Path(path).parent.name in self.ENGLISH)
-        self.voices, self.skipped = [], []
-        for voice in english:
-            try:  # a voice whose data is incomplete fails only when it speaks
-                self.speak("test", VoiceSetting(self.name, voice, (("stretch", 1.0),)))
-                self.voices.append(voice)
-            except SynthError:
-                self.skipped.append(voice)
-        if not self.voices:
-            tried = f" (tried {', '.join(self.skipped)})" if self.skipped else ""
-            raise SynthError(f"festival has no working English voice{tried}: install festvox-kallpc16k")
-
-    def voice_settings(self, rng: np.random.Generator, n: int) -> list[VoiceSetting]:
-        order = rng.permutation(len(self.voices))
-        settings = []
-        for i in range(n):
-            voice = self.voices[order[i % len(self.voices)]]
-            stretch = round(float(rng.uniform(0.85, 1.3)), 2)  # duration factor; voices default to ~1.1
-            f0 = round(float(rng.uniform(0.8, 1.25)), 2)  # times the voice's own mean pitch
-            # HTS voices have no pitch knob here; leaving f0 out keeps equal-sounding settings one speaker.
-            params = (("stretch", stretch),) if self._is_hts(voice) else (("stretch", stretch), ("f0", f0))
-            settings.append(VoiceSetting(self.name, voice, params))
-        return settings
-
-    @staticmethod
-    def _is_hts(voice: str) -> bool:
-        return voice.endswith("_hts")  # festvox's naming for voices made with HTS
-
-    def speak(self, text: str, setting: VoiceSetting, *, tempo: float = 1.0) -> tuple[np.ndarray, int]:
-        p = dict(setting.params)
-        stretch = p["stretch"] / tempo
-        if self._is_hts(setting.voice):
-            # HTS voices time themselves and ignore Duration_Stretch; hts_engine's -r is a speed factor.
-            tweak = f'(set! hts_engine_params (append hts_engine_params (list (list "-r" {1 / stretch:.3f}))))'
-        else:
-            tweak = (f"(Parameter.set 'Duration_Stretch {stretch:.3f}) "
-                     "(if (assoc 'target_f0_mean int_lr_params) (set! int_lr_params (cons (list 'target_f0_mean "
-                     f"(* {p.get('f0', 1.0):.3f} (car (cdr (assoc 'target_f0_mean int_lr_params))))) int_lr_params)))")
-        what = f"festival voice {setting.voice} on {text!r}"
-        with tempfile.TemporaryDirectory(prefix="kwsbatch-festival-") as tmp:
-            # A file, not stdout: text2wave writes its WAV header before knowing the data size.
-            out = Path(tmp) / "speech.wav"
-            cmd = ["text2wave", "-eval", f"(begin (voice_{setting.voice}) {tweak})", "-o", str(out)]
-            try:
-                done = subprocess.run(cmd, input=text.encode(), capture_output=True, timeout=120)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise SynthError(f"{what} failed: {e}") from None
-            # Festival reports Scheme errors on stderr and still exits 0, writing no file.
-            if done.returncode != 0 or not out.is_file() or out.stat().st_size <= 44:
-                reason = (done.stderr.decode(errors="replace").strip().splitlines() or ["no audio written"])[0]
-                raise SynthError(f"{what} failed: {reason}")
-            return _decode_wav(out.read_bytes(), "festival")
-
-
-_ENGINE_TYPES = {EspeakEngine.name: EspeakEngine, FliteEngine.name: FliteEngine, FestivalEngine.name: FestivalEngine}
-
-
-def available_engines(names: Sequence[str] | None = None) -> list[Engine]:
-    """The named engines (when None, every installed one that has a working English voice);
-    espeak-ng must be installed either way."""
-    espeak = EspeakEngine()  # required even when unused: it phonemizes the homophone filter
-    if names is None:
-        engines: list[Engine] = [espeak]
-        for name, engine_type in _ENGINE_TYPES.items():
-            if name != espeak.name and shutil.which(name):
-                try:
-                    engines.append(engine_type())
-                except SynthError:
-                    pass  # installed without a usable English voice: not an engine to default to
-        return engines
-    unknown = [n for n in names if n not in _ENGINE_TYPES]
-    if unknown or not names:
-        raise SynthError(f"unknown engine {','.join(unknown) or '(none given)'}: choose from {','.join(_ENGINE_TYPES)}")
-    return [espeak if n == espeak.name else _ENGINE_TYPES[n]() for n in dict.fromkeys(names)]
-
-
 # ---------------------------------------------------------------------------- vocabulary
 
 
@@ -444,10 +184,10 @@ def phonemize(words: Sequence[str], voice: str = "en-us") -> list[str]:
     missing = [w for w in dict.fromkeys(words) if (voice, w) not in _PHONEME_CACHE]
     if missing:
         # One process for all words: espeak-ng reads stdin a line at a time, one output line each.
-        out = _run(["espeak-ng", "-q", "-x", "-v", voice], "espeak-ng -x", "\n".join(missing) + "\n")
+        out = run_program(["espeak-ng", "-q", "-x", "-v", voice], "espeak-ng -x", "\n".join(missing) + "\n")
         lines = out.decode().splitlines()
         if len(lines) != len(missing):  # a word spoken as two clauses; fall back to one by one
-            lines = [_run(["espeak-ng", "-q", "-x", "-v", voice, w], "espeak-ng -x").decode() for w in missing]
+            lines = [run_program(["espeak-ng", "-q", "-x", "-v", voice, w], "espeak-ng -x").decode() for w in missing]
         for word, line in zip(missing, lines):
             _PHONEME_CACHE[(voice, word)] = re.sub(r"[\s',%=_:|]+", "", line)
     return [_PHONEME_CACHE[(voice, w)] for w in words]
@@ -507,12 +247,14 @@ def _to_pcm16(audio: np.ndarray) -> np.ndarray:
 
 
 def _speak_to_fit(engine: Engine, text: str, setting: VoiceSetting, sample_rate: int,
-                  max_samples: int) -> np.ndarray:
+                  max_samples: int, *, seed: Sequence[int] = ()) -> np.ndarray:
     """Trimmed speech at sample_rate no longer than max_samples: re-spoken faster if needed,
-    truncated with a fade only past _MAX_TEMPO."""
+    truncated with a fade only past _MAX_TEMPO. Engines that sample as they speak get a
+    generator from seed, the same for every attempt: a faster take is the same take, faster."""
     tempo = 1.0
     while True:
-        audio, sr = engine.speak(text, setting, tempo=tempo)
+        rng = np.random.default_rng(list(seed)) if seed else None
+        audio, sr = engine.speak(text, setting, tempo=tempo, rng=rng)
         if sr != sample_rate:
             audio = AF.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
         speech = trim_silence(audio, sample_rate)
@@ -542,6 +284,10 @@ class _Clip:
     path: str
     setting: VoiceSetting | None  # None for _silence_
     noise: str = ""
+
+    @property
+    def voice(self) -> str:
+        return self.setting.voice if self.setting is not None else ""
 
 
 def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -625,7 +371,7 @@ def _render(clip: _Clip, config: SynthConfig, engines: dict[str, Engine]) -> np.
             return _to_pcm16(colored_noise(rng, n, "white") * _db(rng.uniform(-85, -65)))
         return _to_pcm16(colored_noise(rng, n, clip.noise) * _db(rng.uniform(-60, -25)))
     speech = _speak_to_fit(engines[clip.engine], clip.text, clip.setting, config.sample_rate,
-                           int(n * _MAX_SPEECH))
+                           int(n * _MAX_SPEECH), seed=(config.seed, _SPEECH, clip.index))
     speech = speech * (_db(rng.uniform(-20, -1)) / (np.abs(speech).max() + 1e-9))
     offset = int(rng.integers(0, n - len(speech) + 1))
     # A faint noise floor, so silence around the word is never exact digital zero, a cue real
@@ -640,8 +386,9 @@ def _write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
 
 
 def _write_background(out_dir: Path, config: SynthConfig, engines: dict[str, Engine],
-                      settings: Sequence[VoiceSetting], vocabulary: Sequence[str]) -> None:
-    """Long noise files for augmentation; the babble speaks only unknown words, never a keyword."""
+                      settings: Sequence[VoiceSetting], vocabulary: Sequence[str], map_: Callable = map) -> None:
+    """Long noise files for augmentation; the babble speaks only unknown words, never a keyword,
+    with training voices only (it is mixed into training clips). map_ renders its streams."""
     folder = out_dir / BACKGROUND_DIR
     folder.mkdir()
     sr = config.sample_rate
@@ -651,22 +398,29 @@ def _write_background(out_dir: Path, config: SynthConfig, engines: dict[str, Eng
         _write_wav(folder / f"{color}_noise.wav", _to_pcm16(noise * _db(-20)), sr)
     if not settings or not vocabulary:
         return
-    rng = np.random.default_rng([config.seed, _BACKGROUND, 3])
-    babble = np.zeros(n, dtype=np.float32)
-    for _ in range(6):
-        setting = settings[rng.integers(len(settings))]
-        stream = np.zeros(0, dtype=np.float32)
-        for _ in range(4):  # each call speaks ~20 s; a few calls at most reach the length
-            text = " ".join(vocabulary[j] for j in rng.integers(len(vocabulary), size=60))
-            audio, rate = engines[setting.engine].speak(text, setting)
-            audio = AF.resample(torch.from_numpy(audio), rate, sr).numpy() if rate != sr else audio
-            stream = np.concatenate([stream, audio])
-            if len(stream) >= n:
-                break
-        stream = np.resize(stream, n)  # repeats the stream if still short
-        babble += np.roll(stream / (np.sqrt(np.mean(stream ** 2)) + 1e-9), rng.integers(n))
+    streams = map_(lambda i: _babble_stream(i, n, config, engines, settings, vocabulary), range(6))
+    babble = np.sum(list(streams), axis=0, dtype=np.float32)
     babble *= _db(-20) / (np.sqrt(np.mean(babble ** 2)) + 1e-9)
     _write_wav(folder / "babble.wav", _to_pcm16(babble), sr)
+
+
+def _babble_stream(index: int, n: int, config: SynthConfig, engines: dict[str, Engine],
+                   settings: Sequence[VoiceSetting], vocabulary: Sequence[str]) -> np.ndarray:
+    """One voice saying random words for n samples (n,) at unit RMS, from a random start."""
+    rng = np.random.default_rng([config.seed, _BACKGROUND, 3, index])
+    setting = settings[rng.integers(len(settings))]
+    sr, stream = config.sample_rate, np.zeros(0, dtype=np.float32)
+    # Ten words a call (3-5 s): a slow engine (kokoro: 0.3 s of CPU per second of speech) then
+    # says little past the length; 16 calls at most reach it.
+    for _ in range(16):
+        text = " ".join(vocabulary[j] for j in rng.integers(len(vocabulary), size=10))
+        audio, rate = engines[setting.engine].speak(text, setting, rng=rng)
+        audio = AF.resample(torch.from_numpy(audio), rate, sr).numpy() if rate != sr else audio
+        stream = np.concatenate([stream, audio])
+        if len(stream) >= n:
+            break
+    stream = np.resize(stream, n)  # repeats the stream if still short
+    return np.roll(stream / (np.sqrt(np.mean(stream ** 2)) + 1e-9), rng.integers(n))
 
 
 # ------------------------------------------------------------------------------- entry points
@@ -676,7 +430,8 @@ def synthesize_corpus(config: SynthConfig, out_dir: str | Path, *, jobs: int = O
                       progress: Callable[[int], None] | None = None) -> pd.DataFrame:
     """Write the corpus under out_dir (new or empty) and return its manifest.
 
-    jobs: clips rendered at once (0: one per core); threads suffice since the engines run as subprocesses.
+    jobs: clips rendered at once (0: one per core); threads suffice since the engines run as subprocesses or in
+    onnxruntime, which releases the GIL (the neural engines share one session across threads).
     progress: called with the number of clips just written (e.g. rich's `advance`); the total is
     `config.n_clips`.
     """
@@ -697,17 +452,18 @@ def synthesize_corpus(config: SynthConfig, out_dir: str | Path, *, jobs: int = O
     def work(clip: _Clip) -> None:
         _write_wav(out_dir / clip.path, _render(clip, config, by_name), config.sample_rate)
 
+    settings = list({c.speaker: c.setting for c in clips if c.setting is not None}.values())
+    split_of = {c.speaker: c.split for c in clips}
+    training = [s for s in settings if split_of[s.speaker] == "train"]
     with ThreadPoolExecutor(max_workers=worker_count(jobs)) as pool:
         try:
             for _ in pool.map(work, clips):
                 if progress is not None:
                     progress(1)
+            _write_background(out_dir, config, by_name, training, vocabulary, pool.map)
         except BaseException:
             pool.shutdown(cancel_futures=True)  # fail now, not after rendering every other clip
             raise
-
-    settings = list({c.speaker: c.setting for c in clips if c.setting is not None}.values())
-    _write_background(out_dir, config, by_name, settings, vocabulary)
     return _write_tables(out_dir, clips, settings)
 
 
@@ -724,6 +480,23 @@ def _write_tables(out_dir: Path, clips: Sequence[_Clip], settings: Sequence[Voic
                           columns=["speaker", "engine", "voice", "params", "split"])
     voices.to_csv(out_dir / "voices.csv", index=False, lineterminator="\n")
     return manifest
+
+
+def speaker_notes(manifest: pd.DataFrame) -> list[str]:
+    """One line per engine: its voice settings (the speakers splits are drawn by) and the voices
+    behind them, saying when a voice is heard in more than one split (all of piper's are)."""
+    spoken = manifest[manifest["engine"] != "noise"]
+    notes = []
+    for engine, rows in spoken.groupby("engine", sort=True):
+        splits_per_voice = rows.groupby("voice")["split"].nunique()
+        n_voices, shared = len(splits_per_voice), int((splits_per_voice > 1).sum())
+        line = f"{engine}: {rows['speaker'].nunique()} voice settings of {n_voices} voice{'s' * (n_voices != 1)}"
+        line += f" ({splits_per_voice.index[0]})" if n_voices == 1 else ""
+        if shared:
+            line += (f", {'it is' if n_voices == 1 else f'{shared} are'} in more than one split: its val/test clips"
+                     " are new settings of a voice heard in training, not new speakers")
+        notes.append(line)
+    return notes
 
 
 def summarize(manifest: pd.DataFrame) -> pd.DataFrame:
