@@ -137,9 +137,7 @@ def _add_label(sub, common) -> None:
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
     p.add_argument("--batch-size", type=int, default=64, help="clips (or windows) per model batch")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="workers that decode and score (default 0: one per core)")
-    p.add_argument("--processes", action="store_true",
-                   help="workers are processes, not threads: faster on the CPU for large runs, 2 s slower to start")
+    _add_jobs_flag(p)
     p.add_argument("--max-seconds", type=float, default=30.0, help="files longer than this get an error row (without --window)")
     p.add_argument("--threshold", type=float, default=0.0, metavar="P", help="label _unknown_ when the top probability is below P")
     p.add_argument("--window", type=float, default=None, metavar="SECONDS", help="slide a window this long over each file; one row per detection")
@@ -213,7 +211,7 @@ def _add_check(sub, common) -> None:
     p.add_argument("-o", "--out", default=None, help="JSON report (default: reports/<first input name>/check.json)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when any problem is found")
     p.add_argument("--max-listed", type=int, default=1000, help="problem files listed in the JSON report, per kind")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="reading processes")
+    _add_jobs_flag(p)
     p.set_defaults(run=cmd_check)
 
 
@@ -237,7 +235,7 @@ def _add_bench(sub, common) -> None:
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
     p.add_argument("--batch-size", type=int, default=64, help="label's --batch-size")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="label's --jobs (default 0: one worker per core)")
+    _add_jobs_flag(p)
     p.add_argument("--single-files", type=int, default=None, help="clips for the one-at-a-time run (default: all of them)")
     p.add_argument("--dir", default=None, help="make (and keep) the clips here, reusing them when they are already there")
     p.add_argument("--seed", type=int, default=0)
@@ -286,7 +284,11 @@ def _add_runtime_flags(p: argparse.ArgumentParser, *, inference: bool = True) ->
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
     if inference:
         p.add_argument("--batch-size", type=int, default=64, help="clips per model batch")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="decode processes (default 1: decode in the main process)")
+    _add_jobs_flag(p)
+
+
+def _add_jobs_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-j", "--jobs", type=int, default=0, help="loader worker processes that read and batch the audio (default 0: one per core)")
 
 
 def _reporter(args, unit: str = "files"):
@@ -415,27 +417,24 @@ def cmd_label(args) -> int:
             reporter.record(f"error: {e}")
             raise
 
+    from kwsbatch.files.windows import WindowConfig
     from kwsbatch.label.job import run_label_job, stream_labels
     from kwsbatch.label.pipeline import LabelConfig, score_files
     from kwsbatch.label.rows import RowLayout
     from kwsbatch.label.shard import Shard
-    from kwsbatch.label.windows import WindowConfig
     from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
     from kwsbatch.model.scorer import Scorer
 
     try:
         window = WindowConfig(args.window, args.hop if args.hop is not None else args.window / 2) if args.window is not None else None
-        config = LabelConfig(
-            batch_size=args.batch_size, jobs=args.jobs, processes=args.processes, max_seconds=args.max_seconds, window=window
-        )
+        config = LabelConfig(batch_size=args.batch_size, jobs=args.jobs, max_seconds=args.max_seconds, window=window)
         shard = Shard.parse(args.shard) if args.shard is not None else None
     except ValueError as e:
         args.parser.error(str(e))
     try:
         model = Path(args.model) if args.model else default_model_path()
         checkpoint = load_checkpoint(model)
-        device = "cpu" if args.processes and args.device == "auto" else args.device  # worker processes score on the CPU
-        scorer = Scorer(checkpoint, device=device)
+        scorer = Scorer(checkpoint, device=args.device)
         layout = RowLayout(checkpoint.classes, model_id=scorer.model_id, threshold=args.threshold)
         if to_stdout:
             summary = stream_labels(

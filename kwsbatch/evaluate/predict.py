@@ -24,7 +24,7 @@ def predict_manifest(
     *,
     device: str = "auto",
     batch_size: int = 64,
-    jobs: int = 1,
+    jobs: int = 0,
     reporter: Reporter | None = None,
     manifest_format: str | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, ...], dict]:

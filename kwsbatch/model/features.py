@@ -52,19 +52,6 @@ class FeatureConfig:
         return 1 + torch.div(n_samples - self.n_fft, self.hop_length, rounding_mode="floor")
 
 
-def pad_waveforms(waveforms: list[torch.Tensor], *, min_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D waveforms into a zero-padded (batch, samples) tensor plus each clip's own length.
-
-    A clip shorter than one analysis window is zero-padded to min_samples, and its length says so:
-    the padding is a property of the clip, not of the batch it lands in.
-    """
-    lengths = torch.tensor([max(len(w), min_samples) for w in waveforms], dtype=torch.long)
-    batch = torch.zeros(len(waveforms), int(lengths.max()), dtype=torch.float32)
-    for row, wave in enumerate(waveforms):
-        batch[row, : len(wave)] = wave
-    return batch, lengths
-
-
 class MfccFrontend(nn.Module):
     """(batch, samples) waveforms + lengths -> normalised (batch, frames, n_mfcc) features + frame lengths.
 

@@ -25,10 +25,11 @@ import kwsbatch
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.faults import hold
 from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
+from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.files.manifest import ManifestRow, check_known_labels, read_manifest
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.model.device import full_float32, resolve_device
-from kwsbatch.model.features import FeatureConfig, FeatureStats, pad_waveforms
+from kwsbatch.model.features import FeatureConfig, FeatureStats
 from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
 from kwsbatch.progress import Reporter
 from kwsbatch.train.augment import Augmentation, AugmentConfig, load_noise
@@ -53,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1  # held out of the train manifest when no validation manifest is given
     patience: int = 0  # stop after this many epochs without a better validation accuracy; 0 = never
-    jobs: int = 1  # decode processes
+    jobs: int = 0  # loader worker processes that read the clips; 0: one per core
     hidden: int = 64
     layers: int = 3
     dropout: float = 0.0
