@@ -230,13 +230,14 @@ def _add_fetch(sub, common) -> None:
 
 
 def _add_bench(sub, common) -> None:
-    p = sub.add_parser("bench", parents=[common], help="measure label's throughput against the decode and compute floors")
+    p = sub.add_parser("bench", parents=[common], help="measure label's and train's throughput against the floors and the notebook's way")
     p.add_argument("--files", type=int, default=2000, help="clips to make and label (0.5-1.5 s, WAV and FLAC, some stereo 44.1 kHz)")
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where features and the model run")
     p.add_argument("--batch-size", type=int, default=64, help="label's --batch-size")
     _add_jobs_flag(p)
-    p.add_argument("--single-files", type=int, default=None, help="clips for the one-at-a-time run (default: all of them)")
+    p.add_argument("--single-files", type=int, default=None, help="clips for the whole-process run beside the notebook's pipeline (default: all)")
+    p.add_argument("--train-files", type=int, default=1000, help="clips for the training epoch beside the notebook's batch-1 epoch (0: none)")
     p.add_argument("--dir", default=None, help="make (and keep) the clips here, reusing them when they are already there")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_bench, parser=p)
@@ -592,7 +593,8 @@ def cmd_bench(args) -> int:
 
     try:
         config = BenchConfig(
-            files=args.files, device=args.device, batch_size=args.batch_size, jobs=args.jobs, single_files=args.single_files, seed=args.seed
+            files=args.files, device=args.device, batch_size=args.batch_size, jobs=args.jobs, single_files=args.single_files,
+            train_files=args.train_files, seed=args.seed,
         )
     except ValueError as e:
         args.parser.error(str(e))

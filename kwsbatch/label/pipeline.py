@@ -10,16 +10,14 @@ as tasks finish; at most two tasks per worker are in flight, so memory does not 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from kwsbatch.files.audio import DEFAULT_MAX_SECONDS
-from kwsbatch.files.loader import LoadedTask, Piece, ReadConfig, plan_tasks, read_task, run_tasks, workers_for
+from kwsbatch.files.loader import LoadedTask, Piece, ReadConfig, one_torch_thread, plan_tasks, read_task, run_tasks, workers_for
 from kwsbatch.files.manifest import ManifestRow
 from kwsbatch.files.windows import WindowConfig
 from kwsbatch.label.rows import FileResult
@@ -77,30 +75,11 @@ def score_files(
     )
     files = _Files(scorer.classes, config.window is not None)
     for pieces, loaded in tasks:
-        with _one_torch_thread(scorer.device):
+        with one_torch_thread(scorer.device):
             probabilities = scorer.score(loaded.batches)
         done = files.add(pieces, loaded, probabilities)
         if done:
             yield [row for row, _ in done], [result for _, result in done]
-
-
-@contextlib.contextmanager
-def _one_torch_thread(device) -> Iterator[None]:
-    """On the CPU, score in one thread: the loader's workers have the other cores.
-
-    torch's own thread pool, competing with the workers (or other programs) for the same cores,
-    and spinning while the main process waits for the next task, made labelling 36 one-file tasks
-    seven times slower (18 s against 2.4 s, CPU time 4.8 s against 0.9).
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _worker_died(task: list[Piece]) -> str:
