@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -24,9 +24,8 @@ from kwsbatch.train.augment import Augmentation
 from kwsbatch.train.data import ClipSet
 
 
-@dataclass
-class Prepared:
-    """A batch ready for the model: its features (prepared on the CPU), or its padded waveforms."""
+class Prepared(NamedTuple):
+    """A batch ready for the model: its features (prepared on the CPU), or its padded waveforms (pinned by the loader for a GPU)."""
 
     inputs: tuple[torch.Tensor, torch.Tensor]  # (features, frame_lengths), or (waves, lengths) when featurized is False
     featurized: bool

@@ -1,8 +1,9 @@
 """Training: manifests in, a run folder out (best.pt, last.pt, history.csv).
 
-Clips are decoded once into memory; each epoch shuffles (or class-balance samples) them with a
-seeded generator, pads each batch, augments the padded batch on the device (augment.py), computes
-MFCCs there and trains the LSTM. last.pt carries the optimizer, scheduler and generator
+Clips are decoded once into memory by the loader's workers (data.py); each epoch shuffles (or
+class-balance samples) them with a seeded generator, and the workers pad, augment (augment.py) and
+featurise each batch while the LSTM trains on the one before (batches.py; on a GPU augmentation
+and MFCCs run on the device). last.pt carries the optimizer, scheduler and generator
 states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
 softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
 """
@@ -305,7 +306,7 @@ def epoch_order(targets: torch.Tensor, counts: torch.Tensor, balance: str, shuff
 def train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: TrainConfig, augment, process: Process, reporter=None, epoch=1):
     """One pass over order: (mean loss, accuracy); augment is (Augmentation, generator), the generator drawing this epoch's seed.
 
-    Losses and hits add up on the device, read once at the end: no host synchronisation per batch.
+    Losses and hits add up on the device, read once at the end: on a GPU, no host synchronisation per batch.
     """
     # Frozen layers stay in eval mode when fine-tuning, so not even their dropout moves.
     spotter.train(config.finetune is None)
@@ -333,7 +334,10 @@ def train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: Trai
                 hold("train-step")
             total_loss += loss.detach() * len(idx)
             correct += (logits.argmax(1) == targets).sum()
-            reporter.advance(len(idx))
+            seen = min(len(order), (step + 1) * config.batch_size)
+            # The running figures cost a host synchronisation: on the CPU only.
+            shown = {"loss": f"{total_loss.item() / seen:.3f}", "acc": f"{correct.item() / seen:.1%}"} if process.device.type == "cpu" else {}
+            reporter.advance(len(idx), **shown)
     reporter.stop()
     total_loss, correct, seen = sum_across([total_loss.item(), correct.item(), len(order)], process)
     return total_loss / max(seen, 1), correct / max(seen, 1)
