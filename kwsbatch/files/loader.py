@@ -284,16 +284,17 @@ class FileAudio:
 
 @dataclass
 class Batch:
-    """(batch, samples) zero-padded waveforms at the model's rate, each row from one piece."""
+    """(batch, samples) zero-padded waveforms at the model's rate, each row from one piece; or their features."""
 
-    waves: torch.Tensor
-    lengths: torch.Tensor  # (batch,) samples of each row before padding (at least min_samples)
+    waves: torch.Tensor  # or, featurized, (batch, frames, n_features) features
+    lengths: torch.Tensor  # (batch,) samples of each row before padding (at least min_samples); or frame counts
     pieces: list[int]  # each row's piece, by index in the task
     spans: list[tuple[int, int]]  # each row's (start, end) frames in its file, at the file's rate
+    featurized: bool = False
 
-    def __iter__(self):
-        """waves, lengths = batch: what the model takes."""
-        return iter((self.waves, self.lengths))
+    @property
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.waves, self.lengths
 
 
 @dataclass
@@ -305,7 +306,7 @@ class LoadedTask:
 
     def pin_memory(self) -> LoadedTask:
         """Called by the loader when results are to be pinned: page-locked waves, for non-blocking copies."""
-        batches = [Batch(b.waves.pin_memory(), b.lengths, b.pieces, b.spans) for b in self.batches]
+        batches = [Batch(b.waves.pin_memory(), b.lengths, b.pieces, b.spans, b.featurized) for b in self.batches]
         return LoadedTask(self.files, batches)
 
 
@@ -328,8 +329,11 @@ def plan_tasks(rows: Iterable[ManifestRow], config: ReadConfig, task_size: int) 
         yield task
 
 
-def read_task(pieces: list[Piece], config: ReadConfig) -> LoadedTask:
-    """Read, mix, resample and batch a task's pieces; a file that cannot be read becomes its error, not an exception."""
+def read_task(pieces: list[Piece], config: ReadConfig, featurize: Callable | None = None) -> LoadedTask:
+    """Read, mix, resample and batch a task's pieces; a file that cannot be read becomes its error, not an exception.
+
+    featurize((waves, lengths)) -> (features, frame_lengths), when given, replaces each batch's audio by its features.
+    """
     resample = Resampler(config.sample_rate)
     files, segments = [], []  # segments: (piece index, start, end, waveform at the model's rate)
     for index, piece in enumerate(pieces):
@@ -345,7 +349,10 @@ def read_task(pieces: list[Piece], config: ReadConfig) -> LoadedTask:
             audio.error = str(e)
             continue
         segments.extend(own)
-    return LoadedTask(files, collate(segments, config.batch_size, config.min_samples))
+    batches = collate(segments, config.batch_size, config.min_samples)
+    if featurize is not None:
+        batches = [Batch(*featurize(b.inputs), b.pieces, b.spans, featurized=True) for b in batches]
+    return LoadedTask(files, batches)
 
 
 def _read_piece(piece: Piece, config: ReadConfig, audio: FileAudio) -> Iterator[tuple[int, int, np.ndarray, int]]:

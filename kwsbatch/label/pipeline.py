@@ -65,21 +65,23 @@ def score_files(
         max_seconds=config.max_seconds,
         window=config.window,
     )
+    # On the CPU the workers compute the features too: the main process's one core then runs only
+    # the LSTM, and the work splits evenly over the cores (measured in docs/performance.md).
+    on_cpu = scorer.device.type == "cpu"
     tasks = run_tasks(
         plan_tasks(rows, read, config.task_size),
-        functools.partial(read_task, config=read),
+        functools.partial(read_task, config=read, featurize=scorer.featurize if on_cpu else None),
         workers=0 if in_process else config.workers,
         died=_worker_died,
         ordered=ordered,
         pin_memory=scorer.device.type == "cuda",
     )
     files = _Files(scorer.classes, config.window is not None)
-    for pieces, loaded in tasks:
-        with one_torch_thread(scorer.device):
-            probabilities = scorer.score(loaded.batches)
-        done = files.add(pieces, loaded, probabilities)
-        if done:
-            yield [row for row, _ in done], [result for _, result in done]
+    with one_torch_thread(scorer.device):  # reading here too, when in_process
+        for pieces, loaded in tasks:
+            done = files.add(pieces, loaded, scorer.score([b.inputs for b in loaded.batches], featurized=on_cpu))
+            if done:
+                yield [row for row, _ in done], [result for _, result in done]
 
 
 def _worker_died(task: list[Piece]) -> str:

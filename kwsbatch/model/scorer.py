@@ -34,17 +34,24 @@ class Scorer:
         """(batch, n_classes) class probabilities for 1-D waveforms at the model's rate, in one batch."""
         return self.score([pad_waveforms(waveforms, min_samples=self.checkpoint.feature_config.n_fft)])
 
-    def score(self, batches: Iterable) -> np.ndarray:
-        """(rows of all batches, n_classes) probabilities for padded batches: each (batch, samples) waves and (batch,) lengths.
+    def featurize(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(waves, lengths) -> the model's (batch, frames, n_mfcc) features and frame lengths, on the CPU: in a loader worker."""
+        with torch.no_grad():
+            return self.spotter.frontend(*batch)
+
+    def score(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, featurized: bool = False) -> np.ndarray:
+        """(rows of all batches, n_classes) probabilities for padded batches: each (batch, samples) waves and (batch,) lengths,
+        or with featurized, (batch, frames, n_mfcc) features and frame lengths.
 
         On a GPU the batches queue up on the device and the probabilities come back in one copy at
         the end: no host synchronisation per batch. Lengths stay on the CPU, where the model reads them.
         """
         cuda = self.device.type == "cuda"
+        model = self.spotter.head if featurized else self.spotter
         out = []
         with torch.inference_mode():
-            for waves, lengths in batches:
-                logits = self.spotter(waves.to(self.device, non_blocking=cuda), lengths)
+            for inputs, lengths in batches:
+                logits = model(inputs.to(self.device, non_blocking=cuda), lengths)
                 out.append(torch.softmax(logits.float() / self.checkpoint.temperature, dim=1))
             if not out:
                 return np.zeros((0, len(self.classes)), dtype=np.float32)
