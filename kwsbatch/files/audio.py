@@ -1,7 +1,7 @@
 """Audio decoding and resampling: any file soundfile reads -> mono float32 at the model's rate.
 
-Decoding is numpy and soundfile only, so decode workers start fast and never spawn torch
-threads; torch is imported lazily by the resampler, which runs next to the model.
+Decoding is numpy and soundfile only; the resampler (torch, imported lazily) runs beside it in the
+loader's workers (loader.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`label --dask ADDRESS`: score chunks of files on a dask.distributed cluster instead of local threads.
+"""`label --dask ADDRESS`: score chunks of files on a dask.distributed cluster instead of local loader workers.
 
 The driver (the `label` process) walks the inputs, keeps the lock and the journal, and writes the
 output exactly as a local run does; only scoring moves. It cuts the files to label into chunks of
