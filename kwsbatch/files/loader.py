@@ -349,7 +349,7 @@ def read_task(pieces: list[Piece], config: ReadConfig, featurize: Callable | Non
             audio.error = str(e)
             continue
         segments.extend(own)
-    batches = collate(segments, config.batch_size, config.min_samples)
+    batches = collate(segments, config.batch_size, config.min_samples, shared=featurize is None)
     if featurize is not None:
         batches = [Batch(*featurize(b.inputs), b.pieces, b.spans, featurized=True) for b in batches]
     return LoadedTask(files, batches)
@@ -368,8 +368,8 @@ def _read_piece(piece: Piece, config: ReadConfig, audio: FileAudio) -> Iterator[
     audio.sample_rate, audio.channels, audio.frames = reader.sample_rate, reader.channels, reader.frames
 
 
-def collate(segments: list[tuple[int, int, int, torch.Tensor]], batch_size: int, min_samples: int) -> list[Batch]:
-    """Sort segments by length and pad them into batches, all views of one buffer (shared memory in a worker).
+def collate(segments: list[tuple[int, int, int, torch.Tensor]], batch_size: int, min_samples: int, *, shared: bool = True) -> list[Batch]:
+    """Sort segments by length and pad them into batches, all views of one buffer (in a worker, of shared memory when shared).
 
     Sorting makes a batch's clips alike in length, so it pads little; a clip's features do not
     depend on its batch, so neither do its results.
@@ -378,7 +378,7 @@ def collate(segments: list[tuple[int, int, int, torch.Tensor]], batch_size: int,
     groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     widths = [max(min_samples, *(len(segments[i][3]) for i in group)) for group in groups]
     buffer = torch.empty(sum(len(g) * w for g, w in zip(groups, widths)), dtype=torch.float32)
-    if torch.utils.data.get_worker_info() is not None:
+    if shared and torch.utils.data.get_worker_info() is not None:
         buffer.share_memory_()  # before it is filled: sent to the main process without another copy
     batches, offset = [], 0
     for group, width in zip(groups, widths):
