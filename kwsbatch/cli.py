@@ -64,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub, common) -> None:
-    p = sub.add_parser("train", parents=[common], help="train a keyword model on a labelled manifest")
-    p.add_argument("manifest", help="manifest with path and label columns: CSV, TSV, JSON lines or audiofolder metadata.csv")
-    p.add_argument("--val", help="validation manifest (default: a held-out slice of the train manifest)")
+    p = sub.add_parser("train", parents=[common], help="train a keyword model on labelled manifests")
+    p.add_argument("manifests", nargs="+", type=_train_source, metavar="MANIFEST[:WEIGHT]",
+                   help="manifests with path and label columns (CSV, TSV, JSON lines or audiofolder metadata.csv); "
+                   "':WEIGHT' draws each of its clips WEIGHT times as often as a weight-1 clip (default 1)")
+    p.add_argument("--val", action="append", help="validation manifest, repeatable (default: a held-out slice of each train manifest)")
     _add_manifest_format(p, "--manifest-format", "--format")
     p.add_argument("-o", "--out", default=None, help="run folder for best.pt, last.pt, history.csv (default: runs/<manifest name>)")
     p.add_argument("--epochs", type=int, default=30)
@@ -93,7 +95,9 @@ def _add_train(sub, common) -> None:
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--balance", choices=["none", "sample", "weight"], default="none", help="class-balanced sampling or loss weights")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
-    p.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint and train only its classifier")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--finetune", metavar="CKPT", help="start from this checkpoint and train only its classifier")
+    start.add_argument("--init", metavar="CKPT", help="start from this checkpoint and train every layer (its model and feature settings win over the flags)")
     _add_augment_flags(p)
     _add_runtime_flags(p, inference=False)
     p.set_defaults(run=cmd_train)
@@ -119,6 +123,25 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
     ):
         g.add_argument(flag, type=_numbers, metavar=numbers, help=what)
     g.add_argument("--noise-dir", help="audio files for --noise (default: _background_noise_/ beside the train manifest)")
+
+
+def _train_source(text: str):
+    from kwsbatch.train.sources import parse_source
+
+    try:
+        return parse_source(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -159,6 +182,10 @@ def _add_evaluate(sub, common) -> None:
     p.add_argument("--predictions", default=None, help="score this `label` output (CSV, JSON lines, Parquet) instead of running a model")
     p.add_argument("-o", "--out", default=None, help="report folder (default: reports/<manifest name>)")
     p.add_argument("--min-accuracy", type=float, default=None, help="exit with status 3 when accuracy is below this (0-1)")
+    p.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                   help="also score each group of clips sharing a value of this manifest column (speaker, word, ...); repeatable")
+    p.add_argument("--min-group-clips", type=_positive_int, default=10, metavar="N",
+                   help="groups with fewer scored clips are marked and left out of the --by summary (default 10)")
     _add_runtime_flags(p)
     p.set_defaults(run=cmd_evaluate)
 
@@ -327,6 +354,7 @@ def cmd_train(args) -> int:
             conv_stride=args.conv_stride,
             balance=args.balance,
             finetune=args.finetune,
+            init=args.init,
         )
         features = FeatureConfig(
             sample_rate=args.sample_rate,
@@ -337,10 +365,10 @@ def cmd_train(args) -> int:
         )
     except ValueError as e:
         raise KwsError(f"invalid training settings: {e}") from None
-    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.manifest).stem
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.manifests[0].manifest).stem
     reporter = _reporter(args, unit="clips")
     result = train(
-        args.manifest,
+        args.manifests,
         run_dir,
         config=config,
         features=features,
@@ -372,7 +400,7 @@ def _augment_config(args):
 
     preset = AugmentConfig.preset(args.augment or "standard")
     overrides = {}
-    if args.augment is None and args.noise is None and args.noise_dir is None and not default_noise_dir(args.manifest).is_dir():
+    if args.augment is None and args.noise is None and args.noise_dir is None and not default_noise_dir(args.manifests[0].manifest).is_dir():
         # Noise was not asked for, and there is none beside the manifest: the default goes without, quietly.
         overrides["noise"] = (0.0, *preset.noise[1:])
     for name in ("time_shift", "zero_pad", "amplify", "speed", "noise", "time_mask", "freq_mask"):
@@ -471,11 +499,13 @@ def cmd_label(args) -> int:
 def cmd_evaluate(args) -> int:
     from rich.console import Console
 
+    from kwsbatch.evaluate.groups import check_group_columns, score_groups
     from kwsbatch.evaluate.metrics import evaluate_predictions
     from kwsbatch.evaluate.predict import default_report_dir, predict_manifest, read_predictions
-    from kwsbatch.evaluate.report import render_report, write_report
+    from kwsbatch.evaluate.report import render_groups, render_report, write_report
     from kwsbatch.model.checkpoint import default_model_path
 
+    check_group_columns(args.manifest, args.by, manifest_format=args.manifest_format)  # before minutes of scoring
     if args.predictions:
         predictions, classes, info = read_predictions(args.manifest, args.predictions, manifest_format=args.manifest_format)
     else:
@@ -490,9 +520,12 @@ def cmd_evaluate(args) -> int:
             manifest_format=args.manifest_format,
         )
     evaluation = evaluate_predictions(predictions, classes)
+    groups = [score_groups(predictions, classes, column, min_clips=args.min_group_clips) for column in dict.fromkeys(args.by)]
     out_dir = Path(args.out) if args.out else default_report_dir(args.manifest)
-    write_report(evaluation, predictions, out_dir, model_info=info)
+    write_report(evaluation, predictions, out_dir, model_info=info, groups=groups)
     render_report(evaluation, Console())
+    for group_scores in groups:
+        render_groups(group_scores, Console())
     print(f"report written to {out_dir}", file=sys.stderr)
     if args.min_accuracy is not None and evaluation.accuracy < args.min_accuracy:
         print(f"accuracy {evaluation.accuracy:.2%} is below --min-accuracy {args.min_accuracy:.2%}", file=sys.stderr)

@@ -69,14 +69,15 @@ def read_predictions(
     # their own: matched as a rerun of `label` matches them.
     by_key = {output_row_key(record): record for record in table.to_dict("records")}  # a key twice: its last row
     check_known_labels(rows, classes)
+    layout = RowLayout(classes)
     records = []
     for row in rows:
         record = by_key.get(row_key(row))
         if record is None:
             segment = f" (offset {row.offset_s:g} s)" if row.offset_s is not None else ""
             raise ManifestError(f"{row.source}: no prediction for {row.path}{segment} in {predictions_csv}")
-        record = {**record, "path": row.path, "true_label": row.label}
-        records.append(record)
+        # The manifest's path, truth and other columns (speaker, say), as a model run would carry them.
+        records.append({**record, **layout.input_fields(row)})
     predictions = pd.DataFrame(records)
     predictions = predictions[["path", "true_label", *[c for c in predictions.columns if c not in ("path", "true_label")]]]
     if "error" not in predictions.columns:

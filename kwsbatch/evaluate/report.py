@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kwsbatch import __version__
+from kwsbatch.evaluate.groups import GroupScores
 from kwsbatch.evaluate.metrics import Evaluation
 from kwsbatch.files.atomic import atomic_write
 from kwsbatch.train.calibrate import ECE_BINS
@@ -28,6 +31,8 @@ from kwsbatch.train.calibrate import ECE_BINS
 MAX_CONFUSION_LABELS = 15
 # Past this many labels the counts in the heatmap cells overlap; the colours still read.
 _MAX_ANNOTATED_LABELS = 40
+# Past this many groups (147 speakers) a terminal table stops being read; by_<column>.csv has them all.
+MAX_GROUP_ROWS = 20
 
 
 def write_report(
@@ -36,13 +41,15 @@ def write_report(
     out_dir: Path,
     *,
     model_info: dict | None = None,
+    groups: Sequence[GroupScores] = (),
 ) -> list[Path]:
     """Write the report files into `out_dir` (created if needed) and return their paths.
 
     Files: per_class.csv, confusion.csv (first column `truth`), predictions.csv (as given),
-    misclassified.csv (most confident first), confusion.png when matplotlib is installed, and
-    report.json. Each file is replaced atomically (`kwsbatch.files.atomic`), and report.json comes
-    last, so a report.json from this run means every other file is from this run too.
+    misclassified.csv (most confident first), by_<column>.csv for each of groups (worst first),
+    confusion.png when matplotlib is installed, and report.json (with a `by` section for groups).
+    Each file is replaced atomically (`kwsbatch.files.atomic`), and report.json comes last, so a
+    report.json from this run means every other file is from this run too.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +64,7 @@ def write_report(
         ("confusion.csv", confusion, True),
         ("predictions.csv", predictions, False),
         ("misclassified.csv", evaluation.misclassified, False),
+        *((group_file_name(g.column), _group_csv_table(g), False) for g in groups),
     ):
         with atomic_write(out_dir / name, "w", encoding="utf-8", newline="") as f:
             table.to_csv(f, index=index)
@@ -68,11 +76,22 @@ def write_report(
         "kwsbatch_version": __version__,
         "model": _jsonable(model_info),
         **evaluation.to_dict(),
+        **({"by": {g.column: g.to_dict() for g in groups}} if groups else {}),
     }
     with atomic_write(out_dir / "report.json", "w", encoding="utf-8") as f:
         f.write(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     written.append(out_dir / "report.json")
     return written
+
+
+def group_file_name(column: str) -> str:
+    """by_<column>.csv, with anything but letters, digits, '-' and '.' in the column's name made '_'."""
+    return f"by_{re.sub(r'[^A-Za-z0-9.-]+', '_', column)}.csv"
+
+
+def _group_csv_table(groups: GroupScores) -> pd.DataFrame:
+    """The group table with its first column named for the grouping column (unless that name is a score's)."""
+    return groups.table.rename(columns={"group": groups.column if groups.column not in groups.table.columns else "group"})
 
 
 def _jsonable(value: Any) -> Any:
@@ -152,6 +171,35 @@ def render_report(evaluation: Evaluation, console: Console) -> None:
         )
     if len(evaluation.misclassified):
         console.print("misclassified.csv lists the wrong predictions, most confident first")
+
+
+def render_groups(groups: GroupScores, console: Console) -> None:
+    """Print the group table, worst first (up to MAX_GROUP_ROWS rows), and the summary line."""
+    table = Table(title=f"By {groups.column}, worst first", box=box.SIMPLE_HEAD)
+    table.add_column(groups.column)
+    for name in ("clips", "accuracy", "keyword recall", "false alarms"):
+        table.add_column(name, justify="right")
+    for row in groups.table.head(MAX_GROUP_ROWS).itertuples(index=False):
+        table.add_row(
+            Text(row.group or "(empty)"),
+            f"{row.n_clips}" + (" *" if row.few else ""),
+            _rate(row.accuracy),
+            _rate(row.keyword_recall),
+            _rate(row.false_alarm_rate),
+            style="dim" if row.few else None,
+        )
+    notes = []
+    if groups.table["few"].any():
+        notes.append(f"* fewer than {groups.min_clips} clips: not counted in the summary")
+    if len(groups.table) > MAX_GROUP_ROWS:
+        notes.append(f"{len(groups.table) - MAX_GROUP_ROWS} more groups in {group_file_name(groups.column)}")
+    table.caption = "; ".join(notes) or None
+    console.print(table)
+    console.print(Text(groups.line()))
+
+
+def _rate(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"  # NaN: nothing to count in this group
 
 
 def _summary_table(evaluation: Evaluation) -> Table:

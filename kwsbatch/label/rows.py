@@ -44,7 +44,7 @@ class RowLayout:
 
     def columns(self, extra_columns: Iterable[str] = (), *, windowed: bool = False, file_columns: bool = False) -> list[str]:
         """Output columns; a manifest's own label column is the truth, carried as true_label."""
-        extras = ["true_label" if c == "label" else self._extra_name(c) for c in extra_columns]
+        extras = [self.output_column(c) for c in extra_columns]
         return [*self._own_columns(windowed), *(FILE_COLUMNS if file_columns else ()), *extras]
 
     def _own_columns(self, windowed: bool) -> list[str]:
@@ -52,8 +52,11 @@ class RowLayout:
             return [*WINDOW_COLUMNS, *INFO_COLUMNS]
         return [*BASE_COLUMNS, *(f"p_{c}" for c in self.classes), *INFO_COLUMNS]
 
-    def _extra_name(self, column: str) -> str:
-        # A manifest column named like one of ours (say "confidence") must not overwrite it.
+    def output_column(self, column: str) -> str:
+        """Where a manifest's column goes in the output: its label is true_label; a column named
+        like one of ours (say "confidence") becomes manifest_<name> rather than overwrite it."""
+        if column == "label":
+            return "true_label"
         return f"manifest_{column}" if column in self._reserved else column
 
     def input_fields(self, row: ManifestRow) -> dict:
@@ -62,7 +65,7 @@ class RowLayout:
         if row.label is not None:
             out["true_label"] = row.label
         for column, value in row.extras.items():
-            out[self._extra_name(column)] = value
+            out[self.output_column(column)] = value
         return out
 
     def result_fields(self, result: FileResult) -> list[dict]:

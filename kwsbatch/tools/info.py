@@ -67,6 +67,9 @@ def format_description(info: dict) -> str:
     ]
     if provenance:
         lines.append(("trained", _training_line(provenance)))
+    if provenance.get("started_from"):
+        start = provenance["started_from"]
+        lines.append(("started from", f"model {start['model_id']}, {start['trains']} trained"))
     if provenance.get("train_config"):
         lines.append(("settings", ", ".join(f"{k} {v}" for k, v in provenance["train_config"].items())))
     if metrics:

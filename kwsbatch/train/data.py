@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,12 +18,13 @@ TASK_CLIPS = 256  # clips a worker reads at a time
 
 @dataclass
 class ClipSet:
-    """Decoded, resampled clips with their class indices, and the rows that could not be read."""
+    """Decoded, resampled clips with their class indices and sources, and the rows that could not be read."""
 
     waveforms: list[torch.Tensor]  # each (n_samples,) float32 at the model's rate
     targets: torch.Tensor  # (n_clips,) int64 class indices
     rows: list[ManifestRow]
     failures: list[tuple[ManifestRow, str]]
+    sources: torch.Tensor  # (n_clips,) int64: which manifest each clip came from (sources.py)
 
     def __len__(self) -> int:
         return len(self.waveforms)
@@ -33,6 +35,7 @@ def load_clips(
     classes: tuple[str, ...],
     sample_rate: int,
     *,
+    sources: Sequence[int] | None = None,
     jobs: int = 0,
     max_seconds: float | None = None,
     reporter: Reporter | None = None,
@@ -40,12 +43,14 @@ def load_clips(
 ) -> ClipSet:
     """Decode every row into memory, once, by the loader's workers; unreadable files are set aside, not fatal.
 
-    Each clip is a view into its task's buffer, which the workers filled in shared memory.
+    sources: one per row (default 0). Each clip is a view into its task's buffer, which the workers
+    filled in shared memory.
     """
     reporter = reporter or Reporter()
     index = {c: i for i, c in enumerate(classes)}
+    sources = sources if sources is not None else [0] * len(rows)
     read = ReadConfig(sample_rate=sample_rate, max_seconds=max_seconds)
-    waveforms, targets, kept, failures = [], [], [], []
+    waveforms, targets, kept, kept_sources, failures = [], [], [], [], []
     reporter.start(description, len(rows))
     loaded = run_tasks(
         plan_tasks(rows, read, TASK_CLIPS), functools.partial(read_task, config=read), workers=workers_for(jobs), died=_worker_died
@@ -62,9 +67,10 @@ def load_clips(
             waveforms.append(clips[i])
             targets.append(index[piece.row.label])
             kept.append(piece.row)
+            kept_sources.append(sources[piece.file])  # a piece's file is its row's number
         reporter.advance(len(pieces))
     reporter.stop()
-    return ClipSet(waveforms, torch.tensor(targets, dtype=torch.long), kept, failures)
+    return ClipSet(waveforms, torch.tensor(targets, dtype=torch.long), kept, failures, torch.tensor(kept_sources, dtype=torch.long))
 
 
 def _worker_died(task: list[Piece]) -> str:

@@ -1,22 +1,25 @@
 """Training: manifests in, a run folder out (best.pt, last.pt, history.csv).
 
-Clips are decoded once into memory by the loader's workers (data.py); each epoch shuffles (or
-class-balance samples) them with a seeded generator, and the workers pad, augment (augment.py) and
-featurise each batch while the LSTM trains on the one before (batches.py; on a GPU augmentation
-and MFCCs run on the device). last.pt carries the optimizer, scheduler and generator
+Clips are decoded once into memory by the loader's workers, from one manifest or several weighted
+ones (sources.py); each epoch draws them by weight (or class-balanced) with a seeded generator
+(sampling.py), and the workers pad, augment (augment.py) and featurise each batch while the LSTM
+trains on the one before (batches.py; on a GPU augmentation and MFCCs run on the device). last.pt
+carries the optimizer, scheduler and generator
 states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
 softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
+A run can start from a trained checkpoint (warmstart.py): `init` trains every layer, `finetune`
+only the classifier.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +30,7 @@ from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.faults import hold
 from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
 from kwsbatch.files.loader import one_torch_thread, pad_waveforms, workers_for
-from kwsbatch.files.manifest import ManifestRow, check_known_labels, read_manifest
+from kwsbatch.files.manifest import check_known_labels
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.model.device import full_float32, resolve_device
 from kwsbatch.model.features import FeatureConfig, FeatureStats
@@ -36,11 +39,13 @@ from kwsbatch.progress import Reporter
 from kwsbatch.train.augment import Augmentation, AugmentConfig, load_noise
 from kwsbatch.train.batches import Prepared, batch_generator, epoch_batches
 from kwsbatch.train.calibrate import calibration_error, fit_temperature
-from kwsbatch.train.data import ClipSet, load_clips, split_for_validation
+from kwsbatch.train.data import ClipSet, load_clips
 from kwsbatch.train.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
+from kwsbatch.train.sampling import BALANCES, epoch_order, epoch_size, loss_weights
+from kwsbatch.train.sources import TrainSource, as_list, as_sources, describe_sources, read_sources, sha256, source_names, sources_line
+from kwsbatch.train.warmstart import WarmStart
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-BALANCES = ("none", "sample", "weight")
 NOISE_DIR = "_background_noise_"  # where `kwsbatch synth` (and Speech Commands) keep long noise files
 
 
@@ -69,6 +74,7 @@ class TrainConfig:
     # seen equally often; "weight": weight the loss by that instead; "none": as the manifest has them.
     balance: str = "none"
     finetune: str | None = None  # checkpoint to start from, training only its classifier
+    init: str | None = None  # checkpoint to start from, training every layer
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
@@ -77,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.balance not in BALANCES:
             raise ValueError(f"balance must be one of {BALANCES}, got {self.balance!r}")
+        if self.finetune and self.init:
+            raise ValueError("start from one checkpoint: finetune (the classifier) or init (every layer), not both")
 
 
 @dataclass
@@ -90,19 +98,23 @@ class TrainResult:
 
 
 def train(
-    train_manifest: str | Path,
+    train_manifest: str | Path | TrainSource | Sequence[str | Path | TrainSource],
     run_dir: str | Path,
     *,
     config: TrainConfig = TrainConfig(),
     features: FeatureConfig = FeatureConfig(),
     augment: AugmentConfig = AugmentConfig(),
-    val_manifest: str | Path | None = None,
+    val_manifest: str | Path | Sequence[str | Path] | None = None,
     device: str = "auto",
     resume: bool = False,
     reporter: Reporter | None = None,
     manifest_format: str | None = None,
 ) -> TrainResult:
-    """Train into run_dir; under torchrun, as one of WORLD_SIZE processes (distributed.py), rank 0 writing."""
+    """Train into run_dir; under torchrun, as one of WORLD_SIZE processes (distributed.py), rank 0 writing.
+
+    train_manifest: one manifest, or several, each a path (weight 1) or a TrainSource with its
+    weight. val_manifest: one or several; without it each training manifest gives up a slice.
+    """
     process = join(resolve_device(device))
     _reproducible_on(process.device)
     result = _train(
@@ -140,6 +152,45 @@ def _seed_gpu_dropout(device: torch.device, seed: int, epoch: int, rank: int) ->
         torch.cuda.manual_seed(seed + 104729 * epoch + 7919 * rank)
 
 
+@dataclass
+class _RunData:
+    """What a run trains on: the sources, the classes, the decoded clips and each clip's weight."""
+
+    sources: list[TrainSource]
+    val_manifests: list
+    classes: tuple[str, ...]
+    start: WarmStart | None
+    features: FeatureConfig
+    model_config: ModelConfig
+    train: ClipSet
+    val: ClipSet
+    weights: torch.Tensor  # (n_train_clips,) float64: each clip's source weight
+
+    def val_names(self) -> list[str]:
+        """Names of the validation sources, which val.sources index."""
+        return source_names(self.val_manifests or [s.manifest for s in self.sources])
+
+    def describe_sources(self) -> list[dict]:
+        return describe_sources(self.sources, self.train.sources, None if self.val_manifests else self.val.sources, self.weights)
+
+
+def _read_data(sources, val_manifests, config: TrainConfig, features: FeatureConfig, manifest_format, reporter: Reporter) -> _RunData:
+    rows = read_sources(sources, val_manifests, config.val_fraction, manifest_format)
+    classes = tuple(sorted({r.label for r in rows.train}))
+    if len(classes) < 2:
+        raise ManifestError(f"{' and '.join(s.manifest for s in sources)}: needs at least two labels to train, found {list(classes)}")
+    check_known_labels(rows.val, classes, known_by="the training manifest" if len(sources) == 1 else "the training manifests")
+    start = _warm_start(config)
+    features, model_config = _settings(config, features, len(classes), start, reporter)
+    train_set = _load(rows.train, rows.train_sources, classes, features, config, reporter, "loading train")
+    val_set = _load(rows.val, rows.val_sources, classes, features, config, reporter, "loading val")
+    weights = torch.tensor([s.weight for s in sources], dtype=torch.float64)[train_set.sources]
+    data = _RunData(sources, val_manifests, classes, start, features, model_config, train_set, val_set, weights)
+    if len(sources) > 1 or sources[0].weight != 1:
+        reporter.log(sources_line(data.describe_sources(), epoch_size(weights)))
+    return data
+
+
 def _train(
     train_manifest, run_dir, *, config: TrainConfig, features: FeatureConfig, augment: AugmentConfig, val_manifest,
     process: Process, resume: bool, reporter: Reporter | None, manifest_format: str | None,
@@ -155,35 +206,20 @@ def _train(
     torch.manual_seed(config.seed)
     device = process.device
 
-    train_rows, val_rows = _read_splits(train_manifest, val_manifest, config.val_fraction, manifest_format)
-    classes = tuple(sorted({r.label for r in train_rows}))
-    if len(classes) < 2:
-        raise ManifestError(f"{train_manifest}: needs at least two labels to train, found {list(classes)}")
-    check_known_labels(val_rows, classes, known_by="the training manifest")
+    data = _read_data(as_sources(train_manifest), as_list(val_manifest), config, features, manifest_format, reporter)
+    classes, features, train_set, val_set = data.classes, data.features, data.train, data.val
 
-    base = load_checkpoint(config.finetune) if config.finetune else None
-    if base is not None:
-        # The frozen layers only make sense on the features they were trained on.
-        features, model_config = base.feature_config, replace(base.model_config, n_classes=len(classes))
-    else:
-        try:
-            model_config = _model_config(config, features, len(classes))
-        except ValueError as e:
-            raise KwsError(f"invalid model settings: {e}") from None
-    train_set = _load(train_rows, classes, features, config, reporter, "loading train")
-    val_set = _load(val_rows, classes, features, config, reporter, "loading val")
-
-    spotter = KeywordSpotter(features, model_config).to(device)
-    if base is None:
+    spotter = KeywordSpotter(features, data.model_config).to(device)
+    if data.start is None:
         spotter.frontend.set_normalization(*_feature_stats(spotter, train_set, config.batch_size, device))
-    else:
-        reporter.log(_load_matching(spotter, base.state_dict, config.finetune))
+    else:  # its normalisation too: the run begins from exactly the checkpoint's model
+        reporter.log(data.start.load_into(spotter, classes))
     broadcast_parameters(spotter, process)
-    trainable = _trainable_parameters(spotter, frozen=base is not None)
+    trainable = _trainable_parameters(spotter, frozen=config.finetune is not None)
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle = torch.Generator().manual_seed(config.seed)
-    augmentation, noise_files = _augmentation(augment, train_manifest, features.sample_rate, reporter)
+    augmentation, noise_files = _augmentation(augment, data.sources[0].manifest, features.sample_rate, reporter)
     # Its own stream, so switching augmentation on or off does not change the shuffling.
     # Each rank its own stream: the same draws on every rank would augment their clips alike.
     augment_rng = torch.Generator().manual_seed(config.seed + 0x5EED + 7919 * process.rank)
@@ -193,11 +229,13 @@ def _train(
     provenance = {
         "kwsbatch_version": kwsbatch.__version__,
         "torch_version": str(torch.__version__),
-        "train_manifest": str(train_manifest),
-        "train_manifest_sha256": _sha256(train_manifest),
-        "val_manifest": str(val_manifest) if val_manifest else None,
-        "val_manifest_sha256": _sha256(val_manifest) if val_manifest else None,
-        "train_config": asdict(config),
+        "train_manifest": " ".join(s.spelled() for s in data.sources),
+        "train_manifest_sha256": sha256(data.sources[0].manifest) if len(data.sources) == 1 else None,
+        "val_manifest": " ".join(map(str, data.val_manifests)) or None,
+        "val_manifest_sha256": sha256(data.val_manifests[0]) if len(data.val_manifests) == 1 else None,
+        "train_sources": data.describe_sources(),
+        "started_from": data.start.provenance() if data.start else None,
+        "train_config": _recorded_config(config, data.start),
         "augment_config": augment.to_dict(),
         "noise_files": noise_files,
         "n_train": len(train_set),
@@ -213,8 +251,7 @@ def _train(
             augment_rng.manual_seed(config.seed + 0x5EED + 7919 * process.rank + start_epoch)
         reporter.log(f"resuming {run_dir} at epoch {start_epoch}")
 
-    counts = torch.bincount(train_set.targets, minlength=len(classes)).clamp(min=1).float()
-    class_weights = (counts.sum() / (len(classes) * counts)).to(device) if config.balance == "weight" else None
+    class_weights = loss_weights(train_set.targets, data.weights, len(classes)).to(device) if config.balance == "weight" else None
     loss_fn = nn.CrossEntropyLoss(weight=class_weights)
     stale = 0
     for epoch in range(start_epoch, config.epochs + 1):
@@ -222,7 +259,7 @@ def _train(
         _seed_gpu_dropout(device, config.seed, epoch, process.rank)
         lr = optimizer.param_groups[0]["lr"]
         # Every rank draws the same order from the same generator and trains on its share of it.
-        order = rank_share(epoch_order(train_set.targets, counts, config.balance, shuffle), process)
+        order = rank_share(epoch_order(train_set.targets, data.weights, config.balance, shuffle), process)
         train_loss, train_acc = train_epoch(
             spotter, train_set, order, optimizer, loss_fn, config, (augmentation, augment_rng), process, reporter, epoch
         )
@@ -272,7 +309,7 @@ def _train(
         if config.patience and stale >= config.patience:
             reporter.log(f"early stop: no better validation accuracy for {config.patience} epochs")
             break
-    temperature = _calibrate(run_dir / "best.pt", val_set, config.batch_size, device, reporter) if process.writes else 1.0
+    temperature = _calibrate(run_dir / "best.pt", val_set, data.val_names(), config.batch_size, device, reporter) if process.writes else 1.0
     return TrainResult(run_dir, best["epoch"], best["val_accuracy"], history, provenance["skipped_unreadable"], temperature)
 
 
@@ -294,13 +331,6 @@ def clip_logits(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device
             outputs.append(_forward(spotter, clips, idx, device)[0].float().cpu())
     n_classes = spotter.head.config.n_classes
     return (torch.cat(outputs) if outputs else torch.zeros(0, n_classes)), clips.targets
-
-
-def epoch_order(targets: torch.Tensor, counts: torch.Tensor, balance: str, shuffle: torch.Generator) -> torch.Tensor:
-    """The clip indices of one epoch: a permutation, or as many class-balanced draws with replacement."""
-    if balance != "sample":
-        return torch.randperm(len(targets), generator=shuffle)
-    return torch.multinomial(1.0 / counts[targets], len(targets), replacement=True, generator=shuffle)
 
 
 def train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: TrainConfig, augment, process: Process, reporter=None, epoch=1):
@@ -383,8 +413,9 @@ def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, repor
     return config.build(sample_rate=sample_rate, noise=noise), files
 
 
-def _calibrate(best_path: Path, val_set: ClipSet, batch_size: int, device, reporter: Reporter) -> float:
-    """Fit the best model's temperature on the validation clips and store it in best.pt."""
+def _calibrate(best_path: Path, val_set: ClipSet, val_names: list[str], batch_size: int, device, reporter: Reporter) -> float:
+    """Fit the best model's temperature on the validation clips and store it in best.pt, with
+    the best model's validation accuracy on each source when there are several."""
     if not best_path.is_file():
         return 1.0
     checkpoint = load_checkpoint(best_path)
@@ -394,6 +425,13 @@ def _calibrate(best_path: Path, val_set: ClipSet, batch_size: int, device, repor
     checkpoint.temperature = temperature
     metrics = checkpoint.provenance.setdefault("metrics", {})
     metrics.update(temperature=temperature, val_ece_uncalibrated=round(before, 6), val_ece=round(after, 6))
+    if len(val_names) > 1:
+        correct = logits.argmax(1) == targets
+        by_source = {name: correct[val_set.sources == i].float() for i, name in enumerate(val_names)}
+        by_source = {name: (c.mean().item(), len(c)) for name, c in by_source.items() if len(c)}
+        metrics["val_accuracy_by_source"] = {name: round(accuracy, 6) for name, (accuracy, _) in by_source.items()}
+        listed = ", ".join(f"{name} {accuracy:.2%} ({n} clips)" for name, (accuracy, n) in by_source.items())
+        reporter.log(f"best model on validation, by source: {listed}")
     save_checkpoint(checkpoint, best_path)
     reporter.log(f"temperature {temperature:.3f} fitted on validation: expected calibration error {before:.3f} -> {after:.3f}")
     return temperature
@@ -408,20 +446,6 @@ def _trainable_parameters(spotter: KeywordSpotter, *, frozen: bool) -> list[nn.P
     return [p for p in spotter.parameters() if p.requires_grad]
 
 
-def _load_matching(spotter: KeywordSpotter, state: dict[str, torch.Tensor], source) -> str:
-    """Copy every tensor whose name and shape match; say what was loaded and what was skipped."""
-    own = spotter.state_dict()
-    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    spotter.load_state_dict(matching, strict=False)
-    skipped = [
-        f"{k} {tuple(own[k].shape)} (checkpoint has {tuple(state[k].shape) if k in state else 'none'})"
-        for k in own
-        if k not in matching
-    ]
-    message = f"fine-tuning {source}: loaded {len(matching)} of {len(own)} tensors, training only the classifier"
-    return message + (f"; skipped (newly initialised): {', '.join(skipped)}" if skipped else "")
-
-
 def _feature_stats(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     stats = FeatureStats(spotter.frontend.config.n_mfcc)
     with torch.inference_mode():
@@ -432,20 +456,8 @@ def _feature_stats(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, dev
     return mean.to(device), std.to(device)
 
 
-def _read_splits(train_manifest, val_manifest, val_fraction, manifest_format=None) -> tuple[list[ManifestRow], list[ManifestRow]]:
-    rows = read_manifest(train_manifest, require_label=True, manifest_format=manifest_format)
-    if val_manifest is not None:
-        return rows, read_manifest(val_manifest, require_label=True, manifest_format=manifest_format)
-    train_rows, val_rows = split_for_validation(rows, val_fraction)
-    if not train_rows or not val_rows:
-        raise ManifestError(
-            f"{train_manifest}: too few rows (or speakers) to hold out {val_fraction:.0%} for validation; pass --val"
-        )
-    return train_rows, val_rows
-
-
-def _load(rows, classes, features: FeatureConfig, config: TrainConfig, reporter: Reporter, description: str) -> ClipSet:
-    clips = load_clips(rows, classes, features.sample_rate, jobs=config.jobs, reporter=reporter, description=description)
+def _load(rows, sources, classes, features: FeatureConfig, config: TrainConfig, reporter: Reporter, description: str) -> ClipSet:
+    clips = load_clips(rows, classes, features.sample_rate, sources=sources, jobs=config.jobs, reporter=reporter, description=description)
     for row, reason in clips.failures[:5]:
         reporter.warn(f"skipping {row.source}: {reason}")
     if len(clips.failures) > 5:
@@ -453,6 +465,36 @@ def _load(rows, classes, features: FeatureConfig, config: TrainConfig, reporter:
     if not len(clips):
         raise KwsError(f"{description}: none of the {len(rows)} clips could be read")
     return clips
+
+
+def _warm_start(config: TrainConfig) -> WarmStart | None:
+    """The checkpoint named by init or finetune, if any."""
+    path = config.init or config.finetune
+    return WarmStart(load_checkpoint(path), every_layer=bool(config.init)) if path else None
+
+
+def _settings(config: TrainConfig, features: FeatureConfig, n_classes: int, start: WarmStart | None, reporter: Reporter):
+    """The run's feature and model settings: a starting checkpoint's, else from the configs."""
+    try:
+        model_config = _model_config(config, features, n_classes)
+    except ValueError as e:
+        if start is None:
+            raise KwsError(f"invalid model settings: {e}") from None
+        model_config = None  # ignored anyway: the checkpoint's settings win
+    if start is None:
+        return features, model_config
+    ignored = start.ignored_settings(features, model_config)
+    if ignored:
+        reporter.log(ignored)
+    return start.settings(n_classes)
+
+
+def _recorded_config(config: TrainConfig, start: WarmStart | None) -> dict:
+    """The config for provenance, with a starting checkpoint named by its model id: a path names one machine's file."""
+    recorded = asdict(config)
+    if start is not None:
+        recorded["init" if start.every_layer else "finetune"] = start.model_id
+    return recorded
 
 
 def _model_config(config: TrainConfig, features: FeatureConfig, n_classes: int) -> ModelConfig:
@@ -500,10 +542,6 @@ def _write_history(path: Path, history: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
         writer.writerows(history)
-
-
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _now() -> str:
