@@ -48,8 +48,10 @@ def run_main(*args: str, cwd: Path | None = None, check: bool = False, env_extra
     Returns what run_cli does. For everything but behaviour that needs a process of its own
     (signals, kills, what a fresh interpreter imports): no interpreter to start, no torch to import.
     """
+    import torch
+
     from kwsbatch.cli import main
-    from kwsbatch.label.pipeline import single_threaded_torch
+    from kwsbatch.files.loader import one_torch_thread
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.ExitStack() as stack:
@@ -57,7 +59,7 @@ def run_main(*args: str, cwd: Path | None = None, check: bool = False, env_extra
             stack.enter_context(contextlib.chdir(cwd))
         stack.enter_context(_environment({"COLUMNS": "200", **(env_extra or {})}))
         # As run_cli's OMP_NUM_THREADS=1: tiny test models, and torch's threads spin against other processes.
-        stack.enter_context(single_threaded_torch())
+        stack.enter_context(one_torch_thread(torch.device("cpu")))
         stack.enter_context(contextlib.redirect_stdout(out))
         stack.enter_context(contextlib.redirect_stderr(err))
         try:

@@ -8,7 +8,7 @@ import torchaudio
 from conftest import tone
 
 from kwsbatch.errors import AudioError
-from kwsbatch.files.audio import DecodedClip, Resampler, decode_audio, decode_many, is_audio_path
+from kwsbatch.files.audio import Resampler, decode_audio, is_audio_path
 
 INT16 = np.array([0, 1, -1, 32767, -32768, 16384, -8192], dtype=np.int16)
 INT16_AS_FLOAT = [0.0, 1 / 32768, -1 / 32768, 32767 / 32768, -1.0, 0.5, -0.25]
@@ -236,16 +236,6 @@ def test_a_folder_is_not_audio(tmp_path):
     assert str(raised.value) == f"{tmp_path}: is a folder, not an audio file"
 
 
-def test_decode_many_keeps_order_and_turns_failures_into_messages(tmp_path):
-    sf.write(tmp_path / "a.wav", tone(440, 0.1), 16000)
-    (tmp_path / "bad.wav").write_bytes(b"RIFF????WAVEjunk")
-    results = decode_many([str(tmp_path / "a.wav"), str(tmp_path / "bad.wav"), None, str(tmp_path / "a.wav")])
-    assert [type(r) for r in results] == [DecodedClip, str, str, DecodedClip]
-    assert results[1].startswith(f"{tmp_path / 'bad.wav'}: cannot decode audio")
-    assert results[2] == ""
-    np.testing.assert_array_equal(results[0].samples, results[3].samples)
-
-
 def test_folder_scans_pick_audio_extensions_in_any_case():
     assert [is_audio_path(p) for p in ("a.wav", "b.FLAC", "c.Ogg", "d.mp3", "e.csv", "f.txt", "wav")] == [
         True, True, True, True, False, False, False,
@@ -274,10 +264,3 @@ def test_segments_meet_the_clip_limit_by_their_own_length(tmp_path):
     with pytest.raises(AudioError) as error:
         decode_audio(tmp_path / "long.wav", offset=40.0)
     assert str(error.value) == f"{tmp_path / 'long.wav'}: offset 40 s is past the end of the file (40.000 s)"
-
-
-def test_decode_many_reads_segments_given_as_tuples(tmp_path):
-    sf.write(tmp_path / "a.wav", tone(440, 1.0), 16000, subtype="FLOAT")
-    results = decode_many([(str(tmp_path / "a.wav"), 0.5, 0.25), str(tmp_path / "a.wav"), (str(tmp_path / "a.wav"), 2.0, None)])
-    np.testing.assert_array_equal(results[0].samples, results[1].samples[8000:12000])
-    assert results[2] == f"{tmp_path / 'a.wav'}: offset 2 s is past the end of the file (1.000 s)"

@@ -8,8 +8,9 @@ from conftest import NOTEBOOK
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import load_checkpoint
-from kwsbatch.model.features import FeatureConfig, FeatureStats, MfccFrontend, pad_waveforms
+from kwsbatch.model.features import FeatureConfig, FeatureStats, MfccFrontend
 from kwsbatch.model.scorer import Scorer
 from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import NOTEBOOK
 
+from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from kwsbatch.model.features import FeatureConfig, MfccFrontend, pad_waveforms
+from kwsbatch.model.features import FeatureConfig, MfccFrontend
 from kwsbatch.model.spotter import CausalConv, KeywordSpotter, ModelConfig
 
 

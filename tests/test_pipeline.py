@@ -1,4 +1,4 @@
-"""pipeline.py: worker threads (or processes), length-sorted batches, and results that none of that changes."""
+"""pipeline.py: loader workers, length-sorted batches, long recordings in pieces, and results that none of that changes."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import REPO, tone
 
 from kwsbatch.files.manifest import ManifestRow
-from kwsbatch.label.config import LabelConfig, WindowConfig
+from kwsbatch.files.windowing import WindowConfig
+from kwsbatch.files.windows import plan_pieces
+from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.pipeline import score_files
 from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
 from kwsbatch.model.scorer import Scorer
@@ -97,41 +98,52 @@ def test_window_mode_finds_keywords_where_they_are_spoken(scorer, tmp_path):
     assert all(2 <= d.start_s <= 4 or 11 <= d.start_s <= 14 for d in result.detections)
 
 
-def test_a_long_recording_does_not_hold_up_the_files_after_it(scorer, tmp_path):
-    sf.write(tmp_path / "a_hour.flac", np.zeros(16000 * 1200, dtype=np.float32), 16000)  # 20 minutes
-    paths = [tmp_path / "a_hour.flac"] + [SAMPLES / f"{w}_0.wav" for w in ("yes", "no", "up", "down", "left", "right")] * 4
-    config = LabelConfig(batch_size=4, jobs=2, sort_window=1, window=WindowConfig(1.0, 0.5))
-    finished = [task[0].path for task, _ in score_files(scorer, rows_for(paths), config)]
-    assert finished[-1] == str(tmp_path / "a_hour.flac")  # everything else got through while it was being read
-    assert len(finished) == 1 + len(paths[1:]) // 4
+def test_a_long_recording_is_read_in_pieces_that_give_the_result_of_one_reading(scorer, tmp_path):
+    """A 3-minute recording is cut into 1-minute pieces that the workers read apart; its detections are those of one pass."""
+    rate = 16000
+    audio = np.zeros(rate * 180 + 5000, dtype=np.float32)  # a tail past the last grid window
+    for second, word in [(30, "yes"), (59, "stop"), (150, "no")]:  # "stop" straddles the first cut
+        clip, _ = sf.read(SAMPLES / f"{word}_0.wav", dtype="float32")
+        audio[second * rate : second * rate + len(clip)] = clip
+    sf.write(tmp_path / "recording.flac", audio, rate)
+    paths = [tmp_path / "recording.flac", *[SAMPLES / f"{w}_0.wav" for w in ("yes", "no", "up")]]
+    window = WindowConfig(1.0, 0.5)
+    assert len(plan_pieces(tmp_path / "recording.flac", window)) == 3
+    pieces = run(scorer, paths, LabelConfig(batch_size=8, jobs=2, sort_window=2, window=window), ordered=False)
+    whole = run(scorer, paths, LabelConfig(batch_size=8, jobs=1, sort_window=2, window=window), ordered=True)
+    by_path = {row.path: result for row, result in pieces}
+    assert len(by_path) == len(pieces) == len(paths)
+    for row, result in whole:
+        assert (by_path[row.path].detections, by_path[row.path].duration_s) == (result.detections, result.duration_s)
+    recording = by_path[str(tmp_path / "recording.flac")]
+    assert recording.duration_s == len(audio) / rate
+    for second, word in [(30, "yes"), (59, "stop"), (150, "no")]:
+        assert any(d.label == word and d.start_s <= second + 0.25 and d.end_s >= second + 0.75 for d in recording.detections)
 
 
-def test_worker_processes_give_what_threads_give(scorer, mixed_clips, tmp_path):
-    """The same batches on the same CPU, so the same numbers, not merely close ones; errors and window mode too."""
+def test_one_worker_two_workers_and_no_worker_give_the_same_numbers(scorer, mixed_clips, tmp_path):
+    """The same batches whoever reads them, so the same numbers, not merely close ones; errors and window mode too."""
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wave file")
     rate = 16000
     recording = np.zeros(rate * 6, dtype=np.float32)
     recording[2 * rate : 3 * rate] = sf.read(SAMPLES / "yes_0.wav", dtype="float32")[0][:rate]
     sf.write(tmp_path / "recording.wav", recording, rate)
-    clip_mode = (LabelConfig(batch_size=5, jobs=2), [*mixed_clips, tmp_path / "broken.wav"])
-    window_mode = (LabelConfig(batch_size=4, jobs=2, window=WindowConfig(1.0, 0.5)), [tmp_path / "recording.wav", *mixed_clips[:4]])
+    clip_mode = (LabelConfig(batch_size=5, jobs=1), [*mixed_clips, tmp_path / "broken.wav"])
+    window_mode = (LabelConfig(batch_size=4, jobs=1, window=WindowConfig(1.0, 0.5)), [tmp_path / "recording.wav", *mixed_clips[:4]])
     for config, paths in (clip_mode, window_mode):
-        threads = run(scorer, paths, config)
-        processes = run(scorer, paths, replace(config, processes=True))
-        assert [row.path for row, _ in processes] == [row.path for row, _ in threads] == [str(p) for p in paths]
-        for (_, a), (_, b) in zip(threads, processes):
-            assert (a.error, a.duration_s, a.sample_rate, a.channels, a.detections) == (b.error, b.duration_s, b.sample_rate, b.channels, b.detections)
-            assert (a.probabilities is None and b.probabilities is None) or np.array_equal(a.probabilities, b.probabilities)
+        one = run(scorer, paths, config)
+        two = run(scorer, paths, replace(config, jobs=2))
+        here = [(row, result) for rows, results in score_files(scorer, rows_for(paths), config, ordered=True, in_process=True)
+                for row, result in zip(rows, results)]
+        for other in (two, here):
+            assert [row.path for row, _ in other] == [row.path for row, _ in one] == [str(p) for p in paths]
+            for (_, a), (_, b) in zip(one, other):
+                assert (a.error, a.duration_s, a.sample_rate, a.channels, a.detections) == (b.error, b.duration_s, b.sample_rate, b.channels, b.detections)
+                assert (a.probabilities is None and b.probabilities is None) or np.array_equal(a.probabilities, b.probabilities)
         if config.window is None:
-            assert "broken.wav: cannot decode audio" in processes[-1][1].error
+            assert "broken.wav: cannot decode audio" in two[-1][1].error
         else:
-            assert any(d.label == "yes" for d in processes[0][1].detections)
-
-
-def test_torch_threads_are_restored_after_a_run(scorer, mixed_clips):
-    before = torch.get_num_threads()
-    run(scorer, mixed_clips[:3], LabelConfig(jobs=2))
-    assert torch.get_num_threads() == before
+            assert any(d.label == "yes" for d in two[0][1].detections)
 
 
 def test_config_rejects_nonsense():

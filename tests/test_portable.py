@@ -5,8 +5,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint
-from kwsbatch.model.features import FeatureConfig, MfccFrontend, pad_waveforms
+from kwsbatch.model.features import FeatureConfig, MfccFrontend
 from kwsbatch.model.portable import DftMfcc, PaddedLSTM, PortableSpotter, dft_basis
 from kwsbatch.model.scorer import Scorer
 from kwsbatch.model.spotter import KeywordLSTM, KeywordSpotter, ModelConfig

@@ -180,3 +180,16 @@ def test_finetune_from_a_missing_checkpoint_is_an_error(speech_corpus, tmp_path)
     result = tiny_train(speech_corpus, tmp_path / "run", "--finetune", tmp_path / "none.pt", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none.pt'}: model file not found"
+
+
+@pytest.mark.slow
+def test_one_or_two_loader_workers_train_the_same_model(speech_corpus, noise_dir, tmp_path):
+    """Workers prepare and augment the batches, each batch from its own seeded generator: how many there are changes nothing."""
+    flags = (*RESUMABLE, "--noise-dir", str(noise_dir))
+    tiny_train(speech_corpus, tmp_path / "one", *flags, "-j", "1", epochs=2)
+    tiny_train(speech_corpus, tmp_path / "two", *flags, "-j", "2", epochs=2)
+    one, two = (load_checkpoint(tmp_path / run / "last.pt") for run in ("one", "two"))
+    for key, value in one.state_dict.items():
+        assert torch.equal(value, two.state_dict[key]), key
+    drop_seconds = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    assert drop_seconds(one.training_state["history"]) == drop_seconds(two.training_state["history"])

@@ -6,8 +6,9 @@ import soundfile as sf
 
 from kwsbatch.classes import is_background
 from kwsbatch.errors import AudioError
-from kwsbatch.label.config import WindowConfig
-from kwsbatch.label.windows import DetectionMerger, WindowReader, merge_detections
+from kwsbatch.files.windowing import WindowConfig
+from kwsbatch.files.windows import WindowReader, plan_pieces
+from kwsbatch.label.windows import DetectionMerger, merge_detections
 
 CLASSES = ("_silence_", "_unknown_", "no", "yes")
 
@@ -39,6 +40,39 @@ def test_windows_equal_slices_of_the_whole_file_whatever_the_block_size(tmp_path
         np.testing.assert_array_equal(samples, audio[s:e])
     assert (reader.frames, reader.sample_rate, reader.channels) == (n, rate, 1)
     assert reader.duration_s == pytest.approx(seconds, abs=1 / rate)
+
+
+@pytest.mark.parametrize("seconds, window, hop", [(5.3, 1.0, 0.5), (5.0, 1.0, 0.5), (3.0, 0.75, 0.75), (0.4, 1.0, 0.25), (2.2, 1.0, 0.3)])
+def test_pieces_read_apart_give_the_windows_of_the_whole_file(tmp_path, seconds, window, hop):
+    rate = 8000
+    audio = np.random.default_rng(2).uniform(-0.5, 0.5, int(seconds * rate)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", audio, rate, subtype="FLOAT")
+    config = WindowConfig(window, hop)
+    whole = [(s, e) for s, e, _ in WindowReader(tmp_path / "a.wav", config)]
+    for block_s in (0.5, 1.0, 60.0):  # pieces of about block_s seconds, cut from the header
+        pieces = plan_pieces(tmp_path / "a.wav", config, block_s=block_s)
+        assert pieces[-1][1] is None and all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+        readers = [WindowReader(tmp_path / "a.wav", config, first=first, stop=stop) for first, stop in pieces]
+        windows = [w for reader in readers for w in reader]
+        assert [(s, e) for s, e, _ in windows] == whole
+        for s, e, samples in windows:
+            np.testing.assert_array_equal(samples, audio[s:e])
+        # The piece the file ends in knows its length; the others stopped before the end.
+        assert [reader.frames for reader in readers] == [None] * (len(readers) - 1) + [len(audio)]
+
+
+def test_a_file_shorter_than_planned_loses_no_window(tmp_path):
+    """Pieces planned past the file's end (it was replaced, or its header promised more) find nothing; the piece it ends in reads the tail."""
+    rate = 8000
+    audio = np.random.default_rng(3).uniform(-0.5, 0.5, 3 * rate + 100).astype(np.float32)
+    sf.write(tmp_path / "a.wav", audio, rate, subtype="FLOAT")
+    config = WindowConfig(1.0, 0.5)
+    whole = [(s, e) for s, e, _ in WindowReader(tmp_path / "a.wav", config)]
+    # As plan_pieces cuts a 10 s file into 1 s pieces (two windows each).
+    pieces = [(k, k + 2) for k in range(0, 18, 2)] + [(18, None)]
+    readers = [WindowReader(tmp_path / "a.wav", config, first=first, stop=stop) for first, stop in pieces[:5]]
+    assert [(s, e) for reader in readers for s, e, _ in reader] == whole
+    assert [reader.frames for reader in readers] == [None, None, len(audio), len(audio), None]  # the 4th starts in the last 100 frames
 
 
 def test_stereo_windows_are_mixed_to_mono(tmp_path):

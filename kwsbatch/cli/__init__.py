@@ -32,7 +32,7 @@ COMMANDS = {
     "manifest": ("train/val/test manifests from a Speech Commands-like folder tree", corpus, corpus.MANIFEST_EXAMPLES),
     "check": ("audit a corpus before training or labelling", corpus, corpus.CHECK_EXAMPLES),
     "fetch": ("download a public data set and write its manifests", corpus, corpus.FETCH_EXAMPLES),
-    "bench": ("measure label's throughput against the decode and compute floors", tools, tools.BENCH_EXAMPLES),
+    "bench": ("measure label's and train's throughput against the floors and the notebook's way", tools, tools.BENCH_EXAMPLES),
     "export": ("write a model that runs without kwsbatch (ONNX, TorchScript)", tools, tools.EXPORT_EXAMPLES),
     "info": ("show what a checkpoint is: classes, settings, size, provenance", tools, tools.INFO_EXAMPLES),
     "merge": ("join the outputs of a sharded label run (label --shard K/N)", commands, commands.MERGE_EXAMPLES),

@@ -106,7 +106,7 @@ def add_model(p: argparse.ArgumentParser, *, batches: bool = True) -> None:
     p.add_argument("--model", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
     add_device(p)
     if batches:
-        add_settings(p, LabelConfig, exclude=("processes", "max_seconds"))
+        add_settings(p, LabelConfig, exclude=("max_seconds",))
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
@@ -119,7 +119,7 @@ def add_jobs(p: argparse.ArgumentParser) -> None:
     """-j/--jobs alone, for commands without a model: the same field as everywhere."""
     from kwsbatch.label.config import LabelConfig
 
-    add_settings(p, LabelConfig, exclude=("batch_size", "processes", "max_seconds"))
+    add_settings(p, LabelConfig, exclude=("batch_size", "max_seconds"))
 
 
 def numbers(text: str) -> tuple[float, ...]:

@@ -11,7 +11,7 @@ from kwsbatch.cli.options import add_model, add_settings, settings_from
 EXIT_OK = 0
 
 BENCH_EXAMPLES = """examples:
-  kwsbatch bench                         # 2,000 clips: label's rate against the decode and compute floors
+  kwsbatch bench                         # 2,000 clips: scaling over workers, the floors, label and training against the notebook
   kwsbatch bench --files 500 --device cuda --batch-size 256
   kwsbatch bench --dir /tmp/bench-clips  # keep the clips for the next run
 """

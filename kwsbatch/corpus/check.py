@@ -1,8 +1,8 @@
 """Preflight audit of a corpus before training or labelling: what is there, and what is wrong.
 
-Every file is read once, in worker processes with `jobs` > 1: hashed (BLAKE2b over its bytes) and
-decoded block by block, so a truncated or corrupt file shows up here rather than in epoch 7. The
-audit reports
+Every file is read once, in the loader's worker processes (`jobs`; 0: one per core): hashed
+(BLAKE2b over its bytes) and decoded block by block, so a truncated or corrupt file shows up here
+rather than in epoch 7. The audit reports
 
 * label counts per split (a manifest's `split` column, else the manifest's name: train.csv is
   "train"; a scanned folder is one split, "all"),
@@ -24,7 +24,6 @@ of problem files in the report are capped at `max_listed` each; the counts are a
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import itertools
 import os
@@ -39,6 +38,7 @@ import numpy as np
 import soundfile as sf
 
 from kwsbatch.errors import KwsError
+from kwsbatch.files.loader import run_tasks
 from kwsbatch.files.manifest import ManifestRow, is_manifest_path, iter_manifest, iter_tree
 from kwsbatch.progress import Reporter
 from kwsbatch.settings import ONE_PER_CORE, worker_count
@@ -206,8 +206,7 @@ def check_corpus(inputs: Sequence[str], *, jobs: int = ONE_PER_CORE, max_listed:
                  reporter: Reporter | None = None) -> CheckReport:
     """Audit the files that inputs (manifests and folders) list; see the module docstring."""
     if jobs < 0:
-        raise KwsError(f"jobs must be at least 0, got {jobs}")
-    jobs = worker_count(jobs)
+        raise KwsError(f"jobs must be at least 0 (0: one worker process per core), got {jobs}")
     reporter = reporter or Reporter()
     report = CheckReport(inputs=[str(i) for i in inputs])
     with tempfile.TemporaryDirectory(prefix="kwsbatch-check-") as tmp:
@@ -243,26 +242,16 @@ def _chunked(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
 
 
 def _inspect_chunks(chunks: Iterable[list[Entry]], jobs: int) -> Iterator[tuple[list[Entry], list[FileFacts]]]:
-    """(chunk, facts) in input order; with jobs > 1 worker processes read ahead, a bounded way."""
-    def paths(chunk: list[Entry]) -> list[str | None]:
-        return [None if e.row.error else str(e.row.audio_path) for e in chunk]
+    """(chunk, facts) in input order, read by the loader's worker processes, a bounded way ahead."""
+    return run_tasks(chunks, _inspect_entries, workers=worker_count(jobs), died=_worker_died)
 
-    if jobs == 1:
-        for chunk in chunks:
-            yield chunk, inspect_many(paths(chunk))
-        return
-    from joblib import Parallel, delayed
 
-    pending: collections.deque[list[Entry]] = collections.deque()
+def _inspect_entries(chunk: list[Entry]) -> list[FileFacts]:
+    return inspect_many([None if e.row.error else str(e.row.audio_path) for e in chunk])
 
-    def tasks():
-        for chunk in chunks:
-            pending.append(chunk)
-            yield delayed(inspect_many)(paths(chunk))
 
-    parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs", backend="loky")
-    for facts in parallel(tasks()):
-        yield pending.popleft(), facts
+def _worker_died(chunk: list[Entry]) -> str:
+    return f"a worker process died while checking the files from {chunk[0].row.source} on"
 
 
 def _tally(report: CheckReport, chunk: list[Entry], facts: list[FileFacts], max_listed: int) -> None:

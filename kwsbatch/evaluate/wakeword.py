@@ -35,7 +35,8 @@ from kwsbatch.classes import is_background
 from kwsbatch.errors import ManifestError
 from kwsbatch.evaluate.sweep import SHOWN_THRESHOLDS, THRESHOLDS
 from kwsbatch.files.manifest import ManifestRow, is_manifest_name, iter_manifest, manifest_header
-from kwsbatch.label.config import LabelConfig, WindowConfig
+from kwsbatch.files.windowing import WindowConfig
+from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.pipeline import score_files
 from kwsbatch.label.rows import FileResult
 from kwsbatch.label.windows import Detection, merge_detections

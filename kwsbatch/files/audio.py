@@ -1,7 +1,7 @@
 """Audio decoding and resampling: any file soundfile reads -> mono float32 at the model's rate.
 
-Decoding is numpy and soundfile only, so decode workers start fast and never spawn torch
-threads; torch is imported lazily by the resampler, which runs next to the model.
+Decoding is numpy and soundfile only; the resampler (torch, imported lazily) runs beside it in the
+loader's workers (loader.py).
 """
 
 from __future__ import annotations
@@ -214,25 +214,3 @@ def _system_reason(path: str | os.PathLike, error: OSError) -> str:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "unknown error"
-
-
-def decode_many(
-    paths: list[str | tuple[str, float, float | None] | None], max_seconds: float | None = DEFAULT_MAX_SECONDS
-) -> list[DecodedClip | str]:
-    """Decode a chunk of files; a failure becomes its one-line message, so one bad file spoils nothing.
-
-    This is the unit of work sent to decode workers: plain paths (or (path, offset, duration)
-    segments) in, arrays or strings out. A None path (a row already known to be unreadable) stays
-    an empty message.
-    """
-    results: list[DecodedClip | str] = []
-    for item in paths:
-        if item is None:
-            results.append("")
-            continue
-        path, offset, duration = (item, None, None) if isinstance(item, str) else item
-        try:
-            results.append(decode_audio(path, max_seconds=max_seconds, offset=offset, duration=duration))
-        except AudioError as e:
-            results.append(str(e))
-    return results

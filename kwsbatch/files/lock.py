@@ -21,6 +21,22 @@ class LockedError(KwsError):
     """Another run holds the output's lock."""
 
 
+_held: set[int] = set()  # descriptors of the locks this process holds
+
+
+def close_inherited_locks() -> None:
+    """In a forked worker: close the copies of the parent's lock descriptors.
+
+    An flock belongs to the open file, which a fork shares: a worker that kept its copy would hold
+    the lock for as long as it lived, so a run SIGKILLed with its workers still dying would keep
+    the next cron run out (exit 75) for a moment. The parent's own descriptor keeps the lock.
+    """
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
 def lock_path(out: str | os.PathLike) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".lock")
@@ -54,6 +70,8 @@ def output_lock(out: str | os.PathLike, *, wait: bool = False, on_wait: Callable
         # Who holds it, for the message a second run prints; written after locking, so never torn.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        _held.add(fd)
         yield path
     finally:
+        _held.discard(fd)
         os.close(fd)  # closing the descriptor releases the lock

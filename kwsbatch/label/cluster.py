@@ -1,11 +1,11 @@
-"""`label --dask ADDRESS`: score chunks of files on a dask.distributed cluster instead of local threads.
+"""`label --dask ADDRESS`: score chunks of files on a dask.distributed cluster instead of local loader workers.
 
 The driver (the `label` process) walks the inputs, keeps the lock and the journal, and writes the
 output exactly as a local run does; only scoring moves. It cuts the files to label into chunks of
 ``batch_size * sort_window`` (the local pipeline's tasks), submits at most two per worker at a
 time, and records each chunk's results in the journal as it comes back. Each worker process loads
 the model once, on its first chunk, and keeps it; a chunk is then scored by the same pipeline code
-as locally (pipeline.score_files, one thread), so the rows are the same.
+as locally (pipeline.score_files, read in the dask worker's own process), so the rows are the same.
 
 A worker that dies loses only the chunks it held: the scheduler runs them again elsewhere and the
 driver records a chunk once, when its result arrives. Workers must see the audio (and the model)
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from kwsbatch.errors import KwsError
@@ -71,10 +70,9 @@ def score_on_cluster(
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     done = as_completed()
     chunks: dict = {}  # future -> its rows; a future is dropped once its result is taken
-    worker_config = replace(config, jobs=1, processes=False)  # a dask worker is already a process of its own
     try:
         for chunk in chunked(rows, config.task_size):
-            future = client.submit(_score_chunk, str(model), model_id, device, chunk, worker_config, pure=False, retries=RETRIES)
+            future = client.submit(_score_chunk, str(model), model_id, device, chunk, config, pure=False, retries=RETRIES)
             chunks[future] = chunk
             done.add(future)
             if done.count() >= 2 * workers:
@@ -98,9 +96,9 @@ def _take(future, chunks: dict) -> tuple[list[ManifestRow], list[FileResult]]:
 
 
 def _score_chunk(model: str, model_id: str, device: str, rows: list[ManifestRow], config: LabelConfig) -> list[FileResult]:
-    """On a worker: score one chunk with the pipeline, in input order."""
+    """On a worker: score one chunk with the pipeline, in input order, read in this process (a dask worker may not fork)."""
     scorer = _worker_scorer(model, model_id, device)
-    return [result for _, results in score_files(scorer, rows, config, ordered=True) for result in results]
+    return [result for _, results in score_files(scorer, rows, config, ordered=True, in_process=True) for result in results]
 
 
 def _worker_scorer(model: str, model_id: str, device: str) -> Scorer:

@@ -9,25 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from kwsbatch.files.windowing import WindowConfig
 from kwsbatch.label.shard import Shard
-from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting
+from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting, worker_count
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class WindowConfig:
-    window_s: float  # seconds of audio the model hears at once
-    hop_s: float  # seconds between window starts; <= window_s, so no audio is skipped
-    threshold: float = 0.0  # the least probability of its keyword a window needs to count toward a detection
-
-    def __post_init__(self):
-        if not 0.0 <= self.threshold <= 1.0:
-            raise SettingError("threshold", f"must be a probability in [0, 1], got {self.threshold:g}")
-        if not self.window_s > 0:
-            raise SettingError("window", f"must be positive, got {self.window_s:g}")
-        if not 0 < self.hop_s <= self.window_s:
-            raise SettingError("hop", f"must be positive and at most --window ({self.window_s:g} s), got {self.hop_s:g}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +22,6 @@ class LabelConfig:
 
     batch_size: int = setting(64, "clips (or windows) per model batch", at_least=1)
     jobs: int = jobs_setting()
-    processes: bool = setting(False, "workers are processes, not threads: faster on the CPU for large runs, 2 s slower to start")
     sort_window: int = 4  # batches' worth of upcoming clips sorted by length together (one task)
     max_seconds: float | None = setting(30.0, "files longer than this get an error row (without --window)", above=0)
     window: WindowConfig | None = None  # window mode: slide over each file, report detections
@@ -45,6 +30,11 @@ class LabelConfig:
         check_settings(self)
         if self.sort_window < 1:
             raise SettingError("sort_window", f"must be at least 1, got {self.sort_window}")
+
+    @property
+    def workers(self) -> int:
+        """Loader worker processes: jobs, or one per usable core for 0."""
+        return worker_count(self.jobs)
 
     @property
     def task_size(self) -> int:

@@ -1,8 +1,8 @@
 """`kwsbatch label` as one call: a LabelRequest in, a JobSummary out.
 
-Picks the model and the scorer, the output's columns, where scoring runs (threads, processes or
-a Dask cluster) and where rows go (job.py's journaled file, or a stream); records the outcome in
-the reporter's log. Imports torch only after the lock check: a cron run that finds another one
+Picks the model and the scorer, the output's columns, where scoring runs (here, the loader's
+worker processes reading, or on a Dask cluster) and where rows go (job.py's journaled file, or a
+stream); records the outcome in the reporter's log. Imports torch only after the lock check: a cron run that finds another one
 writing its output stops in a tenth of a second, before torch and the model load.
 """
 
@@ -62,8 +62,7 @@ def _label(request: LabelRequest, reporter: Reporter):
     model = Path(request.model) if request.model else default_model_path()
     checkpoint = load_checkpoint(model)
     config = request.config
-    # Worker processes score on the CPU.
-    scorer = Scorer(checkpoint, device="cpu" if config.processes and request.device == "auto" else request.device)
+    scorer = Scorer(checkpoint, device=request.device)
     layout = RowLayout(checkpoint.classes, model_id=scorer.model_id, threshold=request.threshold)
     shard = Shard.parse(request.shard) if request.shard is not None else None
     kind = output_format(request.out, request.output_format)

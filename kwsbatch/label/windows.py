@@ -1,33 +1,21 @@
-"""Long recordings: fixed windows slid over a file read in blocks, and detections merged from them.
+"""Long recordings: the detections merged from a file's scored windows (files/windows.py reads the windows).
 
-A one-hour recording is never held whole: the reader keeps one block (a minute) plus one window
-of audio, so memory does not depend on the file's length (each window's score is kept: 28 bytes,
-2 MB for ten hours at a 0.5 s hop). Windows start every hop on a grid from 0; when the grid
-leaves an uncovered tail, one more window is aligned to the file's end, so the last seconds are
-always heard. A file shorter than one window is a single window, the whole file.
-
-A window counts toward a detection when its most probable class is a keyword (not a background
-class) with at least the threshold's probability; overlapping counted windows of one keyword merge
-into one detection. `merge_detections` is that rule, applied to a file's scored windows: `label
---window --threshold` applies it once, `evaluate` on long recordings at every threshold it sweeps.
+Each window's score is kept (28 bytes: 2 MB for ten hours at a 0.5 s hop). A window counts toward a
+detection when its most probable class is a keyword (not a background class) with at least the
+threshold's probability; overlapping counted windows of one keyword merge into one detection.
+`merge_detections` is that rule, applied to a file's scored windows: `label --window --threshold`
+applies it once, `evaluate` on long recordings at every threshold it sweeps.
 """
 
 from __future__ import annotations
 
 import array
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 
 from kwsbatch.classes import is_background
-from kwsbatch.errors import AudioError
-from kwsbatch.files.audio import read_mono, reading_errors
-from kwsbatch.label.config import WindowConfig
-
-BLOCK_SECONDS = 60.0  # audio read from disk at a time
 
 
 @dataclass(frozen=True)
@@ -36,55 +24,6 @@ class Detection:
     end_s: float
     label: str
     confidence: float  # the highest probability of label among the merged windows
-
-
-class WindowReader:
-    """Iterate (start_frame, end_frame, mono samples) windows of one file, at the file's own rate.
-
-    After iteration, ``frames`` is the number of frames read: the file's true length even when its
-    header was wrong about it.
-    """
-
-    def __init__(self, path: str | os.PathLike, config: WindowConfig, *, block_s: float = BLOCK_SECONDS):
-        self.path = path
-        self.config = config
-        self.block_s = block_s
-        self.sample_rate = 0
-        self.channels = 0
-        self.frames = 0
-
-    @property
-    def duration_s(self) -> float:
-        return self.frames / self.sample_rate if self.sample_rate else 0.0
-
-    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        with reading_errors(self.path), sf.SoundFile(self.path) as f:
-            self.sample_rate, self.channels = f.samplerate, f.channels
-            window = max(1, round(self.config.window_s * f.samplerate))
-            hop = max(1, round(self.config.hop_s * f.samplerate))
-            block = max(window, round(self.block_s * f.samplerate))
-            buffer, buffer_start, start, covered, end_of_file = np.zeros(0, np.float32), 0, 0, 0, False
-            while True:
-                while not end_of_file and buffer_start + len(buffer) < start + window:
-                    data = read_mono(f, block, self.path)
-                    end_of_file = len(data) < block
-                    if len(data):
-                        buffer = np.concatenate([buffer, data])
-                buffer_end = buffer_start + len(buffer)
-                self.frames = buffer_end
-                if buffer_end < start + window:
-                    break
-                yield start, start + window, buffer[start - buffer_start : start - buffer_start + window].copy()
-                covered, start = start + window, start + hop
-                # Keep from the last window's start on: the end-aligned tail window starts after it.
-                keep_from = start - hop
-                if keep_from - buffer_start >= block:
-                    buffer, buffer_start = buffer[keep_from - buffer_start :], keep_from
-            if buffer_end == 0:
-                raise AudioError(f"{self.path}: contains no samples")
-            if buffer_end > covered:
-                tail_start = max(0, buffer_end - window)
-                yield tail_start, buffer_end, buffer[tail_start - buffer_start :].copy()
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value

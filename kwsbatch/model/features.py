@@ -58,19 +58,6 @@ class FeatureConfig:
         return 1 + torch.div(n_samples - self.n_fft, self.hop_length, rounding_mode="floor")
 
 
-def pad_waveforms(waveforms: list[torch.Tensor], *, min_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D waveforms into a zero-padded (batch, samples) tensor plus each clip's own length.
-
-    A clip shorter than one analysis window is zero-padded to min_samples, and its length says so:
-    the padding is a property of the clip, not of the batch it lands in.
-    """
-    lengths = torch.tensor([max(len(w), min_samples) for w in waveforms], dtype=torch.long)
-    batch = torch.zeros(len(waveforms), int(lengths.max()), dtype=torch.float32)
-    for row, wave in enumerate(waveforms):
-        batch[row, : len(wave)] = wave
-    return batch, lengths
-
-
 class MfccFrontend(nn.Module):
     """(batch, samples) waveforms + lengths -> normalised (batch, frames, n_mfcc) features + frame lengths.
 
@@ -103,7 +90,7 @@ class MfccFrontend(nn.Module):
         features = self._mfcc(waveforms)
         frame_lengths = self.config.frame_count(lengths.cpu())
         if self.config.clip_norm != "none":
-            features = normalize_clips(features, frame_lengths.to(features.device), self.config.clip_norm == "meanvar")
+            features = normalize_clips(features, frame_lengths.to(features.device, non_blocking=True), self.config.clip_norm == "meanvar")
         return features, frame_lengths
 
     def _mfcc(self, waveforms: torch.Tensor) -> torch.Tensor:

@@ -6,13 +6,15 @@ this class knows nothing of files, manifests or columns.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
 from kwsbatch.files.audio import Resampler
+from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id
 from kwsbatch.model.device import full_float32, resolve_device
-from kwsbatch.model.features import pad_waveforms
 
 
 class Scorer:
@@ -29,15 +31,31 @@ class Scorer:
         self._resample = Resampler(self.sample_rate)
 
     def probabilities(self, waveforms: list[torch.Tensor]) -> np.ndarray:
-        """(batch, n_classes) class probabilities for 1-D waveforms at the model's rate."""
-        batch, lengths = pad_waveforms(waveforms, min_samples=self.checkpoint.feature_config.n_fft)
+        """(batch, n_classes) class probabilities for 1-D waveforms at the model's rate, in one batch."""
+        return self.score([pad_waveforms(waveforms, min_samples=self.checkpoint.feature_config.n_fft)])
+
+    def featurize(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(waves, lengths) -> the model's (batch, frames, n_mfcc) features and frame lengths, on the CPU: in a loader worker."""
+        with torch.no_grad():
+            return self.spotter.frontend(*batch)
+
+    def score(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, featurized: bool = False) -> np.ndarray:
+        """(rows of all batches, n_classes) probabilities for padded batches: each (batch, samples) waves and (batch,) lengths,
+        or with featurized, (batch, frames, n_mfcc) features and frame lengths.
+
+        On a GPU the batches queue up on the device and the probabilities come back in one copy at
+        the end: no host synchronisation per batch. Lengths stay on the CPU, where the model reads them.
+        """
         cuda = self.device.type == "cuda"
-        if cuda:
-            batch = batch.pin_memory()
+        model = self.spotter.head if featurized else self.spotter
+        out = []
         with torch.inference_mode():
-            logits = self.spotter(batch.to(self.device, non_blocking=cuda), lengths.to(self.device))
-            probs = torch.softmax(logits.float() / self.checkpoint.temperature, dim=1)
-        return probs.cpu().numpy()
+            for inputs, lengths in batches:
+                logits = model(inputs.to(self.device, non_blocking=cuda), lengths)
+                out.append(torch.softmax(logits.float() / self.checkpoint.temperature, dim=1))
+            if not out:
+                return np.zeros((0, len(self.classes)), dtype=np.float32)
+            return torch.cat(out).cpu().numpy()
 
     def resample(self, samples: np.ndarray, sample_rate: int) -> torch.Tensor:
         """(n_samples,) float32 at sample_rate -> (n_resampled,) tensor at the model's rate."""

@@ -111,7 +111,7 @@ class KeywordLSTM(nn.Module):
             pooled = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.config.bidirectional else h_n[-1]
         else:
             padded, lengths = pad_packed_sequence(outputs, batch_first=True)
-            pooled = _masked_mean(padded, lengths.to(padded.device))
+            pooled = _masked_mean(padded, lengths.to(padded.device, non_blocking=True))
         return self.classifier(pooled)
 
     def _pool_unpacked(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
@@ -123,7 +123,7 @@ class KeywordLSTM(nn.Module):
         of its outputs up to its last frame, which is all the pooling reads.
         """
         outputs, _ = self.lstm(features)
-        lengths = frame_lengths.to(outputs.device)
+        lengths = frame_lengths.to(outputs.device, non_blocking=True)
         if self.config.pooling == "last":
             return outputs[torch.arange(len(outputs), device=outputs.device), lengths - 1]
         return _masked_mean(outputs, lengths)

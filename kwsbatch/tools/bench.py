@@ -1,16 +1,18 @@
-"""`kwsbatch bench`: how close `label` gets to the machine's floor, measured in one run.
+"""`kwsbatch bench`: how close `label` and `train` get to the machine's floors, measured in one run.
 
 It makes N clips of 0.5-1.5 s (WAV and FLAC; one in five stereo at 44.1 kHz, the rest mono at
 16 kHz) and times, on the same files and the same machine:
 
-- the decode floor: soundfile reads alone (the best of one thread, a thread per worker and a process per
-  worker: on many cores, threads queue for the interpreter lock);
-- the compute floor: resampling, features and the model on clips already decoded in memory,
-  all cores, threaded as `label` threads it (one worker per core, one torch thread each; torch's
-  own thread pool was measured slower, and on a busy machine many times slower);
+- the decode floor: soundfile reads alone, in 1, 2, 4, ... loader workers up to the cores;
+- the compute floor: resampling, features and the model on clips already decoded in memory, all
+  cores (a thread per core, one torch thread each); on CUDA also the device alone (features and
+  the model on padded batches in pinned memory) at batch sizes from 64 up, to choose --batch-size by;
 - the back-to-back floor: decoding everything, then computing everything, 1 / (1/decode + 1/compute);
-- `kwsbatch label` end to end, in a child process, with its peak RSS;
-- the same files one at a time (``--batch-size 1 --jobs 1``, the notebook's way);
+- `kwsbatch label` end to end, in a child process, at each of those worker counts, with its peak RSS;
+- the notebook's pipeline (tools/notebook.py: each file decoded, resampled, featurised and scored
+  alone) and `kwsbatch label` on the same files as whole processes, interpreter start-up included;
+- a training epoch (the real one: loader workers, batches, augmentation) beside the notebook's
+  batch-1 loop (each clip's features, forward, backward and optimizer step alone) on the same clips;
 
 and prints the ratios between them, with the CPU time each spent per file: on a machine shared with
 other work, wall-clock rates move with the load, CPU per file much less. Files are read from a warm
@@ -20,16 +22,16 @@ page cache in every measurement.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +40,18 @@ import torch
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.audio import decode_audio
-from kwsbatch.files.manifest import chunked
+from kwsbatch.files.loader import keep_freed_memory, pad_waveforms, run_tasks
+from kwsbatch.files.manifest import ManifestRow, chunked
 from kwsbatch.label.config import LabelConfig
-from kwsbatch.label.pipeline import keep_freed_memory, score_sorted
 from kwsbatch.model.scorer import Scorer
-from kwsbatch.settings import check_settings, jobs_setting, setting, worker_count
+from kwsbatch.model.spotter import KeywordSpotter
+from kwsbatch.settings import check_settings, setting, usable_cores, worker_count
+from kwsbatch.train.augment import AugmentConfig
+from kwsbatch.train.data import load_clips
+from kwsbatch.train.distributed import Process
+from kwsbatch.train.loop import TrainConfig, train_epoch
+
+CUDA_BATCH_SIZES = (64, 128, 256, 512, 1024)
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,9 @@ class BenchConfig:
     files: int = setting(2000, "clips to make and label (0.5-1.5 s, WAV and FLAC, some stereo 44.1 kHz)", at_least=1)
     device: str = "auto"
     batch_size: int = LabelConfig.batch_size
-    jobs: int = jobs_setting()
-    single_files: int | None = setting(None, "clips for the one-at-a-time run (default: all of them)", at_least=1)
+    jobs: int = setting(0, "the most loader workers the scaling table goes up to (0: one per core)", at_least=0)
+    single_files: int | None = setting(None, "clips for the whole-process run beside the notebook's pipeline (default: all of them)", at_least=1)
+    train_files: int = setting(1000, "clips for the training epoch beside the notebook's batch-1 epoch (0: none)", at_least=0)
     seed: int = setting(0, "seeds the clips' lengths, tones and formats")
 
     def __post_init__(self):
@@ -65,11 +75,11 @@ class BenchConfig:
 class Timing:
     files: int
     seconds: float
-    cpu_seconds: float  # user + system, all threads: what the work costs whatever else runs on the machine
+    cpu_seconds: float  # user + system, all processes: what the work costs whatever else runs on the machine
 
     @property
     def rate(self) -> float:
-        return self.files / self.seconds
+        return self.files / max(self.seconds, 1e-9)
 
     @property
     def cpu_ms(self) -> float:
@@ -81,88 +91,121 @@ class LabelRun(Timing):
     wall_seconds: float = 0.0  # the child process from start to exit; seconds is the run's own time
     peak_rss: int = 0  # bytes
 
+    @property
+    def wall_rate(self) -> float:
+        return self.files / self.wall_seconds
+
 
 @dataclass
 class BenchResult:
     config: BenchConfig
-    workers: int
     device: str
-    decode: Timing
-    decode_how: str  # which of the decode floor's ways was fastest: "1 thread", "N threads" or "N processes"
+    decode: dict[int, Timing]  # workers -> soundfile alone
     compute: Timing
-    end_to_end: LabelRun
-    one_at_a_time: LabelRun
-    processes: LabelRun | None = None  # end to end with worker processes (--processes), on the CPU
+    label: dict[int, LabelRun]  # workers -> end to end
+    notebook: LabelRun  # the notebook's pipeline as a whole process
+    whole: LabelRun  # label on the notebook's files, as a whole process
+    device_floors: dict[int, Timing] = field(default_factory=dict)  # CUDA: batch size -> features + model alone
+    epoch: Timing | None = None
+    notebook_epoch: Timing | None = None
 
     @property
     def back_to_back(self) -> Timing:
-        return Timing(self.decode.files, self.decode.seconds + self.compute.seconds, self.decode.cpu_seconds + self.compute.cpu_seconds)
+        decode = max(self.decode.values(), key=lambda t: t.rate)
+        return Timing(decode.files, decode.seconds + self.compute.seconds, decode.cpu_seconds + self.compute.cpu_seconds)
 
     def lines(self) -> list[str]:
-        e2e, single, floor = self.end_to_end, self.one_at_a_time, self.back_to_back
+        floor, best = self.back_to_back, max(self.label.values(), key=lambda t: t.rate)
         mib = 1 / 2**20
 
-        def line(name: str, t: Timing, note: str) -> str:
-            return f"  {name:<20}{t.rate:10,.0f}{t.cpu_ms:13.3f}   {note}"
+        def line(name: str, workers, t: Timing, note: str) -> str:
+            return f"  {name:<22}{workers!s:>8}{t.rate:10,.0f}{t.cpu_ms:13.3f}   {note}"
 
-        return [
+        lines = [
             f"kwsbatch bench: {self.config.files:,} clips of 0.5-1.5 s (WAV and FLAC, 1 in 5 stereo 44.1 kHz); "
-            f"{self.workers} workers, batch {self.config.batch_size}, {self.device}, {os.cpu_count()} cores, "
-            f"load average {os.getloadavg()[0]:.1f}",
-            f"  {'':<20}{'files/s':>10}{'cpu ms/file':>13}",
-            line("decode floor", self.decode, f"soundfile reads alone, fastest in {self.decode_how}"),
-            line("compute floor", self.compute, "resampling + features + model on decoded clips in memory, all cores"),
-            line("back-to-back floor", floor, "decode everything, then compute everything"),
-            line("label end to end", e2e, f"{e2e.seconds:.1f} s ({e2e.wall_seconds:.1f} s with interpreter start-up), peak RSS {e2e.peak_rss * mib:,.0f} MiB"),
-            *([line("label --processes", self.processes, f"{self.processes.seconds:.1f} s, worker processes; peak RSS "
-                        f"{self.processes.peak_rss * mib:,.0f} MiB in the parent, and each worker's own")] if self.processes else []),
-            line("one at a time", single, f"--batch-size 1 --jobs 1 on {single.files:,} files, {single.seconds:.1f} s, peak RSS {single.peak_rss * mib:,.0f} MiB"),
-            f"  end to end / back-to-back floor  {e2e.rate / floor.rate:.2f}   (cpu per file: floor / end to end {floor.cpu_ms / e2e.cpu_ms:.2f})",
-            f"  end to end / compute floor       {e2e.rate / self.compute.rate:.2f}",
-            f"  end to end / one at a time       {e2e.rate / single.rate:.2f}   (cpu per file: {single.cpu_ms / e2e.cpu_ms:.2f})",
-            *([f"  --processes / threads            {self.processes.rate / e2e.rate:.2f}   (with start-up: "
-               f"{e2e.wall_seconds / self.processes.wall_seconds:.2f})"] if self.processes else []),
-            f"  end to end with start-up / back-to-back floor  {e2e.files / e2e.wall_seconds / floor.rate:.2f}",
+            f"batch {self.config.batch_size}, {self.device}, {usable_cores()} cores, load average {os.getloadavg()[0]:.1f}",
+            f"  {'':<22}{'workers':>8}{'files/s':>10}{'cpu ms/file':>13}",
+            *(line("decode floor", w, t, "soundfile reads alone, in loader workers") for w, t in self.decode.items()),
+            line("compute floor", "all", self.compute, "resampling + features + model on decoded clips in memory, all cores"),
+            *(line(f"device floor, batch {b}", "-", t, "features + model alone, on padded batches in pinned memory")
+              for b, t in self.device_floors.items()),
+            line("back-to-back floor", "-", floor, "decode everything (fastest), then compute everything"),
+            *(line("label end to end", w, t, f"{t.seconds:.1f} s ({t.wall_seconds:.1f} s with start-up), peak RSS {t.peak_rss * mib:,.0f} MiB")
+              for w, t in self.label.items()),
+            line("notebook, whole", 1, _wall(self.notebook), f"tools/notebook.py on {self.notebook.files:,} files: "
+                 f"{self.notebook.wall_seconds:.1f} s with start-up, peak RSS {self.notebook.peak_rss * mib:,.0f} MiB"),
+            line("label, whole", self.config.jobs or "all", _wall(self.whole), f"on the same files: {self.whole.wall_seconds:.1f} s with start-up"),
+            f"  label end to end / back-to-back floor   {best.rate / floor.rate:.2f}   (cpu per file: floor / end to end {floor.cpu_ms / best.cpu_ms:.2f})",
+            f"  label end to end / compute floor        {best.rate / self.compute.rate:.2f}",
+            f"  label / notebook, whole processes       {self.notebook.wall_seconds / self.whole.wall_seconds:.2f}   "
+            f"(cpu per file: {self.notebook.cpu_ms / self.whole.cpu_ms:.2f})",
         ]
+        if self.epoch is not None:
+            lines += [
+                f"  {'':<22}{'':>8}{'clips/s':>10}{'cpu ms/clip':>13}",
+                line("training epoch", self.config.jobs or "all", self.epoch, "train_epoch: batches, standard augmentation, loader workers"),
+                line("notebook epoch", 1, self.notebook_epoch, "one clip at a time: features, forward, backward, Adam step"),
+                f"  training epoch / notebook epoch         {self.epoch.rate / self.notebook_epoch.rate:.2f}   "
+                f"(cpu per clip: {self.notebook_epoch.cpu_ms / self.epoch.cpu_ms:.2f})",
+            ]
+        return lines
+
+
+def _wall(run: LabelRun) -> Timing:
+    return Timing(run.files, run.wall_seconds, run.cpu_seconds)
+
+
+def worker_counts(most: int) -> list[int]:
+    """1, 2, 4, ... up to most, and most itself."""
+    counts = [1]
+    while counts[-1] * 2 < most:
+        counts.append(counts[-1] * 2)
+    return sorted({*counts, most})
 
 
 def run_bench(config: BenchConfig, scorer: Scorer, model: Path, *, folder: Path | None = None, log=print) -> BenchResult:
     """Make the clips (in folder, or a temporary one removed afterwards) and measure everything."""
-    workers = worker_count(config.jobs)
+    most = worker_count(config.jobs)
     keep = folder is not None
     folder = Path(folder) if keep else Path(tempfile.mkdtemp(prefix="kwsbatch-bench-"))
     try:
         log(f"making {config.files:,} clips in {folder} ...")
-        paths = make_clips(folder / "clips", config.files, seed=config.seed, workers=workers)
+        paths = make_clips(folder / "clips", config.files, seed=config.seed, workers=most)
         decode_audio(paths[0])  # open libsndfile and the page cache before timing anything
         keep_freed_memory()  # as label does
-        log("timing the decode floor ...")
-        floors = {
-            "1 thread": decode_floor(paths, 1),
-            f"{workers} threads": decode_floor(paths, workers),
-            f"{workers} processes": decode_floor_in_processes(paths, workers),
-        }
-        decode_how = max(floors, key=lambda how: floors[how].rate)
-        decode = floors[decode_how]
+        result = BenchResult(config, str(scorer.device), {}, Timing(1, 1, 0), {}, LabelRun(1, 1, 0), LabelRun(1, 1, 0))
+        for workers in worker_counts(most):
+            log(f"timing the decode floor in {workers} workers ...")
+            result.decode[workers] = decode_floor(paths, workers)
         log("timing the compute floor ...")
-        compute = compute_floor(scorer, paths, config, workers)
-        log("timing kwsbatch label end to end ...")
-        common = ["--model", str(model), "--device", config.device]
-        batched = [str(folder / "clips"), *common, "--batch-size", str(config.batch_size), "--jobs", str(config.jobs)]
-        e2e = time_label(batched, folder / "labels.csv", len(paths))
-        processes = None
-        if scorer.device.type == "cpu":
-            log("timing kwsbatch label --processes end to end ...")
-            processes = time_label([*batched, "--processes"], folder / "labels_processes.csv", len(paths))
-        single = paths[: config.single_files] if config.single_files else paths
-        manifest = folder / "single.csv"
-        manifest.write_text("path\n" + "".join(f"{p}\n" for p in single), encoding="utf-8")
-        log(f"timing {len(single):,} files one at a time ...")
-        one = time_label([str(manifest), *common, "--batch-size", "1", "--jobs", "1"], folder / "single_labels.csv", len(single))
+        result.compute = compute_floor(scorer, paths, config, usable_cores())
+        if scorer.device.type == "cuda":
+            result.device_floors = {b: device_floor(scorer, paths, b) for b in CUDA_BATCH_SIZES}
+        common = ["--model", str(model), "--device", config.device, "--batch-size", str(config.batch_size)]
+        for workers in worker_counts(most):
+            log(f"timing kwsbatch label -j {workers} end to end ...")
+            result.label[workers] = time_label([str(folder / "clips"), *common, "--jobs", str(workers)], folder / f"labels{workers}.csv", len(paths))
+        _time_whole_processes(result, folder, paths, common, model, config, log)
+        if config.train_files:
+            log(f"timing a training epoch and the notebook's on {min(config.train_files, len(paths)):,} clips ...")
+            result.epoch, result.notebook_epoch = time_epochs(scorer, paths[: config.train_files], config)
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
-    return BenchResult(config, workers, str(scorer.device), decode, decode_how, compute, e2e, one, processes)
+    return result
+
+
+def _time_whole_processes(result: BenchResult, folder: Path, paths: list[str], common: list[str], model: Path, config: BenchConfig, log) -> None:
+    single = paths[: config.single_files] if config.single_files else paths
+    manifest = folder / "single.csv"
+    manifest.write_text("path\n" + "".join(f"{p}\n" for p in single), encoding="utf-8")
+    log(f"timing the notebook's pipeline and kwsbatch label on {len(single):,} files, as whole processes ...")
+    result.notebook = time_process(
+        [sys.executable, "-m", "kwsbatch.tools.notebook", str(manifest), str(model), str(folder / "notebook.csv"), config.device],
+        folder / "notebook.stderr",
+        len(single),
+    )
+    result.whole = time_label([str(manifest), *common, "--jobs", str(config.jobs)], folder / "whole.csv", len(single))
 
 
 def make_clips(folder: Path, n: int, *, seed: int, workers: int) -> list[str]:
@@ -197,47 +240,26 @@ def _write_clip(path: str, seed: int, index: int) -> None:
     sf.write(path, audio, rate, subtype="PCM_16")
 
 
-def decode_floor(paths: list[str], threads: int) -> Timing:
-    """How fast soundfile alone decodes the files, in this many threads."""
-    started, cpu = time.perf_counter(), time.process_time()
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in pool.map(_decode_many, chunked(paths, 256)):
-            pass
-    return Timing(len(paths), time.perf_counter() - started, time.process_time() - cpu)
+def decode_floor(paths: list[str], workers: int) -> Timing:
+    """How fast soundfile alone decodes the files in `workers` loader workers, their start-up included."""
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    for _ in run_tasks(chunked(paths, 256), _decode_many, workers=workers, died=lambda task: "a decode worker died"):
+        pass
+    return Timing(len(paths), time.perf_counter() - started, _cpu_seconds() - cpu)
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time and that of its children (loader workers, once reaped)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _decode_many(paths: list[str]) -> int:
     return sum(decode_audio(p, max_seconds=None).samples.size > 0 for p in paths)
 
 
-def decode_floor_in_processes(paths: list[str], processes: int) -> Timing:
-    """The same in worker processes, which share no interpreter lock; their start-up is not timed.
-
-    Threads queue for the lock on every call into libsndfile: on 16 cores they decoded no faster
-    than 2 do, and this floor tells the machine's limit from the lock's.
-    """
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_start, [0.5] * processes))  # every worker started, with this module imported, before the clock
-        started = time.perf_counter()
-        cpu = sum(pool.map(_decode_many_cpu, chunked(paths, 256)))
-        seconds = time.perf_counter() - started
-    return Timing(len(paths), seconds, cpu)
-
-
-def _start(seconds: float) -> None:
-    """In a worker process: nothing but this module's imports (torch's among them), and long enough that every worker gets one."""
-    time.sleep(seconds)
-
-
-def _decode_many_cpu(paths: list[str]) -> float:
-    """In a worker process: decode the files, and say how much CPU time that took."""
-    cpu = time.process_time()
-    _decode_many(paths)
-    return time.process_time() - cpu
-
-
-def compute_floor(scorer: Scorer, paths: list[str], config: BenchConfig, workers: int) -> Timing:
-    """How fast resampling + features + model on clips already in memory, all workers.
+def compute_floor(scorer: Scorer, paths: list[str], config: BenchConfig, threads: int) -> Timing:
+    """How fast resampling + features + model on clips already in memory, a thread per core.
 
     Clips are decoded a round at a time (untimed), so memory stays bounded for any number of files.
     """
@@ -246,8 +268,8 @@ def compute_floor(scorer: Scorer, paths: list[str], config: BenchConfig, workers
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            for round_paths in chunked(paths, task * workers * 2):
+        with ThreadPoolExecutor(threads) as pool:
+            for round_paths in chunked(paths, task * threads * 2):
                 tasks = list(chunked([decode_audio(p, max_seconds=None) for p in round_paths], task))
                 started, cpu = time.perf_counter(), time.process_time()
                 list(pool.map(lambda t: _compute(scorer, t, config.batch_size), tasks))
@@ -259,7 +281,71 @@ def compute_floor(scorer: Scorer, paths: list[str], config: BenchConfig, workers
 
 
 def _compute(scorer: Scorer, clips: list, batch_size: int) -> np.ndarray:
-    return score_sorted(scorer, [scorer.resample(c.samples, c.sample_rate) for c in clips], batch_size)
+    waves = sorted((scorer.resample(c.samples, c.sample_rate) for c in clips), key=len)
+    n_fft = scorer.checkpoint.feature_config.n_fft
+    return scorer.score([pad_waveforms(waves[i : i + batch_size], min_samples=n_fft) for i in range(0, len(waves), batch_size)])
+
+
+def device_floor(scorer: Scorer, paths: list[str], batch_size: int) -> Timing:
+    """Features + model alone on the device: padded batches of resampled clips wait in pinned memory, untimed."""
+    n_fft = scorer.checkpoint.feature_config.n_fft
+    waves = sorted((scorer.resample(c.samples, c.sample_rate) for c in map(decode_audio, paths[: 16 * batch_size])), key=len)
+    batches = [pad_waveforms(waves[i : i + batch_size], min_samples=n_fft) for i in range(0, len(waves), batch_size)]
+    batches = [(w.pin_memory(), lengths) for w, lengths in batches]
+    scorer.score(batches[:1])  # kernels chosen and memory allocated before the clock
+    started, cpu = time.perf_counter(), time.process_time()
+    scorer.score(batches)
+    return Timing(len(waves), time.perf_counter() - started, time.process_time() - cpu)
+
+
+def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[Timing, Timing]:
+    """A training epoch of the default model's architecture (batches, standard augmentation, loader workers) and the
+    notebook's batch-1 epoch, on the same clips; labels are made up (the clip's number modulo the classes)."""
+    checkpoint, device = scorer.checkpoint, scorer.device
+    classes = checkpoint.classes
+    rows = [ManifestRow(p, p, Path(p), classes[i % len(classes)]) for i, p in enumerate(paths)]
+    clips = load_clips(rows, classes, checkpoint.feature_config.sample_rate, jobs=config.jobs)
+    train = TrainConfig(batch_size=config.batch_size, jobs=config.jobs, seed=config.seed)
+    augment = AugmentConfig.preset("standard")
+    augmentation = replace(augment, noise=(0.0, *augment.noise[1:])).build(sample_rate=checkpoint.feature_config.sample_rate)
+    results = []
+    for batched in (True, False):
+        torch.manual_seed(config.seed)
+        spotter = KeywordSpotter(checkpoint.feature_config, checkpoint.model_config).to(device)
+        spotter.load_state_dict(checkpoint.state_dict)
+        optimizer = torch.optim.Adam(spotter.parameters(), lr=train.lr)
+        order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(config.seed))
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        if batched:
+            generator = torch.Generator().manual_seed(config.seed)
+            train_epoch(spotter, clips, order, optimizer, torch.nn.CrossEntropyLoss(), train, (augmentation, generator), Process(device=device))
+        else:
+            notebook_epoch(spotter, clips, order, optimizer, device)
+        results.append(Timing(len(clips), time.perf_counter() - started, _cpu_seconds() - cpu))
+    return results[0], results[1]
+
+
+def notebook_epoch(spotter: KeywordSpotter, clips, order: torch.Tensor, optimizer, device: torch.device) -> None:
+    """The notebook's training loop: each clip alone through features, forward, backward and an Adam step.
+
+    In one torch thread, as label and train compute: on a busy machine torch's thread pool made
+    small ops many times slower, and one clip's ops are too small for it to help.
+    """
+    spotter.train()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i in order.tolist():
+            wave = clips.waveforms[i]
+            logits = spotter(wave[None].to(device), torch.tensor([len(wave)]))
+            loss = loss_fn(logits, clips.targets[i : i + 1].to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        loss.item()  # on a GPU, until the last step has run
+    finally:
+        torch.set_num_threads(previous)
 
 
 def time_label(args: list[str], out: Path, files: int) -> LabelRun:
@@ -268,26 +354,31 @@ def time_label(args: list[str], out: Path, files: int) -> LabelRun:
     for stale in (out, log):
         stale.unlink(missing_ok=True)
     command = [sys.executable, "-m", "kwsbatch", "label", *args, "-o", str(out), "--quiet", "--log", str(log)]
-    started = time.perf_counter()
-    with open(out.with_suffix(".stderr"), "w") as stderr:
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
-        # wait4, not wait: its resource usage (CPU time) is this child's alone.
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    if child.returncode != 0:
-        tail = out.with_suffix(".stderr").read_text(errors="replace").strip().splitlines()[-1:]
-        raise KwsError(f"kwsbatch label exited with status {child.returncode} during the bench: {' '.join(tail)}")
+    run = time_process(command, out.with_suffix(".stderr"), files)
     # The summary line the run logged: "...; N rows in S s, R files/s, peak RSS M MiB -> out".
     summary = log.read_text(encoding="utf-8")
     seconds = re.search(r"rows in ([0-9.]+) s", summary)
     rss = re.search(r"peak RSS ([0-9,]+) MiB", summary)
-    cpu = usage.ru_utime + usage.ru_stime  # start-up included
+    run.seconds = max(float(seconds.group(1)), 1e-9) if seconds else run.wall_seconds
+    # Not wait4's ru_maxrss: after fork + exec it starts from this (much bigger) process's peak.
+    run.peak_rss = int(rss.group(1).replace(",", "")) * 2**20 if rss else 0
+    return run
+
+
+def time_process(command: list[str], stderr_path: Path, files: int) -> LabelRun:
+    """Run command in a child process: its wall time and CPU time (its loader workers' included), and a peak RSS it prints."""
+    started = time.perf_counter()
+    with open(stderr_path, "w") as stderr:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        # wait4, not wait: its resource usage (CPU time) is this child's alone, with the children it reaped.
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    text = stderr_path.read_text(errors="replace")
+    if child.returncode not in (0, 3):  # 3: some files failed, as they may
+        tail = text.strip().splitlines()[-1:]
+        raise KwsError(f"{' '.join(command[2:4])} exited with status {child.returncode} during the bench: {' '.join(tail)}")
+    rss = re.search(r"peak RSS ([0-9,]+) MiB", text)
     return LabelRun(
-        files,
-        max(float(seconds.group(1)), 1e-9) if seconds else wall,
-        cpu,
-        wall_seconds=wall,
-        # Not wait4's ru_maxrss: after fork + exec it starts from this (much bigger) process's peak.
-        peak_rss=int(rss.group(1).replace(",", "")) * 2**20 if rss else 0,
+        files, wall, usage.ru_utime + usage.ru_stime, wall_seconds=wall, peak_rss=int(rss.group(1).replace(",", "")) * 2**20 if rss else 0
     )

@@ -26,8 +26,9 @@ import torch
 import kwsbatch
 from kwsbatch.errors import KwsError
 from kwsbatch.files.atomic import atomic_write
+from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id, load_checkpoint
-from kwsbatch.model.features import FeatureConfig, pad_waveforms
+from kwsbatch.model.features import FeatureConfig
 from kwsbatch.model.portable import PortableSpotter
 
 EXPORT_FORMATS = ("onnx", "torchscript")

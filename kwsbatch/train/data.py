@@ -1,55 +1,20 @@
-"""From manifest rows to waveforms: parallel decoding in chunks, training sets, validation splits."""
+"""From manifest rows to waveforms in memory (read by the loader's workers), training sets, validation splits."""
 
 from __future__ import annotations
 
-import collections
+import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from kwsbatch.files.audio import DecodedClip, Resampler, decode_many
-from kwsbatch.files.manifest import ManifestRow, chunked
+from kwsbatch.files.loader import Piece, ReadConfig, plan_tasks, read_task, run_tasks
+from kwsbatch.files.manifest import ManifestRow
 from kwsbatch.progress import Reporter
 from kwsbatch.settings import ONE_PER_CORE, worker_count
 
-
-def decode_chunks(
-    chunks: Iterable[list[ManifestRow]], jobs: int, max_seconds: float | None
-) -> Iterator[tuple[list[ManifestRow], list[DecodedClip | str]]]:
-    """Yield (chunk, decoded) pairs in order; with jobs > 1, worker processes decode ahead.
-
-    Each decoded item is a DecodedClip, or the one-line reason the file could not be read.
-    jobs 0: one worker per core.
-    """
-    jobs = worker_count(jobs)
-    if jobs <= 1:
-        for chunk in chunks:
-            yield chunk, decode_many(_readable_paths(chunk), max_seconds)
-        return
-    from joblib import Parallel, delayed
-
-    pending: collections.deque[list[ManifestRow]] = collections.deque()
-
-    def tasks():
-        for chunk in chunks:
-            pending.append(chunk)
-            yield delayed(decode_many)(_readable_paths(chunk), max_seconds)
-
-    # Workers only decode (numpy + soundfile, no torch), so they start fast and leave the cores'
-    # arithmetic to the model; pre_dispatch bounds how far ahead they read, and so memory.
-    parallel = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs", backend="loky")
-    for decoded in parallel(tasks()):
-        yield pending.popleft(), decoded
-
-
-def _readable_paths(chunk: list[ManifestRow]) -> list[str | tuple[str, float, float | None] | None]:
-    """Paths (or segments) to decode; None for rows already known to be unreadable."""
-    return [
-        None if row.error else str(row.audio_path) if row.offset_s is None else (str(row.audio_path), row.offset_s, row.duration_s)
-        for row in chunk
-    ]
+TASK_CLIPS = 256  # clips a worker reads at a time
 
 
 @dataclass
@@ -77,25 +42,40 @@ def load_clips(
     reporter: Reporter | None = None,
     description: str = "loading",
 ) -> ClipSet:
-    """Decode every row into memory; unreadable files are set aside, not fatal. sources: one per row (default 0)."""
+    """Decode every row into memory, once, by the loader's workers; unreadable files are set aside, not fatal.
+
+    sources: one per row (default 0). Each clip is a view into its task's buffer, which the workers
+    filled in shared memory.
+    """
     reporter = reporter or Reporter()
     index = {c: i for i, c in enumerate(classes)}
-    resample = Resampler(sample_rate)
-    source_of = iter(sources if sources is not None else [0] * len(rows))
+    sources = sources if sources is not None else [0] * len(rows)
+    read = ReadConfig(sample_rate=sample_rate, max_seconds=max_seconds)
     waveforms, targets, kept, kept_sources, failures = [], [], [], [], []
     reporter.start(description, len(rows))
-    for chunk, decoded in decode_chunks(chunked(rows, 256), jobs, max_seconds):
-        for row, clip, source in zip(chunk, decoded, source_of):
-            if isinstance(clip, DecodedClip):
-                waveforms.append(resample(clip.samples, clip.sample_rate))
-                targets.append(index[row.label])
-                kept.append(row)
-                kept_sources.append(source)
-            else:
-                failures.append((row, clip))
-        reporter.advance(len(chunk))
+    loaded = run_tasks(
+        plan_tasks(rows, read, TASK_CLIPS), functools.partial(read_task, config=read), workers=worker_count(jobs), died=_worker_died
+    )
+    for pieces, task in loaded:
+        clips = {}  # piece index -> its clip
+        for batch in task.batches:
+            for row, (piece, length) in enumerate(zip(batch.pieces, batch.lengths.tolist())):
+                clips[piece] = batch.waves[row, :length]
+        for i, (piece, audio) in enumerate(zip(pieces, task.files)):
+            if audio.error:
+                failures.append((piece.row, audio.error))
+                continue
+            waveforms.append(clips[i])
+            targets.append(index[piece.row.label])
+            kept.append(piece.row)
+            kept_sources.append(sources[piece.file])  # a piece's file is its row's number
+        reporter.advance(len(pieces))
     reporter.stop()
     return ClipSet(waveforms, torch.tensor(targets, dtype=torch.long), kept, failures, torch.tensor(kept_sources, dtype=torch.long))
+
+
+def _worker_died(task: list[Piece]) -> str:
+    return f"a worker process died while reading the clips from {task[0].row.source} on"
 
 
 def split_for_validation(rows: list[ManifestRow], fraction: float) -> tuple[list[ManifestRow], list[ManifestRow]]:

@@ -1,8 +1,10 @@
 """Training: manifests in, a run folder out (best.pt, last.pt, history.csv).
 
-Clips are decoded once into memory; each epoch shuffles (or class-balance samples) them with a
-seeded generator, pads each batch, augments the padded batch on the device (augment.py), computes
-MFCCs there and trains the LSTM. last.pt carries the optimizer, scheduler and generator
+Clips are decoded once into memory by the loader's workers, from one manifest or several weighted
+ones (sources.py); each epoch draws them by weight (or class-balanced) with a seeded generator
+(sampling.py), and the workers pad, augment (augment.py) and featurise each batch while the LSTM
+trains on the one before (batches.py; on a GPU augmentation and MFCCs run on the device). last.pt
+carries the optimizer, scheduler and generator
 states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
 softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
 """
@@ -25,15 +27,17 @@ import kwsbatch
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.faults import hold
 from kwsbatch.files.atomic import atomic_write, remove_stale_temporaries
+from kwsbatch.files.loader import one_torch_thread, pad_waveforms
 from kwsbatch.files.manifest import check_known_labels
 from kwsbatch.files.tree import NOISE_FOLDER
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.model.device import full_float32, resolve_device
-from kwsbatch.model.features import FeatureConfig, FeatureStats, pad_waveforms
+from kwsbatch.model.features import FeatureConfig, FeatureStats
 from kwsbatch.model.spotter import ArchitectureConfig, KeywordSpotter, ModelConfig
 from kwsbatch.progress import Reporter
-from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting
+from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting, worker_count
 from kwsbatch.train.augment import Augmentation, AugmentConfig, load_noise
+from kwsbatch.train.batches import Prepared, batch_generator, epoch_batches
 from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips
 from kwsbatch.train.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
@@ -320,7 +324,7 @@ def _train_epochs(run: _Run, start_epoch: int, reporter: Reporter) -> None:
         lr = run.optimizer.param_groups[0]["lr"]
         # Every rank draws the same order from the same generator and trains on its share of it.
         order = rank_share(epoch_order(data.train.targets, data.weights, config.balance, run.shuffle), run.process)
-        train_loss, train_acc = _train_epoch(
+        train_loss, train_acc = train_epoch(
             run.spotter, data.train, order, run.optimizer, loss_fn, config, (run.augmentation, run.augment_rng), run.process, reporter, epoch
         )
         val_loss, val_acc = evaluate_clips(run.spotter, data.val, config.batch_size, device)
@@ -391,46 +395,64 @@ def clip_logits(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device
     return (torch.cat(outputs) if outputs else torch.zeros(0, n_classes)), clips.targets
 
 
-def _train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: TrainConfig, augment, process: Process, reporter, epoch):
+def train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: TrainConfig, augment, process: Process, reporter=None, epoch=1):
+    """One pass over order: (mean loss, accuracy); augment is (Augmentation, generator), the generator drawing this epoch's seed.
+
+    Losses and hits add up on the device, read once at the end: on a GPU, no host synchronisation per batch.
+    """
     # Frozen layers stay in eval mode when fine-tuning, so not even their dropout moves.
     spotter.train(config.finetune is None)
     spotter.head.classifier.train()
-    batches = list(torch.split(order, config.batch_size))
-    total_loss, correct, seen = 0.0, 0, 0
+    augmentation, generator = augment
+    seed = int(torch.randint(2**62, (), generator=generator))
+    steps = -(-len(order) // config.batch_size)
+    total_loss = torch.zeros((), device=process.device)
+    correct = torch.zeros((), dtype=torch.long, device=process.device)
     optimizer.zero_grad()
     trainable = [p for p in spotter.parameters() if p.requires_grad]
+    reporter = reporter or Reporter()
     reporter.start(f"epoch {epoch}/{config.epochs}", len(order))
-    for step, idx in enumerate(batches, start=1):
-        logits, targets = _forward(spotter, clips, idx, process.device, augment)
-        loss = loss_fn(logits, targets)
-        (loss / config.accumulate).backward()
-        if step % config.accumulate == 0 or step == len(batches):
-            average_gradients(trainable, process)
-            optimizer.step()
-            optimizer.zero_grad()
-            hold("train-step")
-        total_loss += loss.item() * len(idx)
-        correct += (logits.argmax(1) == targets).sum().item()
-        seen += len(idx)
-        reporter.advance(len(idx), loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.1%}")
+    batches = epoch_batches(spotter, clips, order, config.batch_size, augmentation, seed, process.device, worker_count(config.jobs))
+    with one_torch_thread(process.device):
+        for step, idx, prepared in batches:
+            logits = _train_logits(spotter, prepared, augmentation, batch_generator(seed, step), process.device)
+            targets = clips.targets[idx].to(process.device)
+            loss = loss_fn(logits, targets)
+            (loss / config.accumulate).backward()
+            if (step + 1) % config.accumulate == 0 or step + 1 == steps:
+                average_gradients(trainable, process)
+                optimizer.step()
+                optimizer.zero_grad()
+                hold("train-step")
+            total_loss += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == targets).sum()
+            seen = min(len(order), (step + 1) * config.batch_size)
+            # The running figures cost a host synchronisation: on the CPU only.
+            shown = {"loss": f"{total_loss.item() / seen:.3f}", "acc": f"{correct.item() / seen:.1%}"} if process.device.type == "cpu" else {}
+            reporter.advance(len(idx), **shown)
     reporter.stop()
-    total_loss, correct, seen = sum_across([total_loss, correct, seen], process)
+    total_loss, correct, seen = sum_across([total_loss.item(), correct.item(), len(order)], process)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device, augment=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and targets for clips idx; augment is (Augmentation, generator) when training."""
+def _train_logits(spotter: KeywordSpotter, prepared: Prepared, augmentation, generator: torch.Generator, device) -> torch.Tensor:
+    """Logits of a prepared batch: its features into the head, or on a GPU its waveforms augmented and featurised there."""
+    if prepared.featurized:
+        return spotter.head(*prepared.inputs)
+    waves, lengths = prepared.inputs
+    waves = waves.to(device, non_blocking=True)
+    if not augmentation:
+        return spotter(waves, lengths)
+    waves, lengths = augmentation.waveform(waves, lengths.to(device), generator)
+    features, frame_lengths = spotter.frontend(waves, lengths)
+    features, frame_lengths = augmentation.features(features, frame_lengths, generator)
+    return spotter.head(features, frame_lengths)
+
+
+def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets for clips idx, unaugmented."""
     waves, lengths = pad_waveforms([clips.waveforms[i] for i in idx.tolist()], min_samples=spotter.frontend.config.n_fft)
-    waves, lengths = waves.to(device), lengths.to(device)
-    if augment is None or not augment[0]:
-        logits = spotter(waves, lengths)
-    else:
-        augmentation, generator = augment
-        waves, lengths = augmentation.waveform(waves, lengths, generator)
-        features, frame_lengths = spotter.frontend(waves, lengths)
-        features, frame_lengths = augmentation.features(features, frame_lengths, generator)
-        logits = spotter.head(features, frame_lengths)
-    return logits, clips.targets[idx].to(device)
+    return spotter(waves.to(device), lengths), clips.targets[idx].to(device)
 
 
 def default_augmentation(train_manifest) -> AugmentConfig:
