@@ -105,7 +105,7 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--augment",
-        choices=["none", "light", "standard", "strong"],
+        choices=["none", "light", "standard", "strong", "realistic"],
         help="preset (default: standard, with background noise when the manifest's folder has _background_noise_/)",
     )
     for flag, numbers, what in (
@@ -113,12 +113,23 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
         ("--zero-pad", "P,MAX_S", "add up to MAX_S seconds of silence at each end"),
         ("--amplify", "P,MIN_DB,MAX_DB", "gain in decibels"),
         ("--speed", "P,MIN,MAX", "play speed factor (pitch moves too)"),
+        ("--pitch", "P,MIN_SEMITONES,MAX_SEMITONES", "pitch shift at the same duration"),
+        ("--vtlp", "P,MIN_ALPHA,MAX_ALPHA", "vocal tract length: move the formants by a factor"),
+        ("--reverb", "P,MIN_RT60_S,MAX_RT60_S", "a simulated room's reverberation (see --rooms)"),
+        ("--eq", "P,MAX_DB", "a smooth random EQ curve within +-MAX_DB"),
+        ("--band-limit", "P,MIN_HP,MAX_HP,MIN_LP,MAX_LP", "a microphone's high-pass and low-pass cutoffs in Hz"),
+        ("--telephone", "P", "the 300-3400 Hz band of a phone call"),
         ("--noise", "P,MIN_SNR_DB,MAX_SNR_DB", "background noise at a signal-to-noise ratio"),
+        ("--codec", "P,MIN_LEVEL,MAX_LEVEL", "a lossy codec round trip (--codecs) at a compression level, 1 = lowest bitrate"),
         ("--time-mask", "P,MAX_FRAMES,COUNT", "zero COUNT runs of up to MAX_FRAMES feature frames"),
         ("--freq-mask", "P,MAX_COEFFS,COUNT", "zero COUNT bands of up to MAX_COEFFS coefficients"),
     ):
         g.add_argument(flag, type=_numbers, metavar=numbers, help=what)
-    g.add_argument("--noise-dir", help="audio files for --noise (default: _background_noise_/ beside the train manifest)")
+    g.add_argument(
+        "--noise-dir", help="--noise's recordings: a folder of audio, or a manifest's _silence_ rows (default: _background_noise_/ beside the train manifest)"
+    )
+    g.add_argument("--rooms", choices=["shoebox", "exponential"], help="room model for --reverb (shoebox needs the augment extra)")
+    g.add_argument("--codecs", metavar="NAMES", help="codecs for --codec, from mulaw,alaw,gsm,vorbis,opus,mp3")
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -372,15 +383,16 @@ def _augment_config(args):
     if args.augment is None and args.noise is None and args.noise_dir is None and not default_noise_dir(args.manifest).is_dir():
         # Noise was not asked for, and there is none beside the manifest: the default goes without, quietly.
         overrides["noise"] = (0.0, *preset.noise[1:])
-    for name in ("time_shift", "zero_pad", "amplify", "speed", "noise", "time_mask", "freq_mask"):
+    for name in AugmentConfig.probability_fields():
         given = getattr(args, name)
         if given is not None:
             default = getattr(preset, name)
             if len(given) > len(default):
                 raise ValueError(f"--{name.replace('_', '-')} takes at most {len(default)} numbers, got {len(given)}")
             overrides[name] = given + default[len(given) :]
-    if args.noise_dir is not None:
-        overrides["noise_dir"] = args.noise_dir
+    for name in ("noise_dir", "rooms", "codecs"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     return replace(preset, **overrides)
 
 

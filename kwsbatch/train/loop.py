@@ -31,7 +31,7 @@ from kwsbatch.model.device import full_float32, resolve_device
 from kwsbatch.model.features import FeatureConfig, FeatureStats, pad_waveforms
 from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
 from kwsbatch.progress import Reporter
-from kwsbatch.train.augment import Augmentation, AugmentConfig, load_noise
+from kwsbatch.train.augment import NOISE_LABEL, Augmentation, AugmentConfig, load_noise
 from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips, split_for_validation
 from kwsbatch.train.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
@@ -180,7 +180,7 @@ def _train(
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle = torch.Generator().manual_seed(config.seed)
-    augmentation, noise_files = _augmentation(augment, train_manifest, features.sample_rate, reporter)
+    augmentation, noise_files = _augmentation(augment, train_manifest, features.sample_rate, config.seed, reporter)
     # Its own stream, so switching augmentation on or off does not change the shuffling.
     # Each rank its own stream: the same draws on every rank would augment their clips alike.
     augment_rng = torch.Generator().manual_seed(config.seed + 0x5EED + 7919 * process.rank)
@@ -347,19 +347,19 @@ def default_noise_dir(train_manifest) -> Path:
     return Path(train_manifest).parent / NOISE_DIR
 
 
-def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
+def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, seed: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
     """The configured transforms, with the background noise read from disk when they need it."""
     noise, files = None, []
     if config.uses_noise:
-        folder = Path(config.noise_dir) if config.noise_dir else default_noise_dir(train_manifest)
-        if folder.is_dir():
-            noise, files = load_noise(folder, sample_rate)
+        source = Path(config.noise_dir) if config.noise_dir else default_noise_dir(train_manifest)
+        if source.exists():
+            noise, files = load_noise(source, sample_rate)
         if not files:
             if config.noise_dir:
-                raise KwsError(f"{folder}: no readable audio files for background noise (--noise-dir)")
+                raise KwsError(f"{source}: no readable audio files (or {NOISE_LABEL} rows) for background noise (--noise-dir)")
             reporter.warn(f"no {NOISE_DIR} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
             noise = None
-    return config.build(sample_rate=sample_rate, noise=noise), files
+    return config.build(sample_rate=sample_rate, noise=noise, seed=seed), files
 
 
 def _calibrate(best_path: Path, val_set: ClipSet, batch_size: int, device, reporter: Reporter) -> float:
