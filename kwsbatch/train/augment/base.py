@@ -81,6 +81,18 @@ def valid(width: int, lengths: torch.Tensor) -> torch.Tensor:
     return torch.arange(width, device=lengths.device) < lengths[:, None]
 
 
+def on_rows(batch: torch.Tensor, chosen: torch.Tensor, change) -> torch.Tensor:
+    """batch with change((k, samples) rows) -> (k, samples) applied to the chosen (batch,) rows only.
+
+    The costly transforms run on the clips their probability picked, not on the whole batch.
+    """
+    if not bool(chosen.any()):
+        return batch
+    out = batch.clone()
+    out[chosen] = change(batch[chosen])
+    return out
+
+
 def check_range(name: str, low: float, high: float, lowest: float, highest: float, what: str) -> None:
     """ValueError unless lowest <= low <= high <= highest, naming the transform and the settings."""
     if not lowest <= low <= high <= highest:

@@ -1,8 +1,8 @@
 """Microphone and channel colouring: a random EQ, band limits, a telephone band.
 
 Each transform multiplies a clip's spectrum by a real gain curve (a zero-phase filter) in one
-batched FFT, zero-padded to twice the batch width so the filter's ringing never wraps onto the
-clip; lengths stay as they are. The curves are magnitudes, so a measured response on white
+batched FFT, zero-padded by RING samples so the filter's ringing (both ways: zero phase) wraps
+onto the padding, not the clip; lengths stay as they are. The curves are magnitudes, so a measured response on white
 noise or a sine is the drawn curve itself: gain(f) in `response` below.
 """
 
@@ -12,8 +12,9 @@ import math
 
 import torch
 
-from kwsbatch.train.augment.base import WaveTransform, check_range, log_uniform, uniform, valid
+from kwsbatch.train.augment.base import WaveTransform, check_range, log_uniform, on_rows, uniform, valid
 
+RING = 4096  # samples of padding for a filter's impulse response: the steepest, 300 Hz 8th order, rings ~50 ms
 TELEPHONE_BAND = (300.0, 3400.0)  # ITU-T G.712's voice channel
 TELEPHONE_RATE = 8000  # what a narrowband call keeps: nothing at or above 4 kHz survives
 
@@ -27,10 +28,11 @@ class _SpectralFilter(WaveTransform):
 
     def apply(self, batch, lengths, **params):
         width = batch.shape[1]
-        n_fft = 1 << (2 * width - 1).bit_length()
+        n_fft = 1 << (width + RING - 1).bit_length()
         freqs = torch.fft.rfftfreq(n_fft, 1 / self.sample_rate, device=batch.device)
         gain = self.response(freqs, **params).to(batch.dtype)
-        out = torch.fft.irfft(torch.fft.rfft(batch, n_fft) * gain, n_fft)[:, :width]
+        chosen = (gain != 1).any(1)
+        out = on_rows(batch, chosen, lambda rows: torch.fft.irfft(torch.fft.rfft(rows, n_fft) * gain[chosen], n_fft)[:, :width])
         return out * valid(width, lengths), lengths
 
 

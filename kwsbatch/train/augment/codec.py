@@ -26,7 +26,9 @@ CODECS = {
     "opus": ("OGG", "OPUS", None),
     "mp3": ("MP3", "MPEG_LAYER_III", None),
 }
-LEVELLED = {"vorbis", "opus", "mp3"}  # codecs whose bitrate follows the compression level
+# The codecs whose bitrate follows the compression level, and the highest level libsndfile takes:
+# its LAME setup refuses 1.0 (mp3 at 0.975 is 25 kbit/s for 16 kHz speech).
+LEVELLED = {"vorbis": 1.0, "opus": 1.0, "mp3": 0.975}
 
 
 def round_trip(samples: np.ndarray, codec: str, level: float, sample_rate: int) -> np.ndarray:
@@ -35,7 +37,7 @@ def round_trip(samples: np.ndarray, codec: str, level: float, sample_rate: int) 
     coded_rate = coded_rate or sample_rate
     audio = samples if coded_rate == sample_rate else _resampler(coded_rate)(samples, sample_rate).numpy()
     buffer = io.BytesIO()
-    options = {"compression_level": level} if codec in LEVELLED else {}
+    options = {"compression_level": level * LEVELLED[codec]} if codec in LEVELLED else {}
     sf.write(buffer, np.clip(audio, -1.0, 1.0), coded_rate, format=container, subtype=subtype, **options)
     buffer.seek(0)
     decoded, _ = sf.read(buffer, dtype="float32")

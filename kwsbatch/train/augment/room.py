@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from kwsbatch.train.augment.base import WaveTransform, check_range, integers, valid
+from kwsbatch.train.augment.base import WaveTransform, check_range, integers, on_rows, valid
 
 ROOM_MODELS = ("shoebox", "exponential")
 DECAY_60DB = 3 * math.log(10)  # amplitude decay exponent over one RT60 (energy falls 60 dB)
@@ -94,15 +94,17 @@ class RoomReverb(WaveTransform):
     def apply(self, batch, lengths, *, index):
         """index (batch,): the bank's response for each clip, -1 for none."""
         rirs, rir_lengths = self.bank(batch.device)
-        applied = index >= 0
-        chosen = rirs[index.clamp(min=0)]
-        tails = torch.where(applied & (lengths > 0), rir_lengths[index.clamp(min=0)] - 1, 0)
+        chosen = index >= 0
+        tails = torch.where(chosen & (lengths > 0), rir_lengths[index.clamp(min=0)] - 1, 0)
         new_lengths = lengths + tails
-        width = max(int(new_lengths.max()), 1)
+        width = max(int(new_lengths.max()), batch.shape[1])
         n_fft = 1 << (batch.shape[1] + rirs.shape[1] - 1).bit_length()
-        wet = torch.fft.irfft(torch.fft.rfft(batch, n_fft) * torch.fft.rfft(chosen.to(batch.dtype), n_fft), n_fft)[:, :width]
-        dry = torch.nn.functional.pad(batch, (0, max(width - batch.shape[1], 0)))[:, :width]
-        out = torch.where(applied[:, None], wet, dry)
+
+        def convolve(rows):
+            spectrum = torch.fft.rfft(rows, n_fft) * torch.fft.rfft(rirs[index[chosen]].to(rows.dtype), n_fft)
+            return torch.fft.irfft(spectrum, n_fft)[:, :width]
+
+        out = on_rows(torch.nn.functional.pad(batch, (0, width - batch.shape[1])), chosen, lambda rows: convolve(rows[:, : batch.shape[1]]))
         return out * valid(width, new_lengths), new_lengths
 
 

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from kwsbatch.train.augment.base import WaveTransform, check_range, uniform, valid
+from kwsbatch.train.augment.base import WaveTransform, check_range, on_rows, uniform, valid
 
 N_FFT, HOP = 512, 128
 WARP_BOUNDARY_HZ = 4800.0  # Jaitly & Hinton's F_hi: the warp is a pure scaling below it
@@ -66,16 +66,19 @@ class PitchShift(WaveTransform):
 
     def apply(self, batch, lengths, *, factor):
         """factor (batch,): every frequency f moves to factor * f."""
-        width = batch.shape[1]
-        factor = factor.to(batch.dtype)
-        stretched = _stretch(batch, factor, math.ceil(width * float(factor.max())))
-        # Play the stretched clip factor times faster: output sample t reads stretched sample t * factor.
-        position = torch.arange(width, device=batch.device, dtype=batch.dtype) * factor[:, None]
-        left = position.floor().long().clamp(max=stretched.shape[1] - 2)
-        frac = position - left
-        out = stretched.gather(1, left) * (1 - frac) + stretched.gather(1, left + 1) * frac
-        out = torch.where((factor != 1)[:, None], out, batch)
-        return out * valid(width, lengths), lengths
+        chosen = factor != 1
+        out = on_rows(batch, chosen, lambda rows: _shift_pitch(rows, factor[chosen].to(batch.dtype)))
+        return out * valid(batch.shape[1], lengths), lengths
+
+
+def _shift_pitch(batch: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    width = batch.shape[1]
+    stretched = _stretch(batch, factor, math.ceil(width * float(factor.max())))
+    # Play the stretched clip factor times faster: output sample t reads stretched sample t * factor.
+    position = torch.arange(width, device=batch.device, dtype=batch.dtype) * factor[:, None]
+    left = position.floor().long().clamp(max=stretched.shape[1] - 2)
+    frac = position - left
+    return stretched.gather(1, left) * (1 - frac) + stretched.gather(1, left + 1) * frac
 
 
 def _stretch(batch: torch.Tensor, factor: torch.Tensor, width: int) -> torch.Tensor:
@@ -85,36 +88,32 @@ def _stretch(batch: torch.Tensor, factor: torch.Tensor, width: int) -> torch.Ten
     advanced by each bin's instantaneous frequency (torchaudio's phase_vocoder, one rate per clip).
     """
     spectrum = _stft(batch)
+    magnitude, phase = spectrum.abs(), spectrum.angle()
     bins, frames = spectrum.shape[1], spectrum.shape[2]
     expected = 2 * math.pi * HOP * torch.arange(bins, device=batch.device, dtype=batch.dtype)[:, None] / N_FFT
-    out_frames = width // HOP + 1
-    position = torch.arange(out_frames, device=batch.device, dtype=batch.dtype) / factor[:, None]  # (batch, out_frames)
+    position = torch.arange(width // HOP + 1, device=batch.device, dtype=batch.dtype) / factor[:, None]  # (batch, out frames)
     left = position.floor().long().clamp(max=frames - 1)
     right = (left + 1).clamp(max=frames - 1)
     frac = (position - left)[:, None, :]
-    index = lambda at: at[:, None, :].expand(-1, bins, -1)  # noqa: E731
-    first, second = spectrum.gather(2, index(left)), spectrum.gather(2, index(right))
-    magnitude = first.abs() * (1 - frac) + second.abs() * frac
-    deviation = second.angle() - first.angle() - expected
+    left, right = left[:, None, :].expand(-1, bins, -1), right[:, None, :].expand(-1, bins, -1)
+    first_phase = phase.gather(2, left)
+    out_magnitude = magnitude.gather(2, left) * (1 - frac) + magnitude.gather(2, right) * frac
+    deviation = phase.gather(2, right) - first_phase - expected
     advance = expected + torch.remainder(deviation + math.pi, 2 * math.pi) - math.pi
-    phase = spectrum[:, :, :1].angle() + torch.cat([torch.zeros_like(advance[:, :, :1]), advance[:, :, :-1].cumsum(2)], dim=2)
-    # Identity phase locking (Laroche & Dolson 1999): each bin keeps its phase relative to the
-    # nearest peak's, so a partial's window lobe stays coherent where free-running bins drift apart.
-    peak = _nearest_peak(magnitude)
-    locked = phase.gather(1, peak) + first.angle() - first.angle().gather(1, peak)
-    return _istft(torch.polar(magnitude, locked), width)
+    out_phase = phase[:, :, :1] + torch.cat([torch.zeros_like(advance[:, :, :1]), advance[:, :, :-1].cumsum(2)], dim=2)
+    # Identity phase locking (Laroche & Dolson 1999): each bin keeps its phase relative to its
+    # lobe's peak, so a partial's window lobe stays coherent where free-running bins drift apart.
+    peak = _lobe_peak(out_magnitude)
+    locked = out_phase.gather(1, peak) + first_phase - first_phase.gather(1, peak)
+    return _istft(torch.polar(out_magnitude, locked), width)
 
 
-def _nearest_peak(magnitude: torch.Tensor) -> torch.Tensor:
-    """(batch, bins, frames) -> for each bin the index of the nearest local maximum over bins in its frame."""
-    bins = magnitude.shape[1]
-    padded = torch.nn.functional.pad(magnitude.transpose(1, 2), (1, 1), value=-1.0).transpose(1, 2)
-    is_peak = (magnitude >= padded[:, :-2]) & (magnitude > padded[:, 2:])
-    index = torch.arange(bins, device=magnitude.device)[None, :, None].expand_as(magnitude)
-    below = torch.where(is_peak, index, -bins).cummax(1).values  # last peak at or below
-    above = torch.where(is_peak, index, 2 * bins).flip(1).cummin(1).values.flip(1)  # next peak at or above
-    nearest = torch.where(index - below <= above - index, below, above)
-    return nearest.clamp(0, bins - 1)
+def _lobe_peak(magnitude: torch.Tensor) -> torch.Tensor:
+    """(batch, bins, frames) -> each bin's strongest neighbour within +-2 bins: a Hann window's main lobe."""
+    batch, bins, frames = magnitude.shape
+    rows = magnitude.transpose(1, 2).reshape(batch * frames, 1, bins)
+    _, peak = torch.nn.functional.max_pool1d(rows, 5, stride=1, padding=2, return_indices=True)
+    return peak.reshape(batch, frames, bins).transpose(1, 2)
 
 
 class VocalTractWarp(WaveTransform):
@@ -140,6 +139,11 @@ class VocalTractWarp(WaveTransform):
         return torch.where(freqs <= boundary_out, freqs / alpha, upper)
 
     def apply(self, batch, lengths, *, alpha):
+        chosen = alpha != 1
+        out = on_rows(batch, chosen, lambda rows: self._warp(rows, alpha[chosen].to(batch.dtype)))
+        return out * valid(batch.shape[1], lengths), lengths
+
+    def _warp(self, batch: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         width = batch.shape[1]
         spectrum = _stft(batch)
         bins = spectrum.shape[1]
@@ -150,8 +154,6 @@ class VocalTractWarp(WaveTransform):
         lifter[N_FFT - LIFTER + 1 :] = 1  # the cepstrum of a real spectrum is symmetric
         envelope = torch.fft.rfft(cepstrum * lifter[None, :, None], dim=1).real  # log envelope (batch, bins, frames)
         freqs = torch.fft.rfftfreq(N_FFT, 1 / self.sample_rate, device=batch.device).to(batch.dtype)
-        source = self.source_frequencies(freqs, alpha.to(batch.dtype)) * (N_FFT / self.sample_rate)
+        source = self.source_frequencies(freqs, alpha) * (N_FFT / self.sample_rate)
         warped = _interpolate(envelope, source.clamp(max=bins - 1))
-        out = _istft(spectrum * (warped - envelope).exp(), width)
-        out = torch.where((alpha != 1)[:, None], out, batch)
-        return out * valid(width, lengths), lengths
+        return _istft(spectrum * (warped - envelope).exp(), width)
