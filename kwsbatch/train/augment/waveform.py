@@ -92,8 +92,7 @@ class Amplify(WaveTransform):
 
     def __init__(self, p: float = 0.5, min_gain_db: float = -6.0, max_gain_db: float = 6.0):
         super().__init__(p)
-        if not -60.0 <= min_gain_db <= max_gain_db <= 40.0:
-            raise ValueError(f"Amplify: need -60 <= min_gain_db <= max_gain_db <= 40, got {min_gain_db}, {max_gain_db}")
+        check_range("Amplify", min_gain_db, max_gain_db, -60.0, 40.0, "gain_db")
         self.min_gain_db, self.max_gain_db = min_gain_db, max_gain_db
 
     def randomize_parameters(self, lengths, generator):
@@ -111,8 +110,7 @@ class PlaySpeed(WaveTransform):
 
     def __init__(self, p: float = 0.5, min_rate: float = 0.9, max_rate: float = 1.1):
         super().__init__(p)
-        if not 0.25 <= min_rate <= max_rate <= 4.0:
-            raise ValueError(f"PlaySpeed: need 0.25 <= min_rate <= max_rate <= 4, got {min_rate}, {max_rate}")
+        check_range("PlaySpeed", min_rate, max_rate, 0.25, 4.0, "rate")
         self.min_rate, self.max_rate = min_rate, max_rate
 
     def randomize_parameters(self, lengths, generator):
@@ -150,8 +148,7 @@ class BackgroundNoise(WaveTransform):
         super().__init__(p)
         if noise.dim() != 1:
             raise ValueError(f"BackgroundNoise: noise must be 1-D, got shape {tuple(noise.shape)}")
-        if not -10.0 <= min_snr_db <= max_snr_db <= 60.0:
-            raise ValueError(f"BackgroundNoise: need -10 <= min_snr_db <= max_snr_db <= 60, got {min_snr_db}, {max_snr_db}")
+        check_range("BackgroundNoise", min_snr_db, max_snr_db, -10.0, 60.0, "snr_db")
         self.noise = noise.float()
         self.min_snr_db, self.max_snr_db = min_snr_db, max_snr_db
 
