@@ -14,7 +14,7 @@ Every response starts at its direct path (sample 0: reverberation never moves a 
 is cut where its energy decay curve reaches -60 dB, and has unit energy, so white noise keeps its
 power and a clip's loudness changes only by the room's colouring. Image-source decays are not
 exactly Sabine's; a response whose measured RT60 (Schroeder backward integration, the -5..-25 dB
-slope extrapolated to -60 dB) falls outside the range is damped or stretched to the drawn value.
+slope extrapolated to -60 dB) is more than 5% off the drawn value is damped or stretched to it.
 A clip grows by its response's tail: a reverberant recording rings on after the word.
 """
 
