@@ -2,8 +2,8 @@
 
 Each transform multiplies a clip's spectrum by a real gain curve (a zero-phase filter) in one
 batched FFT, zero-padded by RING samples so the filter's ringing (both ways: zero phase) wraps
-onto the padding, not the clip; lengths stay as they are. The curves are magnitudes, so a measured response on white
-noise or a sine is the drawn curve itself: gain(f) in `response` below.
+onto the padding, not the clip; lengths stay as they are. The curves are magnitudes, so a
+measured response on white noise or a sine is the drawn curve itself: `response` below.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ TELEPHONE_RATE = 8000  # what a narrowband call keeps: nothing at or above 4 kHz
 
 
 class _SpectralFilter(WaveTransform):
-    """A gain curve per clip: response(freqs (bins,), **params) -> (batch, bins) linear gains."""
+    """A gain curve per clip: response(freqs (bins,), **params) -> (batch, bins) linear gains.
+
+    changes(**params) -> (batch,) says which clips get a curve other than 1; only theirs are
+    computed (a curve over 16k bins costs more than the clip's FFT).
+    """
 
     def __init__(self, p: float, sample_rate: int):
         super().__init__(p)
@@ -28,11 +32,13 @@ class _SpectralFilter(WaveTransform):
 
     def apply(self, batch, lengths, **params):
         width = batch.shape[1]
+        chosen = self.changes(**params)
+        if not bool(chosen.any()):
+            return batch, lengths
         n_fft = 1 << (width + RING - 1).bit_length()
         freqs = torch.fft.rfftfreq(n_fft, 1 / self.sample_rate, device=batch.device)
-        gain = self.response(freqs, **params).to(batch.dtype)
-        chosen = (gain != 1).any(1)
-        out = on_rows(batch, chosen, lambda rows: torch.fft.irfft(torch.fft.rfft(rows, n_fft) * gain[chosen], n_fft)[:, :width])
+        gain = self.response(freqs, **{name: value[chosen] for name, value in params.items()}).to(batch.dtype)
+        out = on_rows(batch, chosen, lambda rows: torch.fft.irfft(torch.fft.rfft(rows, n_fft) * gain, n_fft)[:, :width])
         return out * valid(width, lengths), lengths
 
 
@@ -65,6 +71,9 @@ class Equalizer(_SpectralFilter):
         gains_db = uniform(n * self.n_bands, -self.max_gain_db, self.max_gain_db, generator).view(n, self.n_bands)
         return {"gains_db": gains_db * applied[:, None]}
 
+    def changes(self, *, gains_db):
+        return (gains_db != 0).any(1)
+
     def response(self, freqs, *, gains_db):
         """(batch, bins) linear gains for (batch, n_bands) gains in dB."""
         log_bands = self.band_frequencies().to(freqs.device).log()
@@ -73,7 +82,7 @@ class Equalizer(_SpectralFilter):
         left = position.floor().long().clamp(max=self.n_bands - 2)
         frac = position - left
         db = gains_db[:, left] * (1 - frac) + gains_db[:, left + 1] * frac
-        return 10.0 ** (db / 20)
+        return torch.exp(db * (math.log(10) / 20))
 
 
 class BandLimit(_SpectralFilter):
@@ -103,6 +112,9 @@ class BandLimit(_SpectralFilter):
         lowpass = log_uniform(n, self.min_lowpass, self.max_lowpass, generator)
         return {"highpass": torch.where(applied, highpass, 0.0), "lowpass": torch.where(applied, lowpass, math.inf)}
 
+    def changes(self, *, highpass, lowpass):
+        return (highpass > 0) | (lowpass < math.inf)
+
     def response(self, freqs, *, highpass, lowpass):
         return butterworth(freqs, highpass, self.ORDER, highpass=True) * butterworth(freqs, lowpass, self.ORDER, highpass=False)
 
@@ -121,6 +133,9 @@ class Telephone(_SpectralFilter):
 
     def randomize_parameters(self, lengths, generator):
         return {"applied": self._applied(len(lengths), generator)}
+
+    def changes(self, *, applied):
+        return applied
 
     def response(self, freqs, *, applied):
         low, high = (torch.full(applied.shape, f, device=freqs.device) for f in TELEPHONE_BAND)
