@@ -86,34 +86,34 @@ def _stretch(batch: torch.Tensor, factor: torch.Tensor, width: int) -> torch.Ten
 
     Output frame k reads input frame k / factor: magnitudes interpolated between frames, phases
     advanced by each bin's instantaneous frequency (torchaudio's phase_vocoder, one rate per clip).
+    Frames are (batch, frames, bins) here, bins contiguous, for the gathers over bins.
     """
-    spectrum = _stft(batch)
+    spectrum = _stft(batch).transpose(1, 2).contiguous()
     magnitude, phase = spectrum.abs(), spectrum.angle()
-    bins, frames = spectrum.shape[1], spectrum.shape[2]
-    expected = 2 * math.pi * HOP * torch.arange(bins, device=batch.device, dtype=batch.dtype)[:, None] / N_FFT
+    frames, bins = spectrum.shape[1], spectrum.shape[2]
+    expected = 2 * math.pi * HOP * torch.arange(bins, device=batch.device, dtype=batch.dtype) / N_FFT
     position = torch.arange(width // HOP + 1, device=batch.device, dtype=batch.dtype) / factor[:, None]  # (batch, out frames)
     left = position.floor().long().clamp(max=frames - 1)
     right = (left + 1).clamp(max=frames - 1)
-    frac = (position - left)[:, None, :]
-    left, right = left[:, None, :].expand(-1, bins, -1), right[:, None, :].expand(-1, bins, -1)
-    first_phase = phase.gather(2, left)
-    out_magnitude = magnitude.gather(2, left) * (1 - frac) + magnitude.gather(2, right) * frac
-    deviation = phase.gather(2, right) - first_phase - expected
+    frac = (position - left)[:, :, None]
+    left, right = left[:, :, None].expand(-1, -1, bins), right[:, :, None].expand(-1, -1, bins)
+    first_phase = phase.gather(1, left)
+    out_magnitude = magnitude.gather(1, left) * (1 - frac) + magnitude.gather(1, right) * frac
+    deviation = phase.gather(1, right) - first_phase - expected
     advance = expected + torch.remainder(deviation + math.pi, 2 * math.pi) - math.pi
-    out_phase = phase[:, :, :1] + torch.cat([torch.zeros_like(advance[:, :, :1]), advance[:, :, :-1].cumsum(2)], dim=2)
+    out_phase = phase[:, :1] + torch.cat([torch.zeros_like(advance[:, :1]), advance[:, :-1].cumsum(1)], dim=1)
     # Identity phase locking (Laroche & Dolson 1999): each bin keeps its phase relative to its
     # lobe's peak, so a partial's window lobe stays coherent where free-running bins drift apart.
     peak = _lobe_peak(out_magnitude)
-    locked = out_phase.gather(1, peak) + first_phase - first_phase.gather(1, peak)
-    return _istft(torch.polar(out_magnitude, locked), width)
+    locked = out_phase.gather(2, peak) + first_phase - first_phase.gather(2, peak)
+    return _istft(torch.polar(out_magnitude, locked).transpose(1, 2), width)
 
 
 def _lobe_peak(magnitude: torch.Tensor) -> torch.Tensor:
-    """(batch, bins, frames) -> each bin's strongest neighbour within +-2 bins: a Hann window's main lobe."""
-    batch, bins, frames = magnitude.shape
-    rows = magnitude.transpose(1, 2).reshape(batch * frames, 1, bins)
-    _, peak = torch.nn.functional.max_pool1d(rows, 5, stride=1, padding=2, return_indices=True)
-    return peak.reshape(batch, frames, bins).transpose(1, 2)
+    """(batch, frames, bins) -> each bin's strongest neighbour within +-2 bins: a Hann window's main lobe."""
+    batch, frames, bins = magnitude.shape
+    _, peak = torch.nn.functional.max_pool1d(magnitude.reshape(batch * frames, 1, bins), 5, stride=1, padding=2, return_indices=True)
+    return peak.reshape(batch, frames, bins)
 
 
 class VocalTractWarp(WaveTransform):
