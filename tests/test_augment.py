@@ -240,14 +240,15 @@ def test_realistic_preset_adds_the_recording_chain_to_standard():
     realistic = AugmentConfig.preset("realistic")
     standard = AugmentConfig.preset("standard")
     added = {name for name in AugmentConfig.probability_fields() if getattr(realistic, name) != getattr(standard, name)}
-    assert added == {"pitch", "vtlp", "reverb", "eq", "band_limit", "telephone"}
-    built = AugmentConfig(**{**realistic.to_dict(), "rooms": "exponential"}).build(sample_rate=16000, noise=torch.ones(100), seed=1)
+    assert added == {"pitch", "vtlp", "eq", "band_limit", "telephone"}
+    everything = {**realistic.to_dict(), "rooms": "exponential", "reverb": (0.3, 0.2, 0.5), "codec": (0.1, 0.5, 1.0)}
+    built = AugmentConfig(**everything).build(sample_rate=16000, noise=torch.ones(100), seed=1)
     names = [type(t).__name__ for t in built.waveform.transforms]
-    assert names == [
+    assert names == [  # the order a recording happens in
         "PlaySpeed", "PitchShift", "VocalTractWarp", "TimeShift", "ZeroPad", "RoomReverb", "Equalizer", "BandLimit", "Telephone",
-        "Amplify", "BackgroundNoise",
+        "Amplify", "BackgroundNoise", "CodecRoundTrip",
     ]
-    assert "RoomReverb(p=0.2, min_rt60=0.2, max_rt60=0.6, model='exponential', n_rirs=32, sample_rate=16000, seed=1)" in repr(built)
+    assert "RoomReverb(p=0.3, min_rt60=0.2, max_rt60=0.5, model='exponential', n_rirs=32, sample_rate=16000, seed=1)" in repr(built)
 
 
 def test_background_noise_snr_is_triangular_over_its_range():

@@ -74,7 +74,7 @@ def test_realistic_preset_with_real_noise_from_a_manifest(speech_corpus, noise_d
     (tmp_path / "noise.csv").write_text(f"path,label\n{noise_dir / 'hum.wav'},_silence_\n{speech_corpus / 'train.csv'},yes\n")
     result = tiny_train(
         speech_corpus, tmp_path / "run", "--augment", "realistic", "--rooms", "exponential", "--codecs", "mulaw,gsm",
-        "--noise-dir", tmp_path / "noise.csv", "--telephone", "0.5", "--codec", "0.1",
+        "--noise-dir", tmp_path / "noise.csv", "--telephone", "0.5", "--reverb", "0.2", "--codec", "0.1",
     )
     assert result.returncode == 0, result.stderr
     for shown in (
