@@ -12,11 +12,18 @@ from kwsbatch.train.augment import (
     Amplify,
     AugmentConfig,
     BackgroundNoise,
+    BandLimit,
+    CodecRoundTrip,
     Compose,
+    Equalizer,
     FreqMask,
+    PitchShift,
     PlaySpeed,
+    RoomReverb,
+    Telephone,
     TimeMask,
     TimeShift,
+    VocalTractWarp,
     ZeroPad,
     load_noise,
 )
@@ -39,6 +46,13 @@ def wave_transforms(p: float = 1.0) -> list:
         Amplify(p, -12, 12),
         PlaySpeed(p, 0.7, 1.4),
         BackgroundNoise(noise, p, 0, 20),
+        PitchShift(p, -4, 4),
+        VocalTractWarp(p, 0.85, 1.15),
+        RoomReverb(p, 0.1, 0.3, model="exponential", n_rirs=4),
+        Equalizer(p, 10),
+        BandLimit(p),
+        Telephone(p / 2),  # it draws nothing else: only which clips differ from seed to seed
+        CodecRoundTrip(p, 0.5, 1.0, codecs=("mulaw", "vorbis")),
     ]
 
 
@@ -192,7 +206,7 @@ def test_config_checks_every_transforms_range_even_when_switched_off():
 
 
 def test_presets_build_what_they_switch_on_with_a_readable_repr():
-    assert set(AUGMENT_PRESETS) == {"none", "light", "standard", "strong"}
+    assert set(AUGMENT_PRESETS) == {"none", "light", "standard", "strong", "realistic"}
     assert not AugmentConfig.preset("none").build(sample_rate=16000, noise=torch.ones(100))
     standard = AugmentConfig.preset("standard").build(sample_rate=16000, noise=torch.ones(16000))
     assert repr(standard) == (
@@ -220,3 +234,40 @@ def test_load_noise_scales_each_file_to_unit_rms(tmp_path):
     assert len(noise) == 32000
     assert noise[:16000].pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-3)
     assert noise[16000:].pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_realistic_preset_adds_the_recording_chain_to_standard():
+    realistic = AugmentConfig.preset("realistic")
+    standard = AugmentConfig.preset("standard")
+    added = {name for name in AugmentConfig.probability_fields() if getattr(realistic, name) != getattr(standard, name)}
+    assert added == {"pitch", "vtlp", "eq", "band_limit", "telephone"}
+    everything = {**realistic.to_dict(), "rooms": "exponential", "reverb": (0.3, 0.2, 0.5), "codec": (0.1, 0.5, 1.0)}
+    built = AugmentConfig(**everything).build(sample_rate=16000, noise=torch.ones(100), seed=1)
+    names = [type(t).__name__ for t in built.waveform.transforms]
+    assert names == [  # the order a recording happens in
+        "PlaySpeed", "PitchShift", "VocalTractWarp", "TimeShift", "ZeroPad", "RoomReverb", "Equalizer", "BandLimit", "Telephone",
+        "Amplify", "BackgroundNoise", "CodecRoundTrip",
+    ]
+    assert "RoomReverb(p=0.3, min_rt60=0.2, max_rt60=0.5, model='exponential', n_rirs=32, sample_rate=16000, seed=1)" in repr(built)
+
+
+def test_background_noise_snr_is_triangular_over_its_range():
+    draws = BackgroundNoise(torch.ones(100), 1.0, 0, 20).randomize_parameters(torch.full((20000,), 100), torch.Generator().manual_seed(0))
+    snr_db = -20 * torch.log10(draws["level"])
+    assert snr_db.min() >= 0 and snr_db.max() <= 20
+    assert ((snr_db > 5) & (snr_db < 15)).float().mean().item() == pytest.approx(0.75, abs=0.02)
+    assert (snr_db < 2).float().mean().item() == pytest.approx(0.02, abs=0.01)
+
+
+def test_load_noise_from_a_manifest_takes_its_silence_rows_only(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for name, seconds in (("room.wav", 1.0), ("street.flac", 0.5), ("yes.wav", 0.7)):
+        sf.write(tmp_path / name, (0.05 * rng.standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+    (tmp_path / "train.csv").write_text("path,label\nroom.wav,_silence_\nyes.wav,yes\nstreet.flac,_silence_\n")
+    noise, files = load_noise(tmp_path / "train.csv", 16000)
+    assert files == ["room.wav", "street.flac"]
+    assert len(noise) == 24000
+    assert noise[:16000].pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-3)

@@ -64,7 +64,30 @@ def test_background_noise_comes_from_noise_dir(speech_corpus, noise_dir, tmp_pat
 
     missing = tiny_train(speech_corpus, tmp_path / "run2", "--noise", "1", "--noise-dir", tmp_path / "nowhere", check=False)
     assert missing.returncode == 1
-    assert missing.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nowhere'}: no readable audio files for background noise (--noise-dir)"
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'nowhere'}: no readable audio files (or _silence_ rows) for background noise (--noise-dir)"
+    )
+
+
+def test_realistic_preset_with_real_noise_from_a_manifest(speech_corpus, noise_dir, tmp_path):
+    # Only _silence_ rows are noise: the keyword row (not even audio) is never read.
+    (tmp_path / "noise.csv").write_text(f"path,label\n{noise_dir / 'hum.wav'},_silence_\n{speech_corpus / 'train.csv'},yes\n")
+    result = tiny_train(
+        speech_corpus, tmp_path / "run", "--augment", "realistic", "--rooms", "exponential", "--codecs", "mulaw,gsm",
+        "--noise-dir", tmp_path / "noise.csv", "--telephone", "0.5", "--reverb", "0.2", "--codec", "0.1",
+    )
+    assert result.returncode == 0, result.stderr
+    for shown in (
+        "PitchShift(p=0.3, min_semitones=-3.0, max_semitones=3.0)",
+        "RoomReverb(p=0.2, min_rt60=0.2, max_rt60=0.6, model='exponential', n_rirs=32, sample_rate=16000, seed=0)",
+        "Telephone(p=0.5, sample_rate=16000)",
+        "BackgroundNoise(p=0.5, min_snr_db=5.0, max_snr_db=25.0, noise_samples=32000)",
+        "CodecRoundTrip(p=0.1, min_level=0.5, max_level=1.0, codecs=('mulaw', 'gsm'), sample_rate=16000)",
+    ):
+        assert shown in result.stderr
+    provenance = load_checkpoint(tmp_path / "run" / "best.pt").provenance
+    assert provenance["noise_files"] == [str(noise_dir / "hum.wav")]
+    assert provenance["augment_config"]["rooms"] == "exponential" and tuple(provenance["augment_config"]["telephone"]) == (0.5,)
 
 
 @pytest.mark.parametrize(
@@ -72,10 +95,13 @@ def test_background_noise_comes_from_noise_dir(speech_corpus, noise_dir, tmp_pat
     [
         (("--speed", "1,2,1"), 2, "argument --speed: PlaySpeed: need 0.25 <= min_rate <= max_rate <= 4, got 2.0, 1.0"),
         (("--amplify", "1,2,3,4"), 2, "argument --amplify: takes at most 3 numbers, got 4"),
-        (("--time-mask", "0.5,2.5"), 2, "argument --time-mask: frame and coefficient counts must be whole numbers, got 2.5"),
+        (("--time-mask", "0.5,2.5"), 2, "argument --time-mask: TimeMask: frame and coefficient counts must be whole numbers, got 2.5"),
         (("--conv-stride", "0"), 2, "argument --conv-stride: must be at least 1, got 0"),
         (("--time-shift", "a,b"), 2, "argument --time-shift: expected comma-separated numbers, got 'a,b'"),
         (("--augment", "wild"), 2, "argument --augment: invalid choice: 'wild'"),
+        (("--reverb", "1,0.6,0.2"), 2, "argument --reverb: RoomReverb: need 0.1 <= min_rt60 <= max_rt60 <= 2, got 0.6, 0.2"),
+        (("--codecs", "mulaw,flac"), 2, "argument --codecs: codecs must be a comma-separated list of mulaw, alaw, gsm, vorbis, opus, mp3, got 'mulaw,flac'"),
+        (("--band-limit", "0.5,400,50"), 2, "argument --band-limit: BandLimit: need 10 <= min_highpass <= max_highpass <= 2000, got 400.0, 50.0"),
     ],
 )
 def test_bad_training_settings_are_one_line_errors(speech_corpus, tmp_path, flags, status, message):

@@ -61,7 +61,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _add_augment_flags(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.train.augment import AUGMENT_PRESETS
+    from kwsbatch.train.augment import AUGMENT_PRESETS, CODECS, ROOM_MODELS, AugmentConfig
 
     g = p.add_argument_group(
         "augmentation", "each transform: a probability per clip, then its range; numbers left out keep the preset's"
@@ -73,12 +73,22 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
         ("--zero-pad", "P,MAX_S", "add up to MAX_S seconds of silence at each end"),
         ("--amplify", "P,MIN_DB,MAX_DB", "gain in decibels"),
         ("--speed", "P,MIN,MAX", "play speed factor (pitch moves too)"),
+        ("--pitch", "P,MIN_SEMITONES,MAX_SEMITONES", "pitch shift at the same duration"),
+        ("--vtlp", "P,MIN_ALPHA,MAX_ALPHA", "vocal tract length: move the formants by a factor"),
+        ("--reverb", "P,MIN_RT60_S,MAX_RT60_S", "a simulated room's reverberation (see --rooms)"),
+        ("--eq", "P,MAX_DB", "a smooth random EQ curve within +-MAX_DB"),
+        ("--band-limit", "P,MIN_HP,MAX_HP,MIN_LP,MAX_LP", "a microphone's high-pass and low-pass cutoffs in Hz"),
+        ("--telephone", "P", "the 300-3400 Hz band of a phone call"),
         ("--noise", "P,MIN_SNR_DB,MAX_SNR_DB", "background noise at a signal-to-noise ratio"),
+        ("--codec", "P,MIN_LEVEL,MAX_LEVEL", "a lossy codec round trip (--codecs) at a compression level, 1 = lowest bitrate"),
         ("--time-mask", "P,MAX_FRAMES,COUNT", "zero COUNT runs of up to MAX_FRAMES feature frames"),
         ("--freq-mask", "P,MAX_COEFFS,COUNT", "zero COUNT bands of up to MAX_COEFFS coefficients"),
     ):
         g.add_argument(flag, type=numbers, metavar=metavar, help=f"{what} (default: the preset's)")
-    g.add_argument("--noise-dir", help="audio files for --noise (default: _background_noise_/ beside the first train manifest, or in its tree)")
+    g.add_argument("--noise-dir", help="--noise's recordings: a folder of audio, or a manifest's _silence_ rows "
+                   "(default: _background_noise_/ beside the first train manifest, or in its tree)")
+    g.add_argument("--rooms", choices=ROOM_MODELS, help=f"room model for --reverb (default: {AugmentConfig.rooms}; shoebox needs the augment extra)")
+    g.add_argument("--codecs", metavar="NAMES", help=f"codecs for --codec, from {','.join(CODECS)} (default: {AugmentConfig.codecs})")
 
 
 def _train_source(text: str):
@@ -115,18 +125,23 @@ def _augment_config(args, train_manifest):
     """The --augment preset with the transforms' flags laid over it; None, train's own recipe, when no
     augmentation flag is given."""
     from kwsbatch.settings import SettingError
-    from kwsbatch.train.augment import TRANSFORM_FIELDS, AugmentConfig
+    from kwsbatch.train.augment import AugmentConfig
     from kwsbatch.train.loop import default_augmentation
 
-    given = {name: getattr(args, name) for name in TRANSFORM_FIELDS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in AugmentConfig.probability_fields() if getattr(args, name) is not None}
+    named = {name: getattr(args, name) for name in ("noise_dir", "rooms", "codecs") if getattr(args, name) is not None}
     try:
         if args.augment is None and args.noise is None and args.noise_dir is None:
             # Noise was not asked for: the recipe's, which goes without when there is none beside the manifest.
-            return default_augmentation(train_manifest).override(**given) if given else None
+            if not (given or named):
+                return None
+            return dataclasses.replace(default_augmentation(train_manifest).override(**given), **named)
         config = (AugmentConfig.preset(args.augment) if args.augment else AugmentConfig()).override(**given)
+        return dataclasses.replace(config, **named)
     except SettingError as e:
         args.parser.error(f"argument --{e.name.replace('_', '-')}: {e.reason}")
-    return config if args.noise_dir is None else dataclasses.replace(config, noise_dir=args.noise_dir)
+    except ValueError as e:  # --rooms or --codecs
+        args.parser.error(str(e))
 
 
 LABEL_EXAMPLES = """examples:

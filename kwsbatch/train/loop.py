@@ -36,7 +36,7 @@ from kwsbatch.model.features import FeatureConfig, FeatureStats
 from kwsbatch.model.spotter import ArchitectureConfig, KeywordSpotter, ModelConfig
 from kwsbatch.progress import Reporter
 from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting, worker_count
-from kwsbatch.train.augment import Augmentation, AugmentConfig, load_noise
+from kwsbatch.train.augment import NOISE_LABEL, Augmentation, AugmentConfig, load_noise
 from kwsbatch.train.batches import Prepared, batch_generator, epoch_batches
 from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips
@@ -283,7 +283,7 @@ def _start_run(sources, val_manifests, run_dir: Path, config: TrainConfig, model
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     shuffle = torch.Generator().manual_seed(config.seed)
-    augmentation, noise_files = _augmentation(augment, data.sources[0].manifest, data.features.sample_rate, reporter)
+    augmentation, noise_files = _augmentation(augment, data.sources[0].manifest, data.features.sample_rate, config.seed, reporter)
     # Each rank its own stream: the same draws on every rank would augment their clips alike.
     augment_rng = torch.Generator().manual_seed(config.seed + 0x5EED + 7919 * process.rank)
     if augmentation:
@@ -470,19 +470,19 @@ def default_noise_dir(train_manifest) -> Path:
     return (path if path.is_dir() else path.parent) / NOISE_FOLDER
 
 
-def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
+def _augmentation(config: AugmentConfig, train_manifest, sample_rate: int, seed: int, reporter: Reporter) -> tuple[Augmentation, list[str]]:
     """The configured transforms, with the background noise read from disk when they need it."""
     noise, files = None, []
     if config.uses_noise:
-        folder = Path(config.noise_dir) if config.noise_dir else default_noise_dir(train_manifest)
-        if folder.is_dir():
-            noise, files = load_noise(folder, sample_rate)
+        source = Path(config.noise_dir) if config.noise_dir else default_noise_dir(train_manifest)
+        if source.exists():
+            noise, files = load_noise(source, sample_rate)
         if not files:
             if config.noise_dir:
-                raise KwsError(f"{folder}: no readable audio files for background noise (--noise-dir)")
+                raise KwsError(f"{source}: no readable audio files (or {NOISE_LABEL} rows) for background noise (--noise-dir)")
             reporter.warn(f"no {NOISE_FOLDER} folder with audio beside {train_manifest}: background noise is off (pass --noise-dir)")
             noise = None
-    return config.build(sample_rate=sample_rate, noise=noise), files
+    return config.build(sample_rate=sample_rate, noise=noise, seed=seed), files
 
 
 def _calibrate(best_path: Path, data: _RunData, batch_size: int, device, reporter: Reporter) -> float:
