@@ -20,6 +20,3 @@ class CheckpointError(KwsError):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what was kept and how to finish: the CLI prints the message and exits 130."""
 
-
-class Terminated(Interrupted):
-    """SIGTERM (cron's and systemd's timeouts), raised in the main thread: stops as Ctrl-C does; the CLI exits 143."""

@@ -15,9 +15,11 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from kwsbatch.errors import Terminated
-
 _received = threading.Event()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread; its message, when a run gives one, says what was kept. The CLI exits 143."""
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    from kwsbatch.errors import KwsError, Terminated
+    from kwsbatch.errors import KwsError
     from kwsbatch.files.lock import LockedError
-    from kwsbatch.sigterm import stop_on_sigterm
+    from kwsbatch.sigterm import Terminated, stop_on_sigterm
 
     try:
         with stop_on_sigterm():

@@ -12,12 +12,12 @@ import contextlib
 import functools
 from pathlib import Path
 
-from kwsbatch.errors import Interrupted, KwsError, Terminated
+from kwsbatch.errors import Interrupted, KwsError
 from kwsbatch.files.lock import lock_path, output_lock
 from kwsbatch.files.output import output_format, resolve_output
 from kwsbatch.label.config import LabelRequest
 from kwsbatch.progress import Reporter
-from kwsbatch.sigterm import terminating
+from kwsbatch.sigterm import Terminated, terminating
 
 
 def label_corpus(request: LabelRequest, reporter: Reporter | None = None):
@@ -42,8 +42,8 @@ def label_corpus(request: LabelRequest, reporter: Reporter | None = None):
     return summary
 
 
-def _stopped(request: LabelRequest, reporter: Reporter, *, terminated: bool) -> Interrupted:
-    """Ctrl-C or SIGTERM, recorded in the log, saying what was kept and how to finish."""
+def _stopped(request: LabelRequest, reporter: Reporter, *, terminated: bool) -> KeyboardInterrupt:
+    """Ctrl-C (Interrupted) or SIGTERM (Terminated), recorded in the log, saying what was kept and how to finish."""
     what = "terminated (SIGTERM)" if terminated else "interrupted"
     if not request.to_stdout:
         what += f"; files labelled so far are kept in {resolve_output(request.out)}.journal: run the same command again to finish"
