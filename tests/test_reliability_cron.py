@@ -461,6 +461,17 @@ def test_files_modified_within_settle_seconds_are_left_to_the_next_run(tmp_path)
     assert read_rows(out)[str(folder / "fresh.wav")]["duration_s"] == "0.500"
 
 
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_settle_time_from_the_environment_that_is_not_seconds_is_a_usage_error(tmp_path, value):
+    (tmp_path / "a.wav").write_bytes(GOOD)
+    result = run_main("label", tmp_path / "a.wav", "-o", tmp_path / "out.csv", env_extra={"KWSBATCH_SETTLE": value})
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"argument --settle: $KWSBATCH_SETTLE must be 0 or more seconds, got {value!r}")
+    assert not (tmp_path / "out.csv").exists()
+    flag = run_main("label", tmp_path / "a.wav", "-o", tmp_path / "out.csv", "--settle", value)
+    assert flag.returncode == 2 and "argument --settle: " in flag.stderr and not (tmp_path / "out.csv").exists()
+
+
 # --- bin/bootstrap ------------------------------------------------------------------------------
 
 STUB_PYTHON = r"""#!/usr/bin/env bash

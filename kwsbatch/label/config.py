@@ -79,6 +79,8 @@ class LabelRequest:
             Shard.parse(self.shard)
         if self.settle is None:
             object.__setattr__(self, "settle", settle_from_environment())
+        elif not self.settle >= 0:  # NaN passes the field's limit
+            raise SettingError("settle", f"must be 0 or more seconds, got {self.settle}")
         if self.hop is not None and self.window is None:
             raise SettingError("hop", "needs --window")
         window = None
