@@ -19,4 +19,3 @@ class CheckpointError(KwsError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what was kept and how to finish: the CLI prints the message and exits 130."""
-

@@ -12,7 +12,7 @@ surrogate escapes (b'caf\xe9.wav' is 'caf\udce9.wav'), and each format keeps the
 read back opens the same file (os.fsencode, or open() itself, turns the text back into the bytes):
 - CSV holds the name's own bytes: the file is UTF-8 but for such names, whose cells are the
   bytes the file system has (read it with errors="surrogateescape");
-- JSON lines writes each such byte as the escape \udcXX (JSON is ASCII-safe text; json.loads
+- JSON lines writes each such byte as the JSON escape \udcXX (valid UTF-8 text; json.loads
   gives back the surrogate escape);
 - Parquet strings must be UTF-8: `path` holds the name with U+FFFD for such bytes, and a binary
   `path_bytes` column, null for every UTF-8 name, holds the exact bytes; kwsbatch reads it back.

@@ -33,8 +33,7 @@ def label_corpus(request: LabelRequest, reporter: Reporter | None = None):
     except (KwsError, KeyboardInterrupt) as e:
         # systemd sends SIGTERM to the loader's workers too: one may die of it (a KwsError) before
         # this process handles its own. Either way, the run was terminated.
-        stopped = isinstance(e, KeyboardInterrupt) or terminating()
-        if not stopped:
+        if isinstance(e, KwsError) and not terminating():
             reporter.record(f"error: {e}")
             raise
         raise _stopped(request, reporter, terminated=isinstance(e, Terminated) or terminating()) from None
