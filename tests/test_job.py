@@ -17,7 +17,7 @@ from conftest import REPO, run_main, tone
 from kwsbatch.files.lock import output_lock
 
 SAMPLES = REPO / "kwsbatch" / "assets" / "samples"
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 75, 130, 143
 
 
 def make_corpus(root: Path, n: int, *, first: int = 0, seconds: tuple[float, float] = (0.3, 0.9)) -> list[Path]:
@@ -219,7 +219,7 @@ def test_standard_output_streams_rows_in_input_order_and_refuses_incremental_fla
 def test_every_exit_status_is_documented():
     reference = (REPO / "docs" / "commands.md").read_text()
     table = reference[reference.index("## Exit status") :]
-    for status in (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED):
+    for status in (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED, EXIT_TERMINATED):
         assert f"| {status} |" in table
 
 

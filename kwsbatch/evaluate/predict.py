@@ -11,9 +11,8 @@ from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.files.manifest import check_known_labels, read_manifest
 from kwsbatch.files.output import read_label_output
 from kwsbatch.label.config import LabelConfig
-from kwsbatch.label.job import output_row_key, row_key
 from kwsbatch.label.pipeline import score_files
-from kwsbatch.label.rows import RowLayout
+from kwsbatch.label.rows import RowLayout, output_row_key, row_key
 from kwsbatch.model.checkpoint import load_checkpoint
 from kwsbatch.model.scorer import Scorer
 from kwsbatch.progress import Reporter

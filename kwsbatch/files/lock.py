@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,10 +52,13 @@ def output_lock(out: str | os.PathLike, *, wait: bool = False, on_wait: Callable
     path = lock_path(out)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        # Never through a link, and never blocking on a FIFO put there: only a regular file is a lock.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except OSError as e:
         raise KwsError(f"{out}: cannot create its lock file {path} ({e.strerror})") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KwsError(f"{path}: is not a regular file, where this run keeps its lock file; move it away and run again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,7 +1,8 @@
 """`kwsbatch merge`: join the outputs of a sharded label run (`--shard K/N`) into one.
 
 Shards are read in the order given and streamed to the merged output, so memory holds one
-16-byte digest per file rather than the rows. Every shard must have the same columns and the
+16-byte digest per file (or segment of a file: manifest rows with an offset are entries of their
+own, wherever they are in a shard) rather than the rows. Every shard must have the same columns and the
 same model. A file found in two shards (overlapping arrays, a shard run twice with different N)
 is written once, from the first shard that has it, and reported. With the inputs the shards
 were given, files that no shard labelled (a task that never ran or died) are reported too.
@@ -19,8 +20,8 @@ from pathlib import Path
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.manifest import iter_inputs
-from kwsbatch.files.output import iter_label_output, output_format, write_label_rows
-from kwsbatch.label.rows import column_types
+from kwsbatch.files.output import CSV_ERRORS, iter_label_output, output_format, write_label_rows
+from kwsbatch.label.rows import Key, column_types, output_row_key, row_key
 
 LISTED = 5  # example paths named per problem in the summary line
 
@@ -87,8 +88,9 @@ def merge_outputs(
     return summary
 
 
-def _key(path: str) -> bytes:
-    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+def _digest(key: Key) -> bytes:
+    path, segment = key
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape") + b"\0" + segment.encode(), digest_size=16).digest()
 
 
 def _common_header(shards: list) -> list[str]:
@@ -113,7 +115,7 @@ def _common_header(shards: list) -> list[str]:
 def _header(shard) -> list[str]:
     kind = output_format(shard)
     if kind == "csv":  # read directly: a shard that got no files still has its header line
-        with open(shard, newline="", encoding="utf-8-sig") as f:
+        with open(shard, newline="", encoding="utf-8-sig", errors=CSV_ERRORS) as f:
             return next(csv.reader(f), [])
     for row in iter_label_output(shard, kind):
         return list(row)
@@ -124,16 +126,17 @@ def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: Mer
     model = None
     for shard in shards:
         # Window mode writes a file's detections on consecutive rows: a file is a group of rows.
-        for path, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=lambda r: r["path"]):
+        for key, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=output_row_key):
             group = list(group)
+            path = key[0]
             model = model or group[0]["model"]
             if group[0]["model"] != model:
                 raise KwsError(f"{shard}: {path} was labelled by model {group[0]['model']}, the shards before by {model}")
-            key = _key(path)
-            if key in seen:
+            digest = _digest(key)
+            if digest in seen:
                 summary.note("duplicated", path)
                 continue
-            seen.add(key)
+            seen.add(digest)
             summary.files += 1
             summary.rows += len(group)
             yield from ([row.get(c, "") for c in header] for row in group)
@@ -142,7 +145,7 @@ def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: Mer
 def _check_inputs(inputs: list[str], manifest_format: str | None, seen: set[bytes], summary: MergeSummary) -> None:
     expected: set[bytes] = set()
     for row in iter_inputs(inputs, manifest_format=manifest_format):
-        key = _key(row.path)
+        key = _digest(row_key(row))
         if key in expected:
             continue  # the same path given twice: one row, as in label
         expected.add(key)

@@ -2,7 +2,8 @@
 
 One file's result (FileResult) comes from the pipeline; this module decides how it reads in an
 output: which columns, in which order, formatted how, which of them are numbers, and what
-`--threshold` makes of it. files/output.py writes the rows in a format.
+`--threshold` makes of it; and what a row is known by across runs and shards (row_key).
+files/output.py writes the rows in a format.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from kwsbatch.label.windows import Detection, WindowScores
 
 BASE_COLUMNS = ("path", "label", "confidence")
 WINDOW_COLUMNS = ("path", "start_s", "end_s", "label", "confidence")  # window mode: one row per detection
-INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error")
+# warning: labelled all the same, but the file is odd (its header promises more audio than it holds);
+# unlike an error, a warning is not a failure: the row counts as labelled and is not retried.
+INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error", "warning")
+ADDED_COLUMNS = ("warning",)  # columns newer than some outputs: an output without them is kept, the cells empty
 FILE_COLUMNS = ("file_size", "file_mtime_ns")  # the file as it was labelled: how a rerun tells it changed
 UNKNOWN = "_unknown_"  # what --threshold writes for a clip no class is sure enough of
 _NUMBERS = {"confidence": float, "duration_s": float, "start_s": float, "end_s": float, "sample_rate": int, "channels": int,
@@ -46,6 +50,7 @@ class FileResult:
     sample_rate: int = 0
     channels: int = 0
     error: str = ""
+    warning: str = ""
     probabilities: np.ndarray | None = None  # clip mode: (n_classes,)
     detections: list[Detection] = field(default_factory=list)  # window mode, at the window config's threshold
     windows: WindowScores | None = None  # window mode: every window's best class, to merge at other thresholds
@@ -96,6 +101,7 @@ class RowLayout:
             "channels": result.channels,
             "model": self.model_id,
             "error": "",
+            "warning": result.warning,
         }
         p = result.probabilities
         if p is not None:
@@ -134,3 +140,28 @@ class OutputColumns:
 
     def result_values(self, result: FileResult) -> list[list]:
         return [[fields.get(c, "") for c in self.results] for fields in self.layout.result_fields(result)]
+
+
+Key = tuple[str, str]  # (path, segment): what a file's result is known by
+
+
+def segment_key(offset_s: float | None, duration_s: float | None) -> str:
+    """A segment's part of a key: '' for a whole file, else its offset and duration in seconds."""
+    return "" if offset_s is None else f"{offset_s!r} {duration_s!r}"
+
+
+def row_key(row: ManifestRow) -> Key:
+    """What a result is keyed by (in the journal, by merge, and by evaluate --predictions): the path,
+    and the segment of a row with an offset; two fields, so no character of a path can blur them."""
+    return row.path, segment_key(row.offset_s, row.duration_s)
+
+
+def output_row_key(record: dict[str, str]) -> Key:
+    """The row_key of an output row (text fields); its carried offset and duration columns name a segment."""
+    offset, duration = record.get("offset", "").strip(), record.get("duration", "").strip()
+    if not offset:
+        return record["path"], ""
+    try:
+        return record["path"], segment_key(float(offset), float(duration) if duration else None)
+    except ValueError:
+        return record["path"], ""
