@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,16 @@ VOICES = [
     for voice in ("en-us", "en-gb", "en-gb-scotland")
     for variant, rate, pitch in (("m1", 150, 40), ("f2", 175, 60), ("m3", 130, 30), ("f4", 190, 70))
 ]
+
+
+def interruptible() -> None:
+    """preexec_fn for a child that a test interrupts: SIGINT back to its default action.
+
+    A shell starts background jobs with SIGINT ignored, and Python then never turns SIGINT into
+    KeyboardInterrupt: a suite run with `&` (or from a CI script that does) would see the child
+    ignore the test's Ctrl-C. The child must meet SIGINT as a terminal's Ctrl-C delivers it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False, env_extra: dict | None = None) -> subprocess.CompletedProcess:

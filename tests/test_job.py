@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, run_main, tone
+from conftest import REPO, interruptible, run_main, tone
 
 from kwsbatch.files.lock import output_lock
 
@@ -230,7 +230,8 @@ def start_label(*args, hold: str | None = None) -> subprocess.Popen:
     """Start `kwsbatch label ARGS`; hold ("point[#n]@folder", kwsbatch/faults.py) stops it at that moment."""
     env = {**os.environ, "COLUMNS": "200", **({"KWSBATCH_HOLD": hold} if hold else {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "kwsbatch", "label", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "kwsbatch", "label", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=interruptible,
     )
 
 

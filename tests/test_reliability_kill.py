@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run_cli, tone
+from conftest import interruptible, run_cli, tone
 
 from kwsbatch.model.checkpoint import load_checkpoint
 
@@ -29,7 +29,7 @@ FLAGS = ("--batch-size", "16", "-j", "1", "-q")
 def start(*args) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "kwsbatch", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200"}, preexec_fn=interruptible,
     )
 
 
@@ -138,7 +138,7 @@ def start_held(point: str, folder: Path, *args) -> subprocess.Popen:
     folder.mkdir(exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "kwsbatch", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "COLUMNS": "200", "KWSBATCH_HOLD": f"{point}@{folder}"},
+        env={**os.environ, "COLUMNS": "200", "KWSBATCH_HOLD": f"{point}@{folder}"}, preexec_fn=interruptible,
     )
 
 
