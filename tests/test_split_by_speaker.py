@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import soundfile as sf
-
 from conftest import REPO
 
 
