@@ -58,7 +58,7 @@ def test_a_rerun_over_the_same_files_labels_nothing_and_writes_the_same_bytes(tm
     assert second.returncode == EXIT_OK
     assert "labelled 0 new or changed files (0 failed), skipped 30 unchanged" in second.stderr
     assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out.csv", "out.csv.lock"]  # no journal left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out.csv"]  # no journal or lock file left
 
 
 def test_a_grown_corpus_labels_only_new_and_changed_files_and_keeps_earlier_rows(tmp_path):
@@ -105,6 +105,16 @@ def test_failed_files_get_an_error_row_and_are_retried_on_the_next_run(tmp_path)
     assert "labelled 1 new or changed files (0 failed), skipped 4 unchanged" in fixed.stderr
 
 
+def test_a_run_that_fails_before_labelling_a_file_leaves_no_journal_or_lock(tmp_path):
+    make_corpus(tmp_path / "corpus", 2)
+    manifest = tmp_path / "corpus" / "clips.csv"
+    manifest.write_text("path,label\n,yes\npart000/clip00000.wav,no\n")  # line 2: no path
+    result = label(manifest, "-o", tmp_path / "out.csv")
+    assert result.returncode == EXIT_ERROR
+    assert result.stderr == f"error: {manifest} line 2: empty path\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
 def test_an_output_path_holding_some_other_file_is_not_replaced_without_force(tmp_path):
     make_corpus(tmp_path / "corpus", 2)
     out = tmp_path / "notes.csv"
@@ -113,7 +123,7 @@ def test_an_output_path_holding_some_other_file_is_not_replaced_without_force(tm
     assert result.returncode == EXIT_ERROR
     assert result.stderr.strip() == f"error: {out}: exists and is not the output of `kwsbatch label`; refusing to replace it (move it away, or use --force to overwrite it)"
     assert out.read_text() == "name,phone\nalice,123\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "notes.csv", "notes.csv.lock"]  # no journal begun
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "notes.csv"]  # no journal begun, no lock file left
     folder = label(tmp_path / "corpus", "-o", tmp_path / "corpus")
     assert folder.returncode == EXIT_ERROR and "is a folder; -o takes the path of the CSV file to write" in folder.stderr
     assert label(tmp_path / "corpus", "-o", out, "--force").returncode == EXIT_OK

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from kwsbatch.errors import KwsError
+from kwsbatch.extras import install_command
 from kwsbatch.files.atomic import atomic_write
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
@@ -35,6 +36,21 @@ def output_format(out: str | os.PathLike | None, given: str | None = None) -> st
     if out is None or str(out) == "-":
         return "csv"
     return _EXTENSIONS.get(Path(out).suffix.lower(), "csv")
+
+
+def check_output_format(output_format: str) -> None:
+    """Fail before any work (no lock, journal, model or labelling) when writing output_format needs a package that is missing."""
+    if output_format == "parquet":
+        _parquet("parquet output")
+
+
+def _parquet(what: str):
+    """pyarrow.parquet, or a KwsError saying what needs it and how to install it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise KwsError(f"{what} needs pyarrow: {install_command('parquet')}") from None
+    return pq
 
 
 def write_label_rows(
@@ -92,8 +108,7 @@ def _iter_output(path, kind: str) -> Iterator[tuple[list[str], dict[str, str]]]:
                         raise KwsError(f"{path} line {line}: not valid JSON ({e.msg})") from None
                     yield list(record), {k: _text(v) for k, v in record.items()}
     else:
-        import pyarrow.parquet as pq
-
+        pq = _parquet("reading Parquet")
         try:
             table = pq.ParquetFile(path)
             for batch in table.iter_batches():
@@ -131,10 +146,7 @@ def _read_json_lines(path: str | os.PathLike) -> list[dict]:
 
 
 def _read_parquet(path: str | os.PathLike) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise KwsError("reading Parquet needs pyarrow: pip install 'kwsbatch[parquet]'") from None
+    pq = _parquet("reading Parquet")
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     try:
@@ -171,11 +183,8 @@ def _write_json_lines(f: TextIO, rows: Iterable[Sequence], columns: Sequence[str
 
 
 def _write_parquet(f: BinaryIO, rows: Iterable[Sequence], columns: Sequence[str], types: dict[str, type]) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise KwsError("parquet output needs pyarrow: pip install 'kwsbatch[parquet]'") from None
+    pq = _parquet("parquet output")
+    import pyarrow as pa
     arrow_types = {str: pa.string(), float: pa.float64(), int: pa.int64()}
     schema = pa.schema([(c, arrow_types[types.get(c, str)]) for c in columns])
     writer = pq.ParquetWriter(f, schema)

@@ -129,15 +129,30 @@ def run_label_job(
             _label_new_files(score, rows, journal, config, columns, summary, reporter)
             _write_output(out, output_format, journal, columns, summary)
         except sqlite3.Error as e:  # the journal's disk filled up (or it broke) mid-run
+            journal.close()
             raise KwsError(
                 f"{journal.path}: cannot record results ({e}); {out} is unchanged: free space and run the same command again"
             ) from None
-        finally:
-            journal.close()
-        remove_journal(journal.path)
+        except BaseException:  # an error or Ctrl-C: keep the journal only when it holds files to resume
+            _close_journal(journal, keep=_labelled_any(journal))
+            raise
+        _close_journal(journal, keep=False)
         summary.seconds = time.perf_counter() - started
     summary.peak_rss = peak_rss()
     return summary
+
+
+def _labelled_any(journal: Journal) -> bool:
+    try:
+        return journal.labelled_count() > 0
+    except sqlite3.Error:
+        return True  # cannot tell: keep what may be there
+
+
+def _close_journal(journal: Journal, *, keep: bool) -> None:
+    journal.close()
+    if not keep:
+        remove_journal(journal.path)
 
 
 def _journal_settings(layout: RowLayout, columns: OutputColumns, config: LabelConfig) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.manifest import iter_inputs
-from kwsbatch.files.output import iter_label_output, output_format, write_label_rows
+from kwsbatch.files.output import check_output_format, iter_label_output, output_format, write_label_rows
 from kwsbatch.label.rows import column_types
 
 LISTED = 5  # example paths named per problem in the summary line
@@ -70,6 +70,8 @@ def merge_outputs(
 ) -> MergeSummary:
     """Write the shards' rows to out (csv, jsonl or parquet); compare against inputs when given."""
     out = Path(out)
+    kind = output_format(out, out_format)
+    check_output_format(kind)
     if not shards:
         raise KwsError("merge needs at least one shard output")
     for shard in shards:
@@ -81,7 +83,7 @@ def merge_outputs(
     summary = MergeSummary(out=str(out), shards=len(shards))
     seen: set[bytes] = set()
     rows = _merged_rows(shards, header, seen, summary)
-    write_label_rows(rows, out, header, column_types(header), output_format=output_format(out, out_format))
+    write_label_rows(rows, out, header, column_types(header), output_format=kind)
     if inputs is not None:
         _check_inputs(inputs, manifest_format, seen, summary)
     return summary

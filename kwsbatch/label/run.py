@@ -14,8 +14,9 @@ from pathlib import Path
 
 from kwsbatch.errors import Interrupted, KwsError
 from kwsbatch.files.lock import lock_path, output_lock
-from kwsbatch.files.output import output_format
+from kwsbatch.files.output import check_output_format, output_format
 from kwsbatch.label.config import LabelRequest
+from kwsbatch.label.journal import journal_path
 from kwsbatch.progress import Reporter
 
 
@@ -27,13 +28,15 @@ def label_corpus(request: LabelRequest, reporter: Reporter | None = None):
     """
     reporter = reporter or Reporter()
     try:
+        check_output_format(output_format(request.out, request.output_format))
         _refuse_when_locked(request)
         summary = _label(request, reporter)
     except KwsError as e:
         reporter.record(f"error: {e}")
         raise
     except KeyboardInterrupt:
-        kept = "" if request.to_stdout else f"; files labelled so far are kept in {request.out}.journal: run the same command again to finish"
+        kept = "" if request.to_stdout or not journal_path(request.out).exists() else (
+            f"; files labelled so far are kept in {request.out}.journal: run the same command again to finish")
         reporter.record(f"interrupted{kept}")
         raise Interrupted(f"interrupted{kept}") from None
     reporter.record(summary.line())
@@ -43,8 +46,7 @@ def label_corpus(request: LabelRequest, reporter: Reporter | None = None):
 def _refuse_when_locked(request: LabelRequest) -> None:
     """Fail at once, before the heavy imports, when another run holds the output's lock.
 
-    run_label_job takes the lock for the run itself; without a lock file no run holds it, and
-    this check would only leave one behind.
+    run_label_job takes the lock for the run itself; without a lock file no run holds it.
     """
     if not (request.to_stdout or request.wait) and lock_path(request.out).is_file():
         with output_lock(request.out):
