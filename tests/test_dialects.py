@@ -187,7 +187,7 @@ def test_offset_and_duration_label_each_segment_as_its_own_clip(long_recording, 
     expected = pd.read_csv(tmp_path / "separate.csv", dtype=str, keep_default_na=False)
     columns = ["label", "confidence", "p_down", "p_no", "p_up", "p_yes", "duration_s"]
     pd.testing.assert_frame_equal(got[columns], expected[columns])
-    assert list(got["path"]) == ["session.wav"] * 4
+    assert list(got["path"]) == [os.path.relpath(folder / "session.wav", tmp_path)] * 4  # relative to the output's folder
     assert list(got["offset"]) == ["0.5", "2.0", "3.5", "5.0"]
     assert set(got["duration_s"]) == {"1.000"}
 
@@ -310,7 +310,8 @@ def test_label_inputs_take_every_manifest_extension(tmp_path):
 def test_an_audiofolder_is_read_by_its_folder_as_by_its_metadata(manifests, trained_model, tmp_path):
     metadata = manifests["test"]["audiofolder"]
     by_file, by_folder = (run_main("label", given, "--model", trained_model, "-q", check=True).stdout for given in (metadata, metadata.parent))
-    assert by_folder == by_file and "true_label" in by_folder.splitlines()[0]
+    assert by_folder == by_file
+    assert by_folder.splitlines()[0].split(",")[:2] == ["file_name", "pred_label"]  # CSV out: the audiofolder's names
     for name, given in (("file", metadata), ("folder", metadata.parent)):
         run_main("evaluate", given, "--model", trained_model, "-o", tmp_path / name, "-q", check=True)
     assert (tmp_path / "folder" / "predictions.csv").read_text() == (tmp_path / "file" / "predictions.csv").read_text()

@@ -64,7 +64,9 @@ def test_json_lines_output_reads_back_as_a_manifest(labelled, trained_model, tmp
     first = [json.loads(line) for line in (labelled / "out.jsonl").read_text().splitlines()]
     again = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in again] == [r["path"] for r in first]
-    assert [r["true_label"] for r in again] == [r["label"] for r in first]  # the first run's predictions, now the truth
+    # Its truth is its true_label, not the first run's predictions; the first run's own columns are not carried again.
+    assert [r["true_label"] for r in again] == [r["true_label"] for r in first]
+    assert [list(r) for r in again] == [list(r) for r in first]
     assert [r["confidence"] for r in again] == [r["confidence"] for r in first]
 
 

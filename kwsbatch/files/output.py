@@ -14,7 +14,7 @@ import csv
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -23,8 +23,84 @@ from kwsbatch.extras import install_command
 from kwsbatch.files.atomic import atomic_write
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
+# A label output's own columns (label/rows.py lays them out, with a p_<class> column per class); the
+# others are its inputs' columns, carried through.
+BASE_COLUMNS = ("path", "label", "confidence")
+WINDOW_COLUMNS = ("path", "start_s", "end_s", "label", "confidence")  # window mode: one row per detection
+INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error")
+FILE_COLUMNS = ("file_size", "file_mtime_ns")  # the file as it was labelled: how a rerun tells it changed
+# An output in its inputs' dialect (NeMo's JSON lines, an audiofolder's metadata.csv) keeps their names
+# for the path and the truth, so it reads back in their tools; the model's label is then pred_label.
+PREDICTED_LABEL = "pred_label"
+DIALECT_PATH_COLUMNS = ("audio_filepath", "file_name")  # NeMo's, Hugging Face audiofolder's
+_MODEL_COLUMNS = frozenset(BASE_COLUMNS + WINDOW_COLUMNS + INFO_COLUMNS + FILE_COLUMNS + (PREDICTED_LABEL,)) - {"path"}
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 PARQUET_ROWS_PER_GROUP = 65536  # rows buffered before each Parquet row group is written
+
+
+def is_label_output(columns: Collection[str]) -> bool:
+    """Whether a table with these columns is a label output (given back to label or evaluate as a manifest, say)."""
+    return all(c in columns for c in ("confidence", "model", "error"))
+
+
+def dialect_names(columns: Collection[str]) -> dict[str, str]:
+    """kwsbatch's column name -> the one an output in its inputs' dialect wrote, read from its columns (empty: kwsbatch's own names)."""
+    if PREDICTED_LABEL not in columns:
+        return {}
+    names = {"label": PREDICTED_LABEL, **{"path": c for c in DIALECT_PATH_COLUMNS if c in columns}}
+    if "label" in columns:
+        names["true_label"] = "label"
+    return names
+
+
+def _kwsbatch_names(columns: Sequence[str]) -> list[str]:
+    written = {v: k for k, v in dialect_names(columns).items()}
+    return [written.get(c, c) for c in columns]
+
+
+def is_model_column(column: str) -> bool:
+    """A label output's column that the model's run wrote (not one of its inputs'): a label output read
+    as a manifest leaves them out, so labelling it again gives the columns the first run gave."""
+    return column in _MODEL_COLUMNS or column.startswith("p_")
+
+
+class OutputPaths:
+    """How a label output in `folder` names the files it lists, so that it reads back as a manifest
+    (whose paths resolve against its own folder) from any working directory.
+
+    A path given absolute (in a manifest, or found under a folder given by one) stays as given; any
+    other is written relative to the output's folder, or absolute when no relative path leads there
+    (another drive). An output beside its manifest, or in the working directory for a folder given
+    relative, so keeps the paths it had before. A run's instance caches each folder's relative
+    path: on a rerun over millions of files this is per file.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = os.path.abspath(folder)
+        self._folders: dict[str, str] = {}  # a folder (relative to the working directory, or absolute) -> relative to self.folder
+
+    def __call__(self, given: str, location: str | os.PathLike) -> str:
+        """A file the inputs name `given`, found at `location` (relative to the working directory, or absolute), as the output names it."""
+        return given if os.path.isabs(given) else self._relative(os.fspath(location))
+
+    def rebase(self, written: str, other: OutputPaths) -> str:
+        """A path as the output in other's folder wrote it, as this output names it (merge)."""
+        return written if os.path.isabs(written) else self._relative(os.path.join(other.folder, written))
+
+    def resolve(self, written: str) -> str:
+        """A path as the output in this folder wrote it, as an absolute path (normalized)."""
+        return os.path.normpath(os.path.join(self.folder, written))
+
+    def _relative(self, path: str) -> str:
+        head, name = os.path.split(path)
+        folder = self._folders.get(head)
+        if folder is None:
+            try:
+                folder = os.path.relpath(os.path.abspath(head or os.curdir), self.folder)
+            except ValueError:  # another drive
+                folder = os.path.abspath(head or os.curdir)
+            folder = self._folders[head] = "" if folder == os.curdir else folder
+        return os.path.join(folder, name)
 
 
 def output_format(out: str | os.PathLike | None, given: str | None = None) -> str:
@@ -80,7 +156,10 @@ def write_label_rows(
 
 
 def label_output_header(path: str | os.PathLike, kind: str) -> list[str]:
-    """The columns of an earlier label output in format kind (empty for an empty file)."""
+    """The columns of an earlier label output in format kind, in kwsbatch's names (empty for an empty file)."""
+    if kind == "csv":  # read directly: an output of no files still has its header line
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return _kwsbatch_names(next(csv.reader(f), []))
     for header, _ in _iter_output(path, kind):
         return header
     return []
@@ -93,6 +172,18 @@ def iter_label_output(path: str | os.PathLike, kind: str) -> Iterator[dict[str, 
 
 
 def _iter_output(path, kind: str) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """(header, row) of each row, in kwsbatch's column names whatever the output's dialect."""
+    names: dict[tuple, list[str]] = {}
+    for header, row in _iter_written(path, kind):
+        header = tuple(header)
+        if header not in names:
+            names[header] = _kwsbatch_names(header)
+        if names[header] != list(header):
+            row = {name: row.get(written, "") for name, written in zip(names[header], header)}
+        yield names[header], row
+
+
+def _iter_written(path, kind: str) -> Iterator[tuple[list[str], dict[str, str]]]:
     if kind == "csv":
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -127,10 +218,13 @@ def read_label_output(path: str | os.PathLike):
 
     kind = output_format(path)
     if kind == "csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    records = _read_json_lines(path) if kind == "jsonl" else _read_parquet(path)
-    columns = list(dict.fromkeys(k for r in records for k in r))
-    return pd.DataFrame([[_text(r.get(c)) for c in columns] for r in records], columns=columns, dtype=str)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    else:
+        records = _read_json_lines(path) if kind == "jsonl" else _read_parquet(path)
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        table = pd.DataFrame([[_text(r.get(c)) for c in columns] for r in records], columns=columns, dtype=str)
+    table.columns = _kwsbatch_names(list(table.columns))
+    return table
 
 
 def _read_json_lines(path: str | os.PathLike) -> list[dict]:

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -30,7 +30,7 @@ from kwsbatch.errors import KwsError
 from kwsbatch.files.atomic import remove_stale_temporaries
 from kwsbatch.files.lock import output_lock
 from kwsbatch.files.manifest import ManifestRow, check_inputs_exist, iter_inputs
-from kwsbatch.files.output import iter_label_output, label_output_header, write_label_rows
+from kwsbatch.files.output import OutputPaths, iter_label_output, label_output_header, write_label_rows
 from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.journal import Journal, file_identity, journal_path, remove_journal
 from kwsbatch.label.pipeline import Score
@@ -107,7 +107,7 @@ def run_label_job(
     reporter = reporter or Reporter()
     check_inputs_exist(inputs)
     out = Path(out)
-    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format)
+    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format, output_format)
     summary = JobSummary(out=str(out))
     if out.is_dir():
         raise KwsError(f"{out}: is a folder; -o takes the path of the CSV file to write")
@@ -126,7 +126,7 @@ def run_label_job(
             # No shard in the journal's settings: the output is built from this attempt's inputs
             # only, so results cached for another shard's files are never written.
             rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
-            _label_new_files(score, rows, journal, config, columns, summary, reporter)
+            _label_new_files(score, rows, _keys(OutputPaths(out.parent)), journal, config, columns, summary, reporter)
             _write_output(out, output_format, journal, columns, summary)
         except sqlite3.Error as e:  # the journal's disk filled up (or it broke) mid-run
             journal.close()
@@ -165,12 +165,16 @@ def _journal_settings(layout: RowLayout, columns: OutputColumns, config: LabelCo
 _SEGMENT_MARK = "\x1f"
 
 
-def row_key(row: ManifestRow) -> str:
-    """What a result is keyed by (in the journal, and by evaluate --predictions): the path, plus
-    the segment for a row with an offset."""
+def row_key(row: ManifestRow, path: str) -> str:
+    """What a result is keyed by (in the journal, and by evaluate --predictions): the file's path as
+    the output names it, plus the segment for a row with an offset."""
     if row.offset_s is None:
-        return row.path
-    return f"{row.path}{_SEGMENT_MARK}{row.offset_s!r}{_SEGMENT_MARK}{row.duration_s!r}"
+        return path
+    return f"{path}{_SEGMENT_MARK}{row.offset_s!r}{_SEGMENT_MARK}{row.duration_s!r}"
+
+
+def _keys(paths: OutputPaths) -> Callable[[ManifestRow], str]:
+    return lambda row: row_key(row, paths(row.path, row.audio_path))
 
 
 def output_row_key(record: dict[str, str]) -> str:
@@ -187,6 +191,7 @@ def output_row_key(record: dict[str, str]) -> str:
 def _label_new_files(
     score: Score,
     rows: Iterable[ManifestRow],
+    key_of: Callable[[ManifestRow], str],
     journal: Journal,
     config: LabelConfig,
     columns: OutputColumns,
@@ -196,8 +201,9 @@ def _label_new_files(
     identities: dict[str, tuple[int, int] | None] = {}  # files in flight only
     reporter.start("labelling", None)
     try:
-        for task, results in score(_new_files(rows, journal, columns, identities, summary, reporter), config):
-            journal.record((row_key(row), identities.pop(row_key(row)), columns.result_values(r)) for row, r in zip(task, results))
+        for task, results in score(_new_files(rows, key_of, journal, columns, identities, summary, reporter), config):
+            keys = [key_of(row) for row in task]
+            journal.record((k, identities.pop(k), columns.result_values(r)) for k, r in zip(keys, results))
             summary.labelled += len(task)
             summary.failed += sum(bool(r.error) for r in results)
             reporter.advance(len(task), skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
@@ -207,15 +213,16 @@ def _label_new_files(
 
 
 def _new_files(
-    rows: Iterable[ManifestRow], journal: Journal, columns: OutputColumns, identities: dict, summary: JobSummary, reporter: Reporter
+    rows: Iterable[ManifestRow], key_of: Callable[[ManifestRow], str], journal: Journal, columns: OutputColumns, identities: dict,
+    summary: JobSummary, reporter: Reporter,
 ) -> Iterator[ManifestRow]:
     """Record every input row, yielding only the files that have no result for their current state."""
     for n, row in enumerate(rows, 1):
         if n % COMMIT_EVERY == 0:
             journal.commit()
             reporter.advance(0, skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
-        key = row_key(row)
-        if not journal.add_input(key, str(row.audio_path), row.source, columns.input_values(row)):
+        key = key_of(row)
+        if not journal.add_input(key, os.path.abspath(row.audio_path), row.source, columns.input_values(row)):
             continue  # the same path given twice: one row
         identity = None if row.error else file_identity(row.audio_path)
         known = journal.lookup(key, identity)
@@ -268,7 +275,7 @@ def _previous_results(out: Path, output_format: str, columns: OutputColumns, mod
 def _write_output(out: Path, output_format: str, journal: Journal, columns: OutputColumns, summary: JobSummary) -> None:
     """Write the journal's rows to out atomically."""
     try:
-        write_label_rows(_output_values(journal, columns, summary), out, columns.all, columns.types, output_format=output_format)
+        write_label_rows(_output_values(journal, columns, summary), out, columns.written, columns.types, output_format=output_format)
     except OSError as e:  # a full disk or a read-only folder: the rename never happened
         raise KwsError(
             f"{out}: cannot write the output ({e.strerror or e}); the previous {out.name} is unchanged "
@@ -304,13 +311,14 @@ def stream_labels(
     input row: no lock, journal or skipping."""
     reporter = reporter or Reporter()
     check_inputs_exist(inputs)
-    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format)
+    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format, output_format)
     summary = JobSummary(out="standard output")
     started = time.perf_counter()
     rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
+    paths = OutputPaths(os.curdir)  # where a redirected standard output most likely lands
     reporter.start("labelling", None)
     try:
-        write_label_rows(_scored_rows(score, rows, config, columns, summary, reporter), f or sys.stdout, columns.all, columns.types,
+        write_label_rows(_scored_rows(score, rows, paths, config, columns, summary, reporter), f or sys.stdout, columns.written, columns.types,
                          output_format=output_format)
     finally:
         reporter.stop()
@@ -319,15 +327,15 @@ def stream_labels(
     return summary
 
 
-def _scored_rows(score: Score, rows: Iterable[ManifestRow], config: LabelConfig, columns: OutputColumns, summary: JobSummary,
-                 reporter: Reporter) -> Iterator[list]:
+def _scored_rows(score: Score, rows: Iterable[ManifestRow], paths: OutputPaths, config: LabelConfig, columns: OutputColumns,
+                 summary: JobSummary, reporter: Reporter) -> Iterator[list]:
     """Each input row's output rows as value lists, in input order, as the tasks finish."""
     for task, results in score(rows, config, ordered=True):
         for row, result in zip(task, results):
             size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
             values = columns.result_values(result)
             for result_values in values:
-                yield [row.path, *result_values, size, mtime_ns, *columns.input_values(row)]
+                yield [paths(row.path, row.audio_path), *result_values, size, mtime_ns, *columns.input_values(row)]
             summary.rows += len(values)
         summary.labelled += len(task)
         summary.failed += sum(bool(r.error) for r in results)

@@ -9,7 +9,6 @@ were given, files that no shard labelled (a task that never ran or died) are rep
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.manifest import iter_inputs
-from kwsbatch.files.output import check_output_format, iter_label_output, output_format, write_label_rows
+from kwsbatch.files.output import OutputPaths, check_output_format, iter_label_output, label_output_header, output_format, write_label_rows
 from kwsbatch.label.rows import column_types
 
 LISTED = 5  # example paths named per problem in the summary line
@@ -82,10 +81,11 @@ def merge_outputs(
     header = _common_header(shards)
     summary = MergeSummary(out=str(out), shards=len(shards))
     seen: set[bytes] = set()
-    rows = _merged_rows(shards, header, seen, summary)
+    paths = OutputPaths(out.parent)  # each shard's paths are relative to its own folder; the merged output's, to its
+    rows = _merged_rows(shards, header, paths, seen, summary)
     write_label_rows(rows, out, header, column_types(header), output_format=kind)
     if inputs is not None:
-        _check_inputs(inputs, manifest_format, seen, summary)
+        _check_inputs(inputs, manifest_format, paths, seen, summary)
     return summary
 
 
@@ -113,21 +113,17 @@ def _common_header(shards: list) -> list[str]:
 
 
 def _header(shard) -> list[str]:
-    kind = output_format(shard)
-    if kind == "csv":  # read directly: a shard that got no files still has its header line
-        with open(shard, newline="", encoding="utf-8-sig") as f:
-            return next(csv.reader(f), [])
-    for row in iter_label_output(shard, kind):
-        return list(row)
-    return []
+    return label_output_header(shard, output_format(shard))
 
 
-def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: MergeSummary) -> Iterator[list[str]]:
+def _merged_rows(shards: list, header: list[str], paths: OutputPaths, seen: set[bytes], summary: MergeSummary) -> Iterator[list[str]]:
     model = None
     for shard in shards:
+        in_shard = OutputPaths(Path(shard).parent)
         # Window mode writes a file's detections on consecutive rows: a file is a group of rows.
-        for path, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=lambda r: r["path"]):
-            group = list(group)
+        for written, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=lambda r: r["path"]):
+            path = paths.rebase(written, in_shard)
+            group = [{**row, "path": path} for row in group]
             model = model or group[0]["model"]
             if group[0]["model"] != model:
                 raise KwsError(f"{shard}: {path} was labelled by model {group[0]['model']}, the shards before by {model}")
@@ -141,13 +137,14 @@ def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: Mer
             yield from ([row.get(c, "") for c in header] for row in group)
 
 
-def _check_inputs(inputs: list[str], manifest_format: str | None, seen: set[bytes], summary: MergeSummary) -> None:
+def _check_inputs(inputs: list[str], manifest_format: str | None, paths: OutputPaths, seen: set[bytes], summary: MergeSummary) -> None:
     expected: set[bytes] = set()
     for row in iter_inputs(inputs, manifest_format=manifest_format):
-        key = _key(row.path)
+        path = paths(row.path, row.audio_path)
+        key = _key(path)
         if key in expected:
             continue  # the same path given twice: one row, as in label
         expected.add(key)
         if key not in seen:
-            summary.note("missing", row.path)
+            summary.note("missing", path)
     summary.unexpected = len(seen - expected)
