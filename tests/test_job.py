@@ -348,3 +348,30 @@ def test_a_second_run_on_the_same_output_exits_at_once_or_waits_with_wait(big_co
     _, waiting_err = waiting.communicate()
     assert waiting.returncode == EXIT_OK, waiting_err
     assert f"labelled {len(paths):,} new or changed files (0 failed)" in waiting_err
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_another_working_directory_with_paths_relative_to_the_output(tmp_path):
+    """The journal is keyed by the output's own paths, so the rerun matches the killed run's rows
+    whichever folder cron starts it in."""
+    paths = make_corpus(tmp_path / "data" / "clips", 40)
+    (tmp_path / "data" / "clips.csv").write_text("path\n" + "".join(f"{p.relative_to(tmp_path / 'data')}\n" for p in paths))
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    # Held when it asks for a third task: the first two tasks' files are in the journal.
+    run = subprocess.Popen(
+        [sys.executable, "-m", "kwsbatch", "label", "clips.csv", "-o", "../out/labels.csv", *SLOW_FLAGS],
+        cwd=tmp_path / "data", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "200", "KWSBATCH_HOLD": f"before-submit#3@{holds}"},
+    )
+    wait_until(lambda: any(holds.iterdir()), run, "it stopped at the hold point")
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    out = tmp_path / "out" / "labels.csv"
+    done = journaled(out)
+    assert done >= 2
+    final = label("data/clips.csv", "-o", "out/labels.csv", *SLOW_FLAGS, cwd=tmp_path)
+    assert final.returncode == EXIT_OK, final.stderr
+    assert f"labelled {len(paths) - done:,} new or changed files (0 failed)" in final.stderr
+    assert f"resumed {done:,} from an interrupted run" in final.stderr
+    assert [r["path"] for r in read_rows(out)] == [os.path.relpath(p, out.parent) for p in paths]
