@@ -354,7 +354,8 @@ def test_an_audiofolder_comes_back_as_file_name_in_csv_and_reads_back_as_the_sam
     for name in ("yes_0.wav", "yes_1.flac", "no_0.wav"):
         (folder / name.split("_")[0]).mkdir(parents=True, exist_ok=True)
         (folder / name.split("_")[0] / name).write_bytes((samples / name).read_bytes())
-    write_delimited(folder / "metadata.csv", [{"file_name": "yes/yes_0.wav", "speaker": "a"}, {"file_name": "yes/yes_1.flac", "speaker": "b"},
+    write_delimited(folder / "metadata.csv", [{"file_name": "yes/yes_0.wav", "speaker": "a"},
+                                              {"file_name": "yes/yes_1.flac", "speaker": "b"},
                                               {"file_name": "no/no_0.wav", "speaker": "a"}])
     run_main("label", folder, "-o", tmp_path / "labels.csv", "-q", check=True)
     rows = csv_rows(tmp_path / "labels.csv")

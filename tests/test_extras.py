@@ -10,7 +10,13 @@ from kwsbatch.extras import install_command
 
 # The package's modules are imported from this checkout; blocking a module in sys.modules is what
 # Python does when it is not installed (ImportError on import).
-BLOCKED_RUN = "import sys\nfor name in sys.argv[1].split(','):\n    sys.modules[name] = None\nfrom kwsbatch.cli import main\nsys.exit(main(sys.argv[2:]))"
+BLOCKED_RUN = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None
+from kwsbatch.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def run_without(modules: str, *args, cwd) -> subprocess.CompletedProcess:

@@ -121,7 +121,8 @@ def test_outputs_read_back_as_inputs_from_any_working_directory(tmp_path):
     for column in ("label", "confidence", "true_label", "speaker"):
         assert list(relabelled[column]) == list(labels[column]), column
     # evaluate: the output as the manifest (its true_label is the truth), and as --predictions for the manifest.
-    for name, args in (("as-manifest", [root / "labels.csv"]), ("predictions", [root / "manifests" / "demo.csv", "--predictions", "../checkout/labels.csv"])):
+    as_manifest, as_predictions = [root / "labels.csv"], [root / "manifests" / "demo.csv", "--predictions", "../checkout/labels.csv"]
+    for name, args in (("as-manifest", as_manifest), ("predictions", as_predictions)):
         result = run_main("evaluate", *args, "-o", name, "-q", cwd=elsewhere)
         assert result.returncode == 0, result.stderr
     scored = [json.loads((elsewhere / name / "report.json").read_text()) for name in ("as-manifest", "predictions")]

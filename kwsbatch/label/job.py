@@ -318,8 +318,8 @@ def stream_labels(
     paths = OutputPaths(os.curdir)  # where a redirected standard output most likely lands
     reporter.start("labelling", None)
     try:
-        write_label_rows(_scored_rows(score, rows, paths, config, columns, summary, reporter), f or sys.stdout, columns.written, columns.types,
-                         output_format=output_format)
+        scored = _scored_rows(score, rows, paths, config, columns, summary, reporter)
+        write_label_rows(scored, f or sys.stdout, columns.written, columns.types, output_format=output_format)
     finally:
         reporter.stop()
     summary.seconds = time.perf_counter() - started
