@@ -367,7 +367,7 @@ def test_min_accuracy_above_the_accuracy_exits_3(evaluated, speech_corpus, tmp_p
 
 
 # ---------------------------------------------------------------------------------------------
-# help, usage, README
+# help, usage, docs
 
 
 def subcommands() -> list[str]:
@@ -434,10 +434,12 @@ def test_a_label_run_that_finds_its_output_locked_stops_before_torch_loads(tmp_p
 
 
 @pytest.mark.parametrize("command", subcommands())
-def test_every_subcommand_has_a_readme_section(command):
+def test_every_subcommand_has_a_reference_section_and_a_readme_example(command):
+    reference = (REPO / "docs" / "commands.md").read_text()
+    assert re.search(rf"^#+ +{command}\b", reference, re.MULTILINE), f"docs/commands.md has no section for `{command}`"
+    assert f"kwsbatch {command}" in reference
     readme = (REPO / "README.md").read_text()
-    assert re.search(rf"^#+ +{command}\b", readme, re.MULTILINE), f"README.md has no section for `{command}`"
-    assert f"kwsbatch {command}" in readme
+    assert re.search(rf"^kwsbatch {command} ", readme, re.MULTILINE), f"README.md has no example of `kwsbatch {command}`"
 
 
 def test_usage_errors_exit_2(tmp_path):

@@ -101,14 +101,14 @@ def test_torchscript_runs_without_kwsbatch_and_equals_pytorch(exported, trained_
     np.testing.assert_allclose(np.load(tmp_path / "probabilities.npy"), expected, rtol=0, atol=1e-4)
 
 
-def readme_onnx_program() -> str:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### export") :]
+def documented_onnx_program() -> str:
+    page = (REPO / "docs" / "interoperability.md").read_text()
+    section = page[page.index("## export") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_program_labels_a_wav_with_onnxruntime_and_numpy_alone(exported, trained_model, speech_corpus, tmp_path):
-    program = readme_onnx_program()
+def test_the_documented_program_labels_a_wav_with_onnxruntime_and_numpy_alone(exported, trained_model, speech_corpus, tmp_path):
+    program = documented_onnx_program()
     assert len(program.strip().splitlines()) <= 10
     (tmp_path / "label_wav.py").write_text(WITHOUT_KWSBATCH + program)
     shutil.copy(exported / "model.onnx", tmp_path / "model.onnx")

@@ -231,7 +231,7 @@ def test_published_archives_are_pinned():
 
 @pytest.mark.slow
 def test_fetch_then_train_then_evaluate(server, archive, tmp_path):
-    """The README's walk-through, on the loopback archive: fetch -> train -> evaluate."""
+    """The walk-through in docs/training.md, on the loopback archive: fetch -> train -> evaluate."""
     server.files["sc.tar.gz"] = archive
     data = tmp_path / "sc"
     assert _fetch(server, "sc.tar.gz", data, "-q").returncode == 0

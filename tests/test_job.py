@@ -232,8 +232,8 @@ def test_standard_output_streams_rows_in_input_order_and_refuses_incremental_fla
 
 
 def test_every_exit_status_is_documented():
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("### Exit status") :]
+    reference = (REPO / "docs" / "commands.md").read_text()
+    table = reference[reference.index("## Exit status") :]
     for status in (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED):
         assert f"| {status} |" in table
 

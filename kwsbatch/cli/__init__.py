@@ -1,6 +1,6 @@
 """The command line: parse flags, make one library call, turn KwsError into one `error:` line.
 
-Exit codes (documented in README):
+Exit codes (documented in docs/commands.md, "Exit status"):
   0  success
   1  error: nothing (more) was done; the message says why
   2  usage error (bad flags)

@@ -1,9 +1,10 @@
 """Lossy codec round trips: encode and decode a clip in memory with libsndfile, as a phone or an app would.
 
 Unlike the other transforms this one runs clip by clip on the CPU (libsndfile has no batched
-encoder), so its probability is kept low; its cost per batch is in the README's augmentation
-table. libsndfile decodes Vorbis, Opus and MP3 without the encoder's delay, so the decoded clip
-lines up with the original sample for sample; it is cut or zero-padded to the clip's length.
+encoder), so its probability is kept low; its cost per batch is in docs/training.md ("What each
+transform buys on real speech"). libsndfile decodes Vorbis, Opus and MP3 without the encoder's
+delay, so the decoded clip lines up with the original sample for sample; it is cut or zero-padded
+to the clip's length.
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ _PRESETS = {
     ),
 }
 # `standard` plus what makes a TTS clip sound like a person at a microphone. Measured on real
-# speech (README, "What each transform buys"): the talker (pitch, VTLP) and the microphone (EQ,
+# speech (docs/training.md, "What each transform buys"): the talker (pitch, VTLP) and the microphone (EQ,
 # band limits) together were the best combination, 1-2 points over standard; rooms, real noise
 # at 0..20 dB and codecs cost points on a small corpus, so they are left to their flags.
 _PRESETS["realistic"] = AugmentConfig(
