@@ -108,5 +108,6 @@ class RichReporter(Reporter):
     def record(self, message: str) -> None:
         """Append a timestamped line to the log file, when there is one."""
         if self.log_file:
-            with open(self.log_file, "a", encoding="utf-8") as f:
+            # backslashreplace: a message may name a file whose name is not UTF-8
+            with open(self.log_file, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")

@@ -16,6 +16,9 @@ import pytest
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests label files they wrote a moment ago: --settle's default would leave them to a next run.
+# Every kwsbatch the tests start inherits this; tests of --settle itself set it or the flag.
+os.environ["KWSBATCH_SETTLE"] = "0"
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
 WORDS = ("yes", "no", "up", "down")
 # The notebook's model, which the defaults (mean pooling over a convolution) no longer are: the tests

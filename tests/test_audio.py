@@ -1,5 +1,7 @@
 """audio.py: decoding every format and sample type to mono float32, resampling, one-line errors."""
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -8,7 +10,8 @@ import torchaudio
 from conftest import tone
 
 from kwsbatch.errors import AudioError
-from kwsbatch.files.audio import Resampler, decode_audio, is_audio_path
+from kwsbatch.files.audio import decode_audio, is_audio_path, open_audio, read_frames
+from kwsbatch.files.resample import Resampler
 
 INT16 = np.array([0, 1, -1, 32767, -32768, 16384, -8192], dtype=np.int16)
 INT16_AS_FLOAT = [0.0, 1 / 32768, -1 / 32768, 32767 / 32768, -1.0, 0.5, -0.25]
@@ -264,3 +267,20 @@ def test_segments_meet_the_clip_limit_by_their_own_length(tmp_path):
     with pytest.raises(AudioError) as error:
         decode_audio(tmp_path / "long.wav", offset=40.0)
     assert str(error.value) == f"{tmp_path / 'long.wav'}: offset 40 s is past the end of the file (40.000 s)"
+
+
+def test_a_file_deleted_or_replaced_while_open_is_read_to_its_end(tmp_path):
+    # The open descriptor keeps the data: a file that disappears mid-read is still read whole.
+    path = tmp_path / "going.wav"
+    sf.write(path, tone(440, 0.5), 16000)
+    with open_audio(path) as audio:
+        path.unlink()
+        path.write_bytes(b"something else entirely")
+        samples = read_frames(audio.sound, audio.sound.frames, path)
+    np.testing.assert_allclose(samples, tone(440, 0.5), atol=1 / 32768)
+
+
+def test_a_fifo_is_refused_without_being_opened(tmp_path):
+    os.mkfifo(tmp_path / "pipe.wav")  # opening it for reading would block until a writer came
+    with pytest.raises(AudioError, match=r"pipe.wav: is a FIFO \(named pipe\), not an audio file$"):
+        decode_audio(tmp_path / "pipe.wav")

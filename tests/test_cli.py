@@ -25,7 +25,7 @@ from kwsbatch.train.data import split_for_validation
 
 CLASSES = sorted(WORDS)  # train sorts the manifest's labels
 OWN_COLUMNS = [
-    "path", "label", "confidence", *(f"p_{c}" for c in CLASSES), "duration_s", "sample_rate", "channels", "model", "error",
+    "path", "label", "confidence", *(f"p_{c}" for c in CLASSES), "duration_s", "sample_rate", "channels", "model", "error", "warning",
     "file_size", "file_mtime_ns",  # how a rerun tells a file changed
 ]
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]

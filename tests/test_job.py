@@ -17,7 +17,7 @@ from conftest import REPO, run_main, tone
 from kwsbatch.files.lock import output_lock
 
 SAMPLES = REPO / "kwsbatch" / "assets" / "samples"
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 75, 130, 143
 
 
 def make_corpus(root: Path, n: int, *, first: int = 0, seconds: tuple[float, float] = (0.3, 0.9)) -> list[Path]:
@@ -234,15 +234,16 @@ def test_standard_output_streams_rows_in_input_order_and_refuses_incremental_fla
 def test_every_exit_status_is_documented():
     reference = (REPO / "docs" / "commands.md").read_text()
     table = reference[reference.index("## Exit status") :]
-    for status in (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED):
+    for status in (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED, EXIT_TERMINATED):
         assert f"| {status} |" in table
 
 
 # --- killed and overlapping runs -------------------------------------------------------------
 
 
-def start_label(*args) -> subprocess.Popen:
-    env = {**os.environ, "COLUMNS": "200"}
+def start_label(*args, hold: str | None = None) -> subprocess.Popen:
+    """Start `kwsbatch label ARGS`; hold ("point[#n]@folder", kwsbatch/faults.py) stops it at that moment."""
+    env = {**os.environ, "COLUMNS": "200", **({"KWSBATCH_HOLD": hold} if hold else {})}
     return subprocess.Popen(
         [sys.executable, "-m", "kwsbatch", "label", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -312,15 +313,19 @@ def test_sigkill_at_any_moment_then_rerun_labels_every_file_exactly_once(big_cor
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_journal_and_says_how_to_finish(big_corpus, tmp_path):
     corpus, paths = big_corpus
-    out = tmp_path / "out.csv"
-    run = start_label(corpus, "-o", out, *SLOW_FLAGS)
-    wait_until(lambda: journaled(out) >= 16, run, "16 files were journaled")
+    out, holds = tmp_path / "out.csv", tmp_path / "holds"
+    holds.mkdir()
+    # Ctrl-C at the run's 20th request for work: mid-run on any machine, however loaded.
+    run = start_label(corpus, "-o", out, *SLOW_FLAGS, hold=f"before-submit#20@{holds}")
+    wait_until(lambda: any(holds.iterdir()), run, "it asked for work the 20th time")
+    at_hold = journaled(out)
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate()
     assert run.returncode == EXIT_INTERRUPTED
     assert f"interrupted; files labelled so far are kept in {out}.journal: run the same command again to finish" in stderr
     assert not out.exists()
     done = journaled(out)
+    assert 16 <= at_hold <= done < len(paths)
     final = label(corpus, "-o", out, "-j", "2")
     assert final.returncode == EXIT_OK
     assert f"labelled {len(paths) - done:,} new or changed files" in final.stderr

@@ -36,7 +36,7 @@ def _with_nonfinite(value: float):
 
 
 def _no_decoder(path: Path) -> None:
-    # An MP3 name on bytes no decoder accepts: libsndfile's own message ("does not exist") would mislead.
+    # An MP3 name on bytes no decoder accepts: read by descriptor, libsndfile judges the bytes, not the name.
     path.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\xff" * 500)
 
 
@@ -46,7 +46,7 @@ BROKEN = {
     "truncated-header.wav": (lambda p: p.write_bytes(_wav_bytes(p)[:20]), "cannot decode audio ("),
     "random-bytes.wav": (lambda p: p.write_bytes(np.random.default_rng(7).bytes(3000)), "cannot decode audio (Format not recognised.)"),
     "text.wav": (lambda p: p.write_text("path,label\nyes.wav,yes\n" * 30), "cannot decode audio (Format not recognised.)"),
-    "not-decodable.mp3": (_no_decoder, "cannot decode audio (unsupported or corrupt format)"),
+    "not-decodable.mp3": (_no_decoder, "cannot decode audio (Format not recognised.)"),
     "nan.wav": (_with_nonfinite(np.nan), "contains NaN or infinite samples"),
     "inf.wav": (_with_nonfinite(np.inf), "contains NaN or infinite samples"),
     "self-loop.wav": (lambda p: os.symlink(p.name, p), "symbolic link loop"),

@@ -234,16 +234,19 @@ def test_a_killed_run_takes_its_worker_processes_with_it(tiny_corpus, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [["-j", "1"], ["-j", "2"]], ids=["one worker", "two workers"])
 def test_sigint_stops_cleanly_keeps_progress_and_says_how_to_resume(tiny_corpus, tmp_path, workers):
-    out = tmp_path / "out.csv"
-    run = start("label", tiny_corpus, "-o", out, "--batch-size", "16", *workers, "-q")
-    assert wait_for(lambda: journaled(out) >= 100, run), run.communicate()[1]
+    out, holds = tmp_path / "out.csv", tmp_path / "holds"
+    # Ctrl-C while the run, seven batches in, asks its loader for more work: not before it has started,
+    # however fast the machine, and never after it has finished, however slow.
+    run = start_held("before-submit#7", holds, "label", tiny_corpus, "-o", out, "--batch-size", "16", *workers, "-q")
+    assert held_pid("before-submit", holds, run) == run.pid
+    at_hold = journaled(out)
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == EXIT_INTERRUPTED
     assert stderr.strip().splitlines()[-1] == f"interrupted; files labelled so far are kept in {out}.journal: run the same command again to finish"
     assert "Traceback" not in stderr
     kept = journaled(out)
-    assert kept >= 100
+    assert 16 <= at_hold <= kept < N_FILES
     final = run_cli("label", tiny_corpus, "-o", out, "--batch-size", "16", "-j", "1")
     assert final.returncode == EXIT_OK
     assert f"labelled {N_FILES - kept:,} new or changed files" in final.stderr

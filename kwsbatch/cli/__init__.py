@@ -8,6 +8,7 @@ Exit codes (documented in docs/commands.md, "Exit status"):
      evaluate's accuracy is below --min-accuracy, or merge found missing or duplicated files
   75 label: another run holds the output's lock; nothing was done (EX_TEMPFAIL: try again later)
   130 interrupted (Ctrl-C)
+  143 terminated (SIGTERM, what cron and systemd timeouts send): stopped as Ctrl-C stops
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import kwsbatch.cli.corpus as corpus
 import kwsbatch.cli.tools as tools
 from kwsbatch.cli.options import HelpFormatter, add_common, settings_from
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 75, 130, 143
 
 # name: (summary, module, examples); the module has add_<name>(parser) and run_<name>(args).
 COMMANDS = {
@@ -49,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from kwsbatch.errors import KwsError
     from kwsbatch.files.lock import LockedError
+    from kwsbatch.sigterm import Terminated, stop_on_sigterm
 
     try:
-        return args.run(args)
+        with stop_on_sigterm():
+            return args.run(args)
     except LockedError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_LOCKED
@@ -60,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except Terminated as e:
+        print(str(e) or "terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt as e:
         print(str(e) or "interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

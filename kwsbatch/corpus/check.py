@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import os
 import sqlite3
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from kwsbatch.errors import KwsError
+from kwsbatch.errors import AudioError, KwsError
+from kwsbatch.files.audio import file_kind, open_audio
 from kwsbatch.files.loader import run_tasks
 from kwsbatch.files.manifest import ManifestRow, is_manifest_path, iter_manifest, iter_tree
 from kwsbatch.progress import Reporter
@@ -69,8 +71,14 @@ class FileFacts:
 
 
 def inspect_file(path: str | os.PathLike) -> FileFacts:
-    """Hash a file's bytes and decode all of it, block by block; never raises for a bad file."""
+    """Hash a file's bytes and decode all of it, block by block; never raises for a bad file.
+
+    Only a regular file is opened: a FIFO would block the audit, a device never end.
+    """
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            return FileFacts(error=f"is {file_kind(mode)}, not an audio file")
         digest = hashlib.blake2b(digest_size=16)
         size = 0
         with open(path, "rb") as f:
@@ -79,14 +87,12 @@ def inspect_file(path: str | os.PathLike) -> FileFacts:
                 size += len(block)
     except FileNotFoundError:
         return FileFacts(error="file not found")
-    except IsADirectoryError:
-        return FileFacts(error="is a folder, not an audio file")
     except OSError as e:
         return FileFacts(error=f"cannot read file ({e.strerror or e})")
     known = FileFacts(size=size, digest=digest.digest())
     try:
-        with sf.SoundFile(path) as f:
-            frames = 0
+        with open_audio(path) as audio:
+            f, frames = audio.sound, 0
             for block in f.blocks(blocksize=_DECODE_BLOCK, dtype="float32", always_2d=True):
                 if not np.isfinite(block).all():
                     return _with(known, f, error="contains NaN or infinite samples")
@@ -94,6 +100,8 @@ def inspect_file(path: str | os.PathLike) -> FileFacts:
             if frames == 0:
                 return _with(known, f, error="contains no samples")
             return _with(known, f, frames=frames)
+    except AudioError as e:
+        return FileFacts(size=size, digest=known.digest, error=str(e).removeprefix(f"{path}: "))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         text = getattr(e, "error_string", None) or str(e)
         reason = text.strip().splitlines()[0] if text.strip() else "unknown error"
@@ -219,7 +227,7 @@ def check_corpus(inputs: Sequence[str], *, jobs: int = ONE_PER_CORE, max_listed:
                 for chunk, facts in _inspect_chunks(_chunked(iter_entries(inputs), chunk_size), jobs):
                     _tally(report, chunk, facts, max_listed)
                     db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)", [
-                        (f.digest, e.row.path, os.path.abspath(e.row.audio_path), e.row.label, e.split, e.speaker)
+                        (f.digest, *map(_to_sql, (e.row.path, os.path.abspath(e.row.audio_path), e.row.label, e.split, e.speaker)))
                         for e, f in zip(chunk, facts)])
                     reporter.advance(len(chunk), **({"unreadable": report.unreadable} if report.unreadable else {}))
             finally:
@@ -286,7 +294,7 @@ def _find_duplicates(db: sqlite3.Connection, report: CheckReport, max_listed: in
         rows = db.execute("SELECT path, real, label, split FROM files WHERE digest = ? ORDER BY rowid", (digest,)).fetchall()
         report.duplicates_listed.append({
             "digest": digest.hex(),
-            "files": [{"path": p, "label": label, "split": split} for p, _, label, split in rows],
+            "files": [{"path": p, "label": label, "split": split} for p, _, label, split in (map(_from_sql, r) for r in rows)],
             "across_splits": len({r[3] for r in rows}) > 1,
             "conflicting_labels": len({r[2] for r in rows}) > 1,
             "same_file_listed_twice": len({r[1] for r in rows}) < len(rows),
@@ -299,7 +307,25 @@ def _find_speakers_across_splits(db: sqlite3.Connection, report: CheckReport, ma
     report.speakers_across_splits = db.execute(f"SELECT COUNT(*) FROM ({straddling})").fetchone()[0]
     for (speaker,) in db.execute(f"{straddling} ORDER BY speaker LIMIT ?", (max_listed,)).fetchall():
         splits = db.execute("SELECT split, COUNT(*) FROM files WHERE speaker = ? GROUP BY split ORDER BY split", (speaker,))
-        report.speakers_listed.append({"speaker": speaker, "splits": dict(splits.fetchall())})
+        report.speakers_listed.append({"speaker": _from_sql(speaker), "splits": {_from_sql(k): n for k, n in splits.fetchall()}})
+
+
+def _to_sql(text: str | None) -> str | bytes | None:
+    """Text for the audit's SQLite file; a name that is not UTF-8 (surrogate escapes) goes in as its bytes.
+
+    Such a value never equals any UTF-8 text, so grouping and comparing stay exact either way.
+    """
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def _from_sql(value):
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _find_missing_labels(report: CheckReport) -> None:

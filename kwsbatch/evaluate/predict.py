@@ -9,11 +9,10 @@ import pandas as pd
 
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.files.manifest import check_known_labels, read_manifest
-from kwsbatch.files.output import OutputPaths, read_label_output
+from kwsbatch.files.output import OutputPaths, read_label_output, table_folder
 from kwsbatch.label.config import LabelConfig
-from kwsbatch.label.job import output_row_key, row_key
 from kwsbatch.label.pipeline import score_files
-from kwsbatch.label.rows import RowLayout
+from kwsbatch.label.rows import RowLayout, output_row_key, row_key
 from kwsbatch.model.checkpoint import load_checkpoint
 from kwsbatch.model.scorer import Scorer
 from kwsbatch.progress import Reporter
@@ -68,7 +67,7 @@ def read_predictions(
     # A file is matched by where it is: the output's paths resolve against its own folder, the
     # manifest's against its. Segments of one file (NeMo's offset and duration, carried into the
     # output) are rows of their own: matched as a rerun of `label` matches them.
-    written = OutputPaths(Path(predictions_csv).parent)
+    written = OutputPaths(table_folder(predictions_csv))
     records = table.to_dict("records")
     # A key twice: its last row. Outputs written before paths were relative to the output hold the manifest's paths as written.
     by_key = {output_row_key({**record, "path": written.resolve(record["path"])}): record for record in records}

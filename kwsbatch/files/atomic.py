@@ -48,7 +48,9 @@ def _fsync_folder(folder: Path) -> None:
 def remove_stale_temporaries(path: str | os.PathLike) -> int:
     """Delete temporaries that killed writers of path left behind; only safe while holding path's lock."""
     path = Path(path)
-    stale = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if len(p.name) == len(path.name) + 18]
+    stale = [
+        p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if len(p.name) == len(path.name) + 18 and not p.is_dir()
+    ]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

@@ -1,7 +1,16 @@
-"""Audio decoding and resampling: any file soundfile reads -> mono float32 at the model's rate.
+"""Audio decoding: any regular file soundfile reads -> mono float32 at the file's own rate.
 
-Decoding is numpy and soundfile only; the resampler (torch, imported lazily) runs beside it in the
-loader's workers (loader.py).
+Decoding is numpy and soundfile only; resample.py (torch, imported lazily) brings clips to the
+model's rate beside it, in the loader's workers (loader.py).
+
+What a folder of a real corpus may hold, and what decoding does with it:
+- any name the file system allows, including bytes that are not UTF-8 (Python hands them over
+  as surrogate escapes): files are opened by os.open, never by soundfile's own name encoding;
+- things that are not regular files (a FIFO named x.wav, a socket, /dev/zero behind a link):
+  refused by their stat before they are opened, as reading them blocks forever or never ends;
+- a header claiming a rate outside resample.py's range: refused; a header claiming more frames
+  than the file holds (a WAV still being written): read in blocks, so memory follows the data
+  actually there, and labelled with a warning.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import contextlib
 import errno
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from kwsbatch.errors import AudioError
+from kwsbatch.files.resample import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 # Extensions picked up when a folder is scanned; a file named explicitly is tried whatever its name.
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
@@ -24,6 +35,11 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", 
 # A clip longer than this is refused rather than labelled from its first seconds: keyword
 # clips are short, and a long recording needs window mode, not truncation.
 DEFAULT_MAX_SECONDS = 30.0
+
+READ_BLOCK_SAMPLES = 1 << 22  # samples (frames x channels) read at a time: 16 MiB as float32
+
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
 
 
 @dataclass(frozen=True)
@@ -33,15 +49,92 @@ class DecodedClip:
     samples: np.ndarray  # (n_samples,) float32
     sample_rate: int  # the file's own rate, before resampling
     channels: int  # the file's own channel count, before mixing
+    warning: str = ""  # labelled all the same, but something is off (a header promising more than the file holds)
 
     @property
     def duration_s(self) -> float:
         return len(self.samples) / self.sample_rate
 
 
+@dataclass(frozen=True)
+class AudioFile:
+    """An open audio file and what its header promised, for a warning when the data falls short."""
+
+    sound: sf.SoundFile
+    promised_frames: int  # frames the header claims; more than sound.frames when the file is cut short
+
+
 def is_audio_path(path: str | os.PathLike) -> bool:
     # os.path, not Path(path).suffix: this runs once per file of a folder scan, and pathlib costs 10x more.
     return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode names, for messages: 'a FIFO (named pipe)', 'a folder', ..."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+@contextlib.contextmanager
+def open_audio(path: str | os.PathLike) -> Iterator[AudioFile]:
+    """Open a regular file for decoding; raise AudioError for anything else, before opening it.
+
+    stat first, so a FIFO, socket or device is never opened (opening a FIFO blocks until a writer
+    comes; a device may never end, or act on being opened); then fstat of what was opened, in case
+    it was swapped for one in between. O_NONBLOCK keeps that open from blocking on a FIFO swapped
+    in (it changes nothing for a regular file's reads); O_NOCTTY keeps a terminal from becoming ours.
+    """
+    with reading_errors(path):
+        before = os.stat(path)
+        if not stat.S_ISREG(before.st_mode):
+            raise AudioError(f"{path}: is {file_kind(before.st_mode)}, not an audio file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+                raise AudioError(f"{path}: was replaced while being opened (now {file_kind(opened.st_mode)})")
+            if opened.st_size == 0:
+                raise AudioError(f"{path}: empty file (0 bytes)")
+            with sf.SoundFile(fd, closefd=False) as sound:
+                if not MIN_SAMPLE_RATE <= sound.samplerate <= MAX_SAMPLE_RATE:
+                    raise AudioError(
+                        f"{path}: its header claims a sample rate of {sound.samplerate:,} Hz; "
+                        f"kwsbatch reads {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE:,} Hz"
+                    )
+                yield AudioFile(sound, _promised_frames(fd, sound, opened.st_size))
+        finally:
+            os.close(fd)
+
+
+def _promised_frames(fd: int, sound: sf.SoundFile, size: int) -> int:
+    """The frames a file's header promises. libsndfile trims a WAV's count to the bytes present,
+    so a WAV's data chunk size is read here (0xFFFFFFFF, a streaming writer's "not known yet",
+    promises 4 GiB); other formats report the header's own count."""
+    head = os.pread(fd, 512, 0)  # one read holds the chunk headers of most WAVs
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return sound.frames
+    offset = 12
+    for _ in range(64):  # chunks before the data: fmt, fact, LIST, bext, junk...
+        header = head[offset : offset + 8] if offset + 8 <= len(head) else os.pread(fd, 8, offset)
+        if len(header) < 8:
+            break
+        size_field = int.from_bytes(header[4:], "little")
+        if header[:4] == b"data":
+            present = size - offset - 8
+            if size_field > present > 0 and sound.frames:
+                return math.ceil(sound.frames * size_field / present)
+            break
+        offset += 8 + size_field + (size_field & 1)
+    return sound.frames
+
+
+def shortfall_warning(frames: int, promised: int, sample_rate: int) -> str:
+    """The row's warning when a file holds fewer frames than its header promises, else ''."""
+    if frames >= promised:
+        return ""
+    return (
+        f"the file holds {frames / sample_rate:.3f} s of the {promised / sample_rate:.3f} s its header promises "
+        "(cut short, or still being written): labelled from what is there"
+    )
 
 
 def decode_audio(
@@ -56,7 +149,8 @@ def decode_audio(
     Raises AudioError with a one-line reason on any failure. A segment is read by seeking, so
     labelling many short segments of a long recording never decodes the whole of it each time.
     """
-    with reading_errors(path), sf.SoundFile(path) as f:
+    with open_audio(path) as audio:
+        f = audio.sound
         start, frames = _segment_frames(f, path, offset, duration)
         if max_seconds is not None and frames > max_seconds * f.samplerate:
             raise AudioError(
@@ -65,15 +159,37 @@ def decode_audio(
             )
         if start:
             f.seek(start)
-        samples = read_mono(f, frames if offset is not None else -1, path)
+        samples = read_frames(f, frames, path)
+        warning = shortfall_warning(start + len(samples) if offset is None else f.frames, audio.promised_frames, f.samplerate)
         sample_rate, channels = f.samplerate, f.channels
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: contains no samples")
-    return DecodedClip(samples, sample_rate, channels)
+    return DecodedClip(samples, sample_rate, channels, warning)
+
+
+def read_frames(f: sf.SoundFile, frames: int, path: str | os.PathLike) -> np.ndarray:
+    """Up to `frames` frames from the file's position as mono float32, read in blocks.
+
+    Never soundfile's read(-1), which allocates what the header claims before reading: a header
+    claiming billions of frames would take that much memory for a file holding a second.
+    """
+    step = block_frames(f)
+    if frames <= step:
+        return read_mono(f, frames, path)
+    blocks = []
+    while frames > 0 and (block := read_mono(f, min(frames, step), path)).size:
+        blocks.append(block)
+        frames -= len(block)
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def block_frames(f: sf.SoundFile) -> int:
+    """Frames in one block of READ_BLOCK_SAMPLES, whatever the channel count."""
+    return max(1, READ_BLOCK_SAMPLES // f.channels)
 
 
 def read_mono(f: sf.SoundFile, frames: int, path: str | os.PathLike) -> np.ndarray:
-    """The next `frames` frames of an open file (-1: all the rest) as mono float32, checked finite.
+    """The next `frames` frames of an open file as mono float32, checked finite.
 
     16-bit files are read as integers and scaled here by libsndfile's own 1/32768, to the same
     floats: libsndfile converts them a sample at a time, which made reading a WAV twice as slow.
@@ -88,27 +204,13 @@ def read_mono(f: sf.SoundFile, frames: int, path: str | os.PathLike) -> np.ndarr
 
 @contextlib.contextmanager
 def reading_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn whatever soundfile raises while opening or reading path into a one-line AudioError."""
+    """Turn whatever the system or soundfile raises while opening or reading path into a one-line AudioError."""
     try:
         yield
     except AudioError:
         raise
     except sf.LibsndfileError as e:
-        # libsndfile reports every system failure (missing, denied, looping link) as "System error.":
-        # open the file ourselves to learn which it was.
-        if os.path.isdir(path):
-            raise AudioError(f"{path}: is a folder, not an audio file") from None
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as os_error:
-            raise AudioError(f"{path}: {_system_reason(path, os_error)}") from None
-        if os.path.getsize(path) == 0:
-            raise AudioError(f"{path}: empty file (0 bytes)") from None
-        reason = _first_line(e.error_string)
-        if "does not exist or is not a regular file" in reason:
-            reason = "unsupported or corrupt format"  # what libsndfile says when no decoder accepts an existing file
-        raise AudioError(f"{path}: cannot decode audio ({reason})") from None
+        raise AudioError(f"{path}: cannot decode audio ({_first_line(e.error_string)})") from None
     except OSError as e:
         raise AudioError(f"{path}: {_system_reason(path, e)}") from None
     except (RuntimeError, TypeError, ValueError) as e:
@@ -143,53 +245,6 @@ def mix_to_mono(data: np.ndarray) -> np.ndarray:
     return mono
 
 
-_RESAMPLE_BLOCKS = 4096
-
-
-class Resampler:
-    """Resamples to one target rate with torchaudio's windowed-sinc kernels, one per source rate.
-
-    torchaudio applies a kernel as a strided convolution, and oneDNN, torch's CPU convolution,
-    compiles a kernel for every new input length: nearly every clip has one, so resampling a
-    1 s 44.1 kHz clip took 2.3 ms. The same sums as a matrix product over strided views of the
-    clip take 0.14 ms and agree with torchaudio to float32 rounding (1e-4 on unit-variance noise).
-    """
-
-    def __init__(self, target_rate: int):
-        self.target_rate = target_rate
-        self._kernels: dict[int, tuple] = {}
-
-    def __call__(self, samples: np.ndarray, sample_rate: int):
-        """(n_samples,) float32 at sample_rate -> (n_resampled,) float32 torch tensor at target_rate."""
-        import torch
-
-        wave = torch.from_numpy(samples)
-        if sample_rate == self.target_rate:
-            return wave
-        if sample_rate not in self._kernels:
-            self._kernels[sample_rate] = self._kernel(sample_rate)
-        step, block, width, kernel = self._kernels[sample_rate]
-        # Every `step` input samples make `block` output samples: block k is the kernel applied
-        # to the input from sample k * step - width on.
-        padded = torch.nn.functional.pad(wave[None], (width, width + step))[0]
-        frames = padded.unfold(0, kernel.shape[0], step)  # (blocks, taps), a view
-        # The product copies its rows of the view; a few thousand at a time keeps that copy small
-        # when taps overlap a lot (48 kHz: 41 taps every 3 samples), whatever the file's length.
-        with torch.no_grad():
-            out = torch.cat([rows @ kernel for rows in frames.split(_RESAMPLE_BLOCKS)]).reshape(-1)
-        return out[: -(-len(wave) * block // step)]  # ceil(n * block / step), as torchaudio
-
-    def _kernel(self, sample_rate: int) -> tuple:
-        import torchaudio
-
-        transform = torchaudio.transforms.Resample(sample_rate, self.target_rate)
-        gcd = math.gcd(sample_rate, self.target_rate)
-        step = sample_rate // gcd
-        # transform.kernel: (new, 1, taps), one row per output phase; here (taps, new).
-        kernel = transform.kernel[:, 0, :].T.contiguous()
-        return step, self.target_rate // gcd, transform.width, kernel
-
-
 def _segment_frames(f: sf.SoundFile, path, offset: float | None, duration: float | None) -> tuple[int, int]:
     """(first frame, frame count) to read: the whole file, or the segment from offset (to the end without duration)."""
     if offset is None:
@@ -214,3 +269,4 @@ def _system_reason(path: str | os.PathLike, error: OSError) -> str:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "unknown error"
+

@@ -41,9 +41,10 @@ import torch.utils.data
 
 from kwsbatch.errors import AudioError, KwsError
 from kwsbatch.faults import hold
-from kwsbatch.files.audio import DEFAULT_MAX_SECONDS, Resampler, decode_audio
+from kwsbatch.files.audio import DEFAULT_MAX_SECONDS, decode_audio
 from kwsbatch.files.lock import close_inherited_locks
 from kwsbatch.files.manifest import ManifestRow
+from kwsbatch.files.resample import Resampler
 from kwsbatch.files.windowing import WindowConfig
 from kwsbatch.files.windows import WindowReader, plan_pieces
 
@@ -166,7 +167,12 @@ def _as_is(data):
 
 
 def _start_worker(parent: int, worker_id: int) -> None:
-    """A worker's start: Ctrl-C left to the parent, no hold on the parent's output lock, and gone when the parent is."""
+    """A worker's start: Ctrl-C left to the parent, no hold on the parent's output lock, and gone when the parent is.
+
+    SIGTERM keeps torch's worker handler (exit when the parent sends it, else die of it): the loader
+    ends stuck workers with it, and a worker must never ignore it. When systemd sends it to every
+    process of a run, the run still reports being terminated (kwsbatch/sigterm.py).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops at its next batch and says how to resume
     sys.excepthook = _quiet_when_the_parent_stops_reading
     close_inherited_locks()
@@ -283,6 +289,7 @@ class FileAudio:
     sample_rate: int = 0  # the file's own rate and channel count
     channels: int = 0
     frames: int | None = None  # the file's length at its own rate; None: this piece did not reach its end
+    warning: str = ""  # with frames: read all the same, but its header promised more than the file holds
 
 
 @dataclass
@@ -363,12 +370,14 @@ def _read_piece(piece: Piece, config: ReadConfig, audio: FileAudio) -> Iterator[
     if config.window is None:
         clip = decode_audio(row.audio_path, max_seconds=config.max_seconds, offset=row.offset_s, duration=row.duration_s)
         audio.sample_rate, audio.channels, audio.frames = clip.sample_rate, clip.channels, len(clip.samples)
+        audio.warning = clip.warning
         yield 0, len(clip.samples), clip.samples, clip.sample_rate
         return
     reader = WindowReader(row.audio_path, config.window, first=piece.first, stop=piece.stop)
     for start, end, samples in reader:
         yield start, end, samples, reader.sample_rate
     audio.sample_rate, audio.channels, audio.frames = reader.sample_rate, reader.channels, reader.frames
+    audio.warning = reader.warning
 
 
 def collate(segments: list[tuple[int, int, int, torch.Tensor]], batch_size: int, min_samples: int, *, shared: bool = True) -> list[Batch]:

@@ -4,7 +4,8 @@ The lock is ``flock`` on ``<output>.lock``. The kernel drops it when its holder 
 exits (SIGKILL included), so a stale lock file never blocks the next run. A holder that ends
 normally, error or not, removes the file while it still holds the lock; a run that opened the file
 before that and then gets the lock sees that the path no longer names its file and starts over on a
-new one, so two runs never hold locks on two different files at once.
+new one, so two runs never hold locks on two different files at once. Only a regular file at that
+very path is a lock: never one reached through a link, never a FIFO or device put there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,7 +63,7 @@ def output_lock(out: str | os.PathLike, *, wait: bool = False, on_wait: Callable
         yield path
     finally:
         _held.discard(fd)
-        if os.getpid() == holder:
+        if os.getpid() == holder and _names(path, fd):
             with contextlib.suppress(OSError):
                 path.unlink()  # while still held: see the module's docstring
         os.close(fd)  # closing the descriptor releases the lock
@@ -73,10 +75,13 @@ def _acquire(path: Path, out, wait: bool, on_wait: Callable[[str], None] | None)
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            # Never through a link, and never blocking on a FIFO put there: only a regular file is a lock.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
         except OSError as e:
             raise KwsError(f"{out}: cannot create its lock file {path} ({e.strerror})") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KwsError(f"{path}: is not a regular file, where this run keeps its lock file; move it away and run again")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -99,10 +104,10 @@ def _acquire(path: Path, out, wait: bool, on_wait: Callable[[str], None] | None)
 
 
 def _names(path: Path, fd: int) -> bool:
-    """Whether path still names the open file fd."""
+    """Whether path itself (not through a link) still names the open file fd."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
+        st = os.lstat(path)
+    except OSError:
         return False
     opened = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (opened.st_dev, opened.st_ino)

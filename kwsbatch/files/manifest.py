@@ -22,7 +22,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.files.audio import is_audio_path
 from kwsbatch.files.dialects import detect_format, is_manifest_name, iter_records, read_columns, table_layout
-from kwsbatch.files.output import PREDICTED_LABEL, is_label_output, is_model_column
+from kwsbatch.files.output import PREDICTED_LABEL, is_label_output, is_model_column, table_folder
 from kwsbatch.files.tree import NOISE_FOLDER, audiofolder_metadata, is_class_folder, read_split_lists, speaker_of
 
 PATH_COLUMNS = ("path", "audio_filepath", "file_name")  # kwsbatch's name, NeMo's, Hugging Face audiofolder's
@@ -150,8 +150,9 @@ def iter_manifest(
         header = manifest_header(path, manifest_format=manifest_format)
         if require_label and "label" not in header:
             raise ManifestError(f"{path}: no 'label' column in the header; this command needs the true labels")
+    base = table_folder(path)
     for line, values in iter_records(path, manifest_format):
-        yield _parse_row(values, manifest_format, path.parent, f"{path} line {line}", require_label)
+        yield _parse_row(values, manifest_format, base, f"{path} line {line}", require_label)
 
 
 def _label_column(columns: Collection[str], manifest_format: str) -> str | None:

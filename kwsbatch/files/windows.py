@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from kwsbatch.errors import AudioError
-from kwsbatch.files.audio import read_mono, reading_errors
+from kwsbatch.files.audio import block_frames, open_audio, read_mono, shortfall_warning
 from kwsbatch.files.windowing import WindowConfig
 
 BLOCK_SECONDS = 60.0  # audio read from disk at a time, and about the length of a piece
@@ -29,18 +29,17 @@ BLOCK_SECONDS = 60.0  # audio read from disk at a time, and about the length of 
 def plan_pieces(path: str | os.PathLike, config: WindowConfig, *, block_s: float = BLOCK_SECONDS) -> list[tuple[int, int | None]]:
     """A file's pieces as (first grid window, stop) pairs, about block_s of audio each; the last one's stop is None.
 
-    From the header alone; a file that cannot be opened (or is not a regular file) is one piece,
-    whose reader then reports the error.
+    From the header alone; a file that cannot be opened (or is not a regular file, which is never
+    opened) is one piece, whose reader then reports the error.
     """
     try:
-        if not os.path.isfile(path):
-            return [(0, None)]
-        info = sf.info(str(path))
-    except (RuntimeError, OSError, TypeError, ValueError):
+        with open_audio(path) as audio:
+            rate, frames = audio.sound.samplerate, audio.sound.frames
+    except AudioError:
         return [(0, None)]
-    window, hop = config.frames(info.samplerate)
-    grid = (info.frames - window) // hop + 1 if info.frames >= window else 0
-    per_piece = max(1, round(block_s * info.samplerate / hop))
+    window, hop = config.frames(rate)
+    grid = (frames - window) // hop + 1 if frames >= window else 0
+    per_piece = max(1, round(block_s * rate / hop))
     cuts = list(range(0, max(grid, 1), per_piece))
     return [*zip(cuts, cuts[1:]), (cuts[-1], None)]
 
@@ -51,7 +50,7 @@ class WindowReader:
     With first and stop, only grid windows first <= k < stop (stop None: to the end), and the tail
     window when the file ends within them. After iteration, ``frames`` is the number of frames in
     the file, its true length even when its header was wrong about it, or None when this piece
-    stopped before the end.
+    stopped before the end; ``warning`` then says so when the header promised more than the file holds.
     """
 
     def __init__(
@@ -64,16 +63,18 @@ class WindowReader:
         self.sample_rate = 0
         self.channels = 0
         self.frames: int | None = None
+        self.warning = ""
 
     @property
     def duration_s(self) -> float:
         return self.frames / self.sample_rate if self.sample_rate and self.frames else 0.0
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        with reading_errors(self.path), sf.SoundFile(self.path) as f:
+        with open_audio(self.path) as audio:
+            f = audio.sound
             self.sample_rate, self.channels = f.samplerate, f.channels
             window, hop = self.config.frames(f.samplerate)
-            block = max(window, round(self.block_s * f.samplerate))
+            block = max(window, min(round(self.block_s * f.samplerate), block_frames(f)))
             start = self.first * hop
             if start and start >= f.frames:
                 return  # planned from a longer file (or a header that promised more): the piece before saw the end
@@ -102,6 +103,7 @@ class WindowReader:
             self.frames = end
             if end == 0:
                 raise AudioError(f"{self.path}: contains no samples")
+            self.warning = shortfall_warning(end, audio.promised_frames, f.samplerate)
             yield from self._tail(f, buffer, buffer_start, window, hop)
 
     def _tail(self, f: sf.SoundFile, buffer: np.ndarray, buffer_start: int, window: int, hop: int) -> Iterator[tuple[int, int, np.ndarray]]:

@@ -7,9 +7,12 @@ them without paying for the model's imports.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 
+from kwsbatch.files.output import is_stream
 from kwsbatch.files.windowing import WindowConfig
+from kwsbatch.label.settle import DEFAULT_SETTLE_S
 from kwsbatch.label.shard import Shard
 from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting, worker_count
 
@@ -46,7 +49,7 @@ class LabelRequest:
     """One `kwsbatch label` run: what to label, with which model, into what; fields match its flags."""
 
     inputs: tuple[str, ...]
-    out: str = "-"  # the output file; "-": standard output
+    out: str = "-"  # the output file; "-": standard output (and /dev/null, /dev/stdout, a FIFO: streams too)
     output_format: str | None = None  # None: from out's extension, else csv
     manifest_format: str | None = None  # None: from each manifest's name
     model: str | None = None  # None: the bundled model
@@ -60,6 +63,9 @@ class LabelRequest:
                                 "join with `kwsbatch merge` (default: all)", metavar="K/N")
     force: bool = setting(False, "relabel every file, not only new or changed ones")
     wait: bool = setting(False, "when another run is writing the same output, wait for it instead of exiting with status 75")
+    settle: float | None = setting(None, "with -o FILE: leave files modified less than SECONDS before the run (or during it) to the "
+                                   f"next run, as they may still be being written; 0 labels them (default: $KWSBATCH_SETTLE, else "
+                                   f"{DEFAULT_SETTLE_S:g})", at_least=0, metavar="SECONDS")
     dask: str | None = None  # a dask.distributed scheduler's address, or "local:N"
     config: LabelConfig = LabelConfig()  # its window comes from window and hop
 
@@ -71,6 +77,10 @@ class LabelRequest:
             raise SettingError("dask", "needs an output file (-o FILE): the driver writes it with the journal")
         if self.shard is not None:
             Shard.parse(self.shard)
+        if self.settle is None:
+            object.__setattr__(self, "settle", settle_from_environment())
+        elif not self.settle >= 0:  # NaN passes the field's limit
+            raise SettingError("settle", f"must be 0 or more seconds, got {self.settle}")
         if self.hop is not None and self.window is None:
             raise SettingError("hop", "needs --window")
         window = None
@@ -80,4 +90,19 @@ class LabelRequest:
 
     @property
     def to_stdout(self) -> bool:
-        return self.out == "-"
+        """Whether rows stream (standard output, /dev/null, a FIFO...) rather than go to a journaled file."""
+        return is_stream(self.out)
+
+
+def settle_from_environment() -> float:
+    """$KWSBATCH_SETTLE in seconds, else DEFAULT_SETTLE_S; SettingError("settle") when it is not a number of seconds."""
+    text = os.environ.get("KWSBATCH_SETTLE")
+    if text is None:
+        return DEFAULT_SETTLE_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:
+        raise SettingError("settle", f"$KWSBATCH_SETTLE must be 0 or more seconds, got {text!r}")
+    return seconds

@@ -1,7 +1,8 @@
 """`kwsbatch merge`: join the outputs of a sharded label run (`--shard K/N`) into one.
 
 Shards are read in the order given and streamed to the merged output, so memory holds one
-16-byte digest per file rather than the rows. Every shard must have the same columns and the
+16-byte digest per file (or segment of a file: manifest rows with an offset are entries of their
+own, wherever they are in a shard) rather than the rows. Every shard must have the same columns and the
 same model. A file found in two shards (overlapping arrays, a shard run twice with different N)
 is written once, from the first shard that has it, and reported. With the inputs the shards
 were given, files that no shard labelled (a task that never ran or died) are reported too.
@@ -18,8 +19,17 @@ from pathlib import Path
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.manifest import iter_inputs
-from kwsbatch.files.output import OutputPaths, check_output_format, iter_label_output, label_output_header, output_format, write_label_rows
-from kwsbatch.label.rows import column_types
+from kwsbatch.files.output import (
+    OutputPaths,
+    check_output_format,
+    iter_label_output,
+    label_output_header,
+    output_format,
+    resolve_output,
+    table_folder,
+    write_label_rows,
+)
+from kwsbatch.label.rows import Key, column_types, output_row_key, row_key
 
 LISTED = 5  # example paths named per problem in the summary line
 
@@ -68,7 +78,7 @@ def merge_outputs(
     manifest_format: str | None = None,
 ) -> MergeSummary:
     """Write the shards' rows to out (csv, jsonl or parquet); compare against inputs when given."""
-    out = Path(out)
+    out = resolve_output(out)  # through a symbolic link: the file it names, as label writes
     kind = output_format(out, out_format)
     check_output_format(kind)
     if not shards:
@@ -89,8 +99,9 @@ def merge_outputs(
     return summary
 
 
-def _key(path: str) -> bytes:
-    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+def _digest(key: Key) -> bytes:
+    path, segment = key
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape") + b"\0" + segment.encode(), digest_size=16).digest()
 
 
 def _common_header(shards: list) -> list[str]:
@@ -119,19 +130,20 @@ def _header(shard) -> list[str]:
 def _merged_rows(shards: list, header: list[str], paths: OutputPaths, seen: set[bytes], summary: MergeSummary) -> Iterator[list[str]]:
     model = None
     for shard in shards:
-        in_shard = OutputPaths(Path(shard).parent)
+        in_shard = OutputPaths(table_folder(shard))
         # Window mode writes a file's detections on consecutive rows: a file is a group of rows.
-        for written, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=lambda r: r["path"]):
-            path = paths.rebase(written, in_shard)
+        for written, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=output_row_key):
+            path = paths.rebase(written[0], in_shard)
             group = [{**row, "path": path} for row in group]
+            key = (path, written[1])
             model = model or group[0]["model"]
             if group[0]["model"] != model:
                 raise KwsError(f"{shard}: {path} was labelled by model {group[0]['model']}, the shards before by {model}")
-            key = _key(path)
-            if key in seen:
+            digest = _digest(key)
+            if digest in seen:
                 summary.note("duplicated", path)
                 continue
-            seen.add(key)
+            seen.add(digest)
             summary.files += 1
             summary.rows += len(group)
             yield from ([row.get(c, "") for c in header] for row in group)
@@ -141,7 +153,7 @@ def _check_inputs(inputs: list[str], manifest_format: str | None, paths: OutputP
     expected: set[bytes] = set()
     for row in iter_inputs(inputs, manifest_format=manifest_format):
         path = paths(row.path, row.audio_path)
-        key = _key(path)
+        key = _digest(row_key(row, path))
         if key in expected:
             continue  # the same path given twice: one row, as in label
         expected.add(key)

@@ -86,6 +86,7 @@ class _Files:
             if audio.frames is not None:
                 result.sample_rate, result.channels = audio.sample_rate, audio.channels
                 result.duration_s = audio.frames / audio.sample_rate
+                result.warning = audio.warning
             seen.append(own)
             if len(seen) == piece.pieces:
                 del self.open[piece.file]

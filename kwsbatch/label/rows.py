@@ -2,7 +2,8 @@
 
 One file's result (FileResult) comes from the pipeline; this module decides how it reads in an
 output: which columns, in which order, formatted how, which of them are numbers, and what
-`--threshold` makes of it. files/output.py writes the rows in a format.
+`--threshold` makes of it; and what a row is known by across runs and shards (row_key).
+files/output.py writes the rows in a format.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class FileResult:
     sample_rate: int = 0
     channels: int = 0
     error: str = ""
+    warning: str = ""
     probabilities: np.ndarray | None = None  # clip mode: (n_classes,)
     detections: list[Detection] = field(default_factory=list)  # window mode, at the window config's threshold
     windows: WindowScores | None = None  # window mode: every window's best class, to merge at other thresholds
@@ -93,6 +95,7 @@ class RowLayout:
             "channels": result.channels,
             "model": self.model_id,
             "error": "",
+            "warning": result.warning,
         }
         p = result.probabilities
         if p is not None:
@@ -152,3 +155,29 @@ def _dialect_names(inputs: list[str], manifest_format: str | None, output_format
         return {}
     path, truth = dialect
     return {"path": path, "label": PREDICTED_LABEL, **({"true_label": truth} if truth else {})}
+
+
+Key = tuple[str, str]  # (path, segment): what a file's result is known by
+
+
+def segment_key(offset_s: float | None, duration_s: float | None) -> str:
+    """A segment's part of a key: '' for a whole file, else its offset and duration in seconds."""
+    return "" if offset_s is None else f"{offset_s!r} {duration_s!r}"
+
+
+def row_key(row: ManifestRow, path: str) -> Key:
+    """What a result is keyed by (in the journal, by merge, and by evaluate --predictions): the file's
+    path as the output names it (files/output.py's OutputPaths), and the segment of a row with an
+    offset; two fields, so no character of a path can blur them."""
+    return path, segment_key(row.offset_s, row.duration_s)
+
+
+def output_row_key(record: dict[str, str]) -> Key:
+    """The row_key of an output row (text fields); its carried offset and duration columns name a segment."""
+    offset, duration = record.get("offset", "").strip(), record.get("duration", "").strip()
+    if not offset:
+        return record["path"], ""
+    try:
+        return record["path"], segment_key(float(offset), float(duration) if duration else None)
+    except ValueError:
+        return record["path"], ""

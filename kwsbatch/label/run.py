@@ -14,33 +14,43 @@ from pathlib import Path
 
 from kwsbatch.errors import Interrupted, KwsError
 from kwsbatch.files.lock import lock_path, output_lock
-from kwsbatch.files.output import check_output_format, output_format
+from kwsbatch.files.output import check_output_format, output_format, resolve_output
 from kwsbatch.label.config import LabelRequest
 from kwsbatch.label.journal import journal_path
 from kwsbatch.progress import Reporter
+from kwsbatch.sigterm import Terminated, terminating
 
 
 def label_corpus(request: LabelRequest, reporter: Reporter | None = None):
     """Label request.inputs into request.out (or standard output); the JobSummary of the run.
 
     KwsError (LockedError when another run holds the output) and Ctrl-C (Interrupted, saying what
-    was kept) are recorded in the reporter's log and raised.
+    was kept) are recorded in the reporter's log and raised; SIGTERM (Terminated) as Ctrl-C.
     """
     reporter = reporter or Reporter()
     try:
         check_output_format(output_format(request.out, request.output_format))
         _refuse_when_locked(request)
         summary = _label(request, reporter)
-    except KwsError as e:
-        reporter.record(f"error: {e}")
-        raise
-    except KeyboardInterrupt:
-        kept = "" if request.to_stdout or not journal_path(request.out).exists() else (
-            f"; files labelled so far are kept in {request.out}.journal: run the same command again to finish")
-        reporter.record(f"interrupted{kept}")
-        raise Interrupted(f"interrupted{kept}") from None
+    except (KwsError, KeyboardInterrupt) as e:
+        # systemd sends SIGTERM to the loader's workers too: one may die of it (a KwsError) before
+        # this process handles its own. Either way, the run was terminated.
+        if isinstance(e, KwsError) and not terminating():
+            reporter.record(f"error: {e}")
+            raise
+        raise _stopped(request, reporter, terminated=isinstance(e, Terminated) or terminating()) from None
     reporter.record(summary.line())
     return summary
+
+
+def _stopped(request: LabelRequest, reporter: Reporter, *, terminated: bool) -> KeyboardInterrupt:
+    """Ctrl-C (Interrupted) or SIGTERM (Terminated), recorded in the log, saying what was kept and how to finish."""
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    journal = None if request.to_stdout else journal_path(resolve_output(request.out))
+    if journal is not None and journal.exists():  # a run stopped before it labelled a file leaves none
+        what += f"; files labelled so far are kept in {journal}: run the same command again to finish"
+    reporter.record(what)
+    return Terminated(what) if terminated else Interrupted(what)
 
 
 def _refuse_when_locked(request: LabelRequest) -> None:
@@ -48,8 +58,9 @@ def _refuse_when_locked(request: LabelRequest) -> None:
 
     run_label_job takes the lock for the run itself; without a lock file no run holds it.
     """
-    if not (request.to_stdout or request.wait) and lock_path(request.out).is_file():
-        with output_lock(request.out):
+    out = resolve_output(request.out)
+    if not (request.to_stdout or request.wait) and lock_path(out).is_file():
+        with output_lock(out):
             pass
 
 
@@ -71,11 +82,12 @@ def _label(request: LabelRequest, reporter: Reporter):
     options = dict(output_format=kind, manifest_format=request.manifest_format, shard=shard, reporter=reporter)
     score = functools.partial(score_files, scorer)
     if request.to_stdout:
-        return stream_labels(score, layout, list(request.inputs), config, **options)
+        return stream_labels(score, layout, list(request.inputs), config, out=request.out, **options)
     with contextlib.ExitStack() as stack:
         if request.dask:
             from kwsbatch.label.cluster import connect, score_on_cluster
 
             client = stack.enter_context(connect(request.dask))
             score = functools.partial(score_on_cluster, client, model.resolve(), scorer.model_id, request.device)
-        return run_label_job(score, layout, list(request.inputs), request.out, config, force=request.force, wait=request.wait, **options)
+        return run_label_job(score, layout, list(request.inputs), request.out, config, force=request.force, wait=request.wait,
+                             settle_s=request.settle, **options)

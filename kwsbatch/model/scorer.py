@@ -11,8 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from kwsbatch.files.audio import Resampler
 from kwsbatch.files.loader import pad_waveforms
+from kwsbatch.files.resample import Resampler
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id
 from kwsbatch.model.device import full_float32, resolve_device
 

@@ -353,7 +353,8 @@ def time_label(args: list[str], out: Path, files: int) -> LabelRun:
     log = out.with_suffix(".log")
     for stale in (out, log):
         stale.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "kwsbatch", "label", *args, "-o", str(out), "--quiet", "--log", str(log)]
+    # --settle 0: the clips were written a moment ago, and are to be labelled, not left to a next run.
+    command = [sys.executable, "-m", "kwsbatch", "label", *args, "-o", str(out), "--settle", "0", "--quiet", "--log", str(log)]
     run = time_process(command, out.with_suffix(".stderr"), files)
     # The summary line the run logged: "...; N rows in S s, R files/s, peak RSS M MiB -> out".
     summary = log.read_text(encoding="utf-8")

@@ -51,7 +51,7 @@ def round_trip(samples: np.ndarray, codec: str, level: float, sample_rate: int) 
 
 @functools.lru_cache(maxsize=None)
 def _resampler(rate: int):
-    from kwsbatch.files.audio import Resampler
+    from kwsbatch.files.resample import Resampler
 
     return Resampler(rate)
 

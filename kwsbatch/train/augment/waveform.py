@@ -17,8 +17,9 @@ def load_noise(source: str | Path, sample_rate: int) -> tuple[torch.Tensor, list
     source is a folder (every audio file under it) or a manifest (its rows labelled _silence_,
     e.g. the real-noise clips of a training split, never those of its validation or test split).
     """
-    from kwsbatch.files.audio import Resampler, decode_audio, is_audio_path
+    from kwsbatch.files.audio import decode_audio, is_audio_path
     from kwsbatch.files.manifest import read_manifest
+    from kwsbatch.files.resample import Resampler
 
     source = Path(source)
     if source.is_dir():
