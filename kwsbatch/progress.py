@@ -1,4 +1,4 @@
-"""Progress display: the one module that draws bars. Library code reports through these hooks."""
+"""Progress display: the one module that draws bars, and the console tables print on. Library code reports through these hooks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+# Off a terminal there is no window to fit: rich would squeeze a table into 80 columns (or
+# $COLUMNS) and cut class names to "_si…", so piped tables print at their natural width instead.
+_UNBOUNDED_WIDTH = 100_000
+
+
+def table_console(*, stderr: bool = False) -> Console:
+    """A console for tables and reports: the terminal's width, or off a terminal (piped, captured) no limit."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=_UNBOUNDED_WIDTH)
 
 
 class Reporter:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 
 import numpy as np
 import pytest
 import torch
 
+from kwsbatch.extras import install_command
 from kwsbatch.train.augment import RoomReverb
 
 SR = 16000
@@ -89,7 +91,7 @@ def test_the_bank_is_made_from_the_seed():
 
 def test_shoebox_rooms_without_pyroomacoustics_are_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyroomacoustics", None)  # what find_spec reports for a missing package
-    with pytest.raises(ValueError, match=r"needs pyroomacoustics \(pip install 'kwsbatch\[augment\]'\), or use --rooms exponential"):
+    with pytest.raises(ValueError, match=re.escape(f"needs pyroomacoustics ({install_command('augment')}), or use --rooms exponential")):
         RoomReverb(0.5, 0.2, 0.6, model="shoebox")
     assert RoomReverb(0.0, 0.2, 0.6, model="shoebox").p == 0  # switched off, nothing is needed
 

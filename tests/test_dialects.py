@@ -187,7 +187,7 @@ def test_offset_and_duration_label_each_segment_as_its_own_clip(long_recording, 
     expected = pd.read_csv(tmp_path / "separate.csv", dtype=str, keep_default_na=False)
     columns = ["label", "confidence", "p_down", "p_no", "p_up", "p_yes", "duration_s"]
     pd.testing.assert_frame_equal(got[columns], expected[columns])
-    assert list(got["path"]) == ["session.wav"] * 4
+    assert list(got["path"]) == [os.path.relpath(folder / "session.wav", tmp_path)] * 4  # relative to the output's folder
     assert list(got["offset"]) == ["0.5", "2.0", "3.5", "5.0"]
     assert set(got["duration_s"]) == {"1.000"}
 
@@ -310,7 +310,60 @@ def test_label_inputs_take_every_manifest_extension(tmp_path):
 def test_an_audiofolder_is_read_by_its_folder_as_by_its_metadata(manifests, trained_model, tmp_path):
     metadata = manifests["test"]["audiofolder"]
     by_file, by_folder = (run_main("label", given, "--model", trained_model, "-q", check=True).stdout for given in (metadata, metadata.parent))
-    assert by_folder == by_file and "true_label" in by_folder.splitlines()[0]
+    assert by_folder == by_file
+    assert by_folder.splitlines()[0].split(",")[:2] == ["file_name", "pred_label"]  # CSV out: the audiofolder's names
     for name, given in (("file", metadata), ("folder", metadata.parent)):
         run_main("evaluate", given, "--model", trained_model, "-o", tmp_path / name, "-q", check=True)
     assert (tmp_path / "folder" / "predictions.csv").read_text() == (tmp_path / "file" / "predictions.csv").read_text()
+
+
+def test_nemo_json_lines_come_back_in_nemo_names_and_read_back_as_the_same_segments(tmp_path):
+    """NeMo in, JSON lines out: audio_filepath, the truth under its own name, duration and offset as
+    numbers, the model's label as pred_label; labelling that output again gives it back."""
+    from conftest import REPO
+
+    samples = REPO / "kwsbatch" / "assets" / "samples"
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("yes_0.wav", "no_0.wav"):
+        (data / name).write_bytes((samples / name).read_bytes())
+    write_jsonl(data / "manifest.json", [{"audio_filepath": "yes_0.wav", "duration": 1.0, "label": "yes"},
+                                         {"audio_filepath": "no_0.wav", "duration": 0.5, "offset": 0.25, "label": "no"}])
+    (tmp_path / "out").mkdir()
+    run_main("label", data / "manifest.json", "-o", tmp_path / "out" / "labels.jsonl", "-q", check=True)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "labels.jsonl").read_text().splitlines()]
+    assert [(r["audio_filepath"], r["label"], r["duration"], r["offset"]) for r in lines] == [
+        ("../data/yes_0.wav", "yes", 1.0, None), ("../data/no_0.wav", "no", 0.5, 0.25)]
+    assert all(r["pred_label"] and "path" not in r and "true_label" not in r for r in lines)
+    back = read_manifest(tmp_path / "out" / "labels.jsonl", require_label=True)
+    first = read_manifest(data / "manifest.json", require_label=True)
+    assert [(r.audio_path.resolve(), r.label, r.offset_s, r.duration_s) for r in back] == [
+        (r.audio_path.resolve(), r.label, r.offset_s, r.duration_s) for r in first]
+    run_main("label", tmp_path / "out" / "labels.jsonl", "-o", tmp_path / "out" / "again.jsonl", "-q", check=True)
+    assert (tmp_path / "out" / "again.jsonl").read_text() == (tmp_path / "out" / "labels.jsonl").read_text()
+    # Another format than the dialect's: kwsbatch's own names.
+    run_main("label", data / "manifest.json", "-o", tmp_path / "out" / "labels.csv", "-q", check=True)
+    assert csv_rows(tmp_path / "out" / "labels.csv")[0]["path"] == "../data/yes_0.wav"
+
+
+def test_an_audiofolder_comes_back_as_file_name_in_csv_and_reads_back_as_the_same_files(tmp_path):
+    from conftest import REPO
+
+    samples = REPO / "kwsbatch" / "assets" / "samples"
+    folder = tmp_path / "hf"
+    for name in ("yes_0.wav", "yes_1.flac", "no_0.wav"):
+        (folder / name.split("_")[0]).mkdir(parents=True, exist_ok=True)
+        (folder / name.split("_")[0] / name).write_bytes((samples / name).read_bytes())
+    write_delimited(folder / "metadata.csv", [{"file_name": "yes/yes_0.wav", "speaker": "a"},
+                                              {"file_name": "yes/yes_1.flac", "speaker": "b"},
+                                              {"file_name": "no/no_0.wav", "speaker": "a"}])
+    run_main("label", folder, "-o", tmp_path / "labels.csv", "-q", check=True)
+    rows = csv_rows(tmp_path / "labels.csv")
+    assert list(rows[0])[:2] == ["file_name", "pred_label"] and "path" not in rows[0] and "true_label" not in rows[0]
+    assert [(r["file_name"], r["label"], r["speaker"]) for r in rows] == [
+        ("hf/yes/yes_0.wav", "yes", "a"), ("hf/yes/yes_1.flac", "yes", "b"), ("hf/no/no_0.wav", "no", "a")]
+    back = read_manifest(tmp_path / "labels.csv", require_label=True)
+    first = read_manifest(folder, require_label=True)
+    assert [(r.audio_path.resolve(), r.label, r.extras) for r in back] == [(r.audio_path.resolve(), r.label, r.extras) for r in first]
+    run_main("label", tmp_path / "labels.csv", "-o", tmp_path / "again.csv", "-q", check=True)
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "labels.csv").read_text()

@@ -58,7 +58,7 @@ def test_a_rerun_over_the_same_files_labels_nothing_and_writes_the_same_bytes(tm
     assert second.returncode == EXIT_OK
     assert "labelled 0 new or changed files (0 failed), skipped 30 unchanged" in second.stderr
     assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out.csv", "out.csv.lock"]  # no journal left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out.csv"]  # no journal or lock file left
 
 
 def test_a_grown_corpus_labels_only_new_and_changed_files_and_keeps_earlier_rows(tmp_path):
@@ -105,6 +105,16 @@ def test_failed_files_get_an_error_row_and_are_retried_on_the_next_run(tmp_path)
     assert "labelled 1 new or changed files (0 failed), skipped 4 unchanged" in fixed.stderr
 
 
+def test_a_run_that_fails_before_labelling_a_file_leaves_no_journal_or_lock(tmp_path):
+    make_corpus(tmp_path / "corpus", 2)
+    manifest = tmp_path / "corpus" / "clips.csv"
+    manifest.write_text("path,label\n,yes\npart000/clip00000.wav,no\n")  # line 2: no path
+    result = label(manifest, "-o", tmp_path / "out.csv")
+    assert result.returncode == EXIT_ERROR
+    assert result.stderr == f"error: {manifest} line 2: empty path\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
 def test_an_output_path_holding_some_other_file_is_not_replaced_without_force(tmp_path):
     make_corpus(tmp_path / "corpus", 2)
     out = tmp_path / "notes.csv"
@@ -113,7 +123,7 @@ def test_an_output_path_holding_some_other_file_is_not_replaced_without_force(tm
     assert result.returncode == EXIT_ERROR
     assert result.stderr.strip() == f"error: {out}: exists and is not the output of `kwsbatch label`; refusing to replace it (move it away, or use --force to overwrite it)"
     assert out.read_text() == "name,phone\nalice,123\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "notes.csv", "notes.csv.lock"]  # no journal begun
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "notes.csv"]  # no journal begun, no lock file left
     folder = label(tmp_path / "corpus", "-o", tmp_path / "corpus")
     assert folder.returncode == EXIT_ERROR and "is a folder; -o takes the path of the CSV file to write" in folder.stderr
     assert label(tmp_path / "corpus", "-o", out, "--force").returncode == EXIT_OK
@@ -141,10 +151,10 @@ def test_kept_rows_take_the_manifests_current_columns(tmp_path):
     manifest.write_text("path,speaker\n" + "".join(f"{p.relative_to(corpus)},new{i}\n" for i, p in enumerate(paths)))
     result = label(manifest, "-o", out)
     assert "labelled 0 new or changed files" in result.stderr
-    assert [(r["path"], r["speaker"]) for r in read_rows(out)] == [(str(p.relative_to(corpus)), f"new{i}") for i, p in enumerate(paths)]
+    assert [(r["path"], r["speaker"]) for r in read_rows(out)] == [(str(p.relative_to(tmp_path)), f"new{i}") for i, p in enumerate(paths)]
 
 
-def test_one_row_per_path_and_a_path_naming_two_files_is_an_error(tmp_path):
+def test_one_row_per_path_and_one_file_per_path(tmp_path):
     corpus = tmp_path / "corpus"
     [a, b] = make_corpus(corpus, 2)
     out = tmp_path / "out.csv"
@@ -155,10 +165,15 @@ def test_one_row_per_path_and_a_path_naming_two_files_is_an_error(tmp_path):
         (tmp_path / name).mkdir()
         sf.write(tmp_path / name / "same.wav", tone(500, 0.5), 16000)
         (tmp_path / name / "list.csv").write_text("path\nsame.wav\n")
-    clash = label(tmp_path / "x" / "list.csv", tmp_path / "y" / "list.csv", "-o", tmp_path / "clash.csv")
-    assert clash.returncode == EXIT_ERROR
-    assert f"{tmp_path / 'y' / 'list.csv'} line 2: path 'same.wav' is also given by {tmp_path / 'x' / 'list.csv'} line 2" in clash.stderr
-    assert not (tmp_path / "clash.csv").exists()
+    # Two manifests' same.wav are two files: paths relative to the output's folder tell them apart.
+    both = label(tmp_path / "x" / "list.csv", tmp_path / "y" / "list.csv", "-o", tmp_path / "both.csv")
+    assert both.returncode == EXIT_OK, both.stderr
+    assert [r["path"] for r in read_rows(tmp_path / "both.csv")] == ["x/same.wav", "y/same.wav"]
+    # One file named two ways (by a folder given relative, and by a manifest given absolute): one row.
+    (tmp_path / "x" / "list.csv").write_text("path\n../x/same.wav\n")
+    once = label("x", tmp_path / "x" / "list.csv", "-o", "once.csv", cwd=tmp_path)
+    assert once.returncode == EXIT_OK, once.stderr
+    assert [r["path"] for r in read_rows(tmp_path / "once.csv")] == ["x/same.wav"]
 
 
 def test_long_files_get_an_error_row_pointing_to_window_mode_which_labels_them(tmp_path):
@@ -339,3 +354,30 @@ def test_a_second_run_on_the_same_output_exits_at_once_or_waits_with_wait(big_co
     _, waiting_err = waiting.communicate()
     assert waiting.returncode == EXIT_OK, waiting_err
     assert f"labelled {len(paths):,} new or changed files (0 failed)" in waiting_err
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_another_working_directory_with_paths_relative_to_the_output(tmp_path):
+    """The journal is keyed by the output's own paths, so the rerun matches the killed run's rows
+    whichever folder cron starts it in."""
+    paths = make_corpus(tmp_path / "data" / "clips", 40)
+    (tmp_path / "data" / "clips.csv").write_text("path\n" + "".join(f"{p.relative_to(tmp_path / 'data')}\n" for p in paths))
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    # Held when it asks for a third task: the first two tasks' files are in the journal.
+    run = subprocess.Popen(
+        [sys.executable, "-m", "kwsbatch", "label", "clips.csv", "-o", "../out/labels.csv", *SLOW_FLAGS],
+        cwd=tmp_path / "data", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "200", "KWSBATCH_HOLD": f"before-submit#3@{holds}"},
+    )
+    wait_until(lambda: any(holds.iterdir()), run, "it stopped at the hold point")
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    out = tmp_path / "out" / "labels.csv"
+    done = journaled(out)
+    assert done >= 2
+    final = label("data/clips.csv", "-o", "out/labels.csv", *SLOW_FLAGS, cwd=tmp_path)
+    assert final.returncode == EXIT_OK, final.stderr
+    assert f"labelled {len(paths) - done:,} new or changed files (0 failed)" in final.stderr
+    assert f"resumed {done:,} from an interrupted run" in final.stderr
+    assert [r["path"] for r in read_rows(out)] == [os.path.relpath(p, out.parent) for p in paths]

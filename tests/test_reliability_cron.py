@@ -337,8 +337,30 @@ def test_output_through_a_symbolic_link_writes_the_target_and_keeps_the_link(tmp
         assert list(read_rows(real / "target.csv")) == [str(tmp_path / "a.wav")]
         assert f"-> {real / 'target.csv'}" in result.stderr
     assert "labelled 0 new or changed files" in result.stderr  # the second run found the target's rows
-    assert sorted(p.name for p in real.iterdir()) == ["target.csv", "target.csv.lock"]
+    assert sorted(p.name for p in real.iterdir()) == ["target.csv"]  # its lock file was removed by its holder
     assert not (tmp_path / "labels.csv.lock").exists()
+
+
+def test_output_through_a_symbolic_link_names_files_relative_to_the_target_and_reads_back_through_either(tmp_path):
+    # The rows are in the target's folder, so its relative paths are relative to that folder, and a
+    # manifest read through a link resolves against the same folder: the link and the file read alike.
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "a.wav").write_bytes(GOOD)
+    target = tmp_path / "runs" / "today" / "labels.csv"
+    target.parent.mkdir(parents=True)
+    (tmp_path / "links").mkdir()
+    os.symlink("../runs/today/labels.csv", tmp_path / "links" / "latest.csv")
+    run_main("label", "audio/a.wav", "-o", "links/latest.csv", "-q", cwd=tmp_path, check=True)
+    assert list(read_rows(target)) == ["../../audio/a.wav"]
+    again = run_main("label", "audio/a.wav", "-o", "links/latest.csv", cwd=tmp_path)
+    assert "labelled 0 new or changed files" in again.stderr, again.stderr  # keyed by the same relative path
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for n, table in enumerate((tmp_path / "links" / "latest.csv", target)):
+        run_main("label", table, "-o", f"relabelled{n}.csv", "-q", cwd=elsewhere, check=True)
+        assert list(read_rows(elsewhere / f"relabelled{n}.csv")) == ["../audio/a.wav"]
+        run_main("merge", table, "-o", f"merged{n}.csv", "--inputs", "../audio", cwd=elsewhere, check=True)
+        assert list(read_rows(elsewhere / f"merged{n}.csv")) == ["../audio/a.wav"]
 
 
 def test_output_to_dev_null_streams_and_makes_no_lock_in_dev(tmp_path):

@@ -186,3 +186,23 @@ def test_render_report_prints_labels_literally():
     rows = [dict(path="n.wav", true_label="[noise]", label="[noise]", confidence=0.9, error="")]
     text = render(evaluate_predictions(pd.DataFrame(rows), ["[noise]", "yes"]))
     assert "[noise]" in text
+
+
+def test_piped_evaluate_prints_whole_class_names_and_n_a_for_classes_without_clips(tmp_path):
+    """Captured (not a terminal) at 80 columns: the bundled model's 12-class tables keep their
+    names whole, and a class the manifest has no clips of shows n/a, not 0.000."""
+    from conftest import REPO, run_main
+
+    demo = pd.read_csv(REPO / "manifests" / "demo.csv")
+    subset = demo[demo["label"].isin(["yes", "no"])].assign(path=lambda d: [str((REPO / "manifests" / p).resolve()) for p in d["path"]])
+    subset.to_csv(tmp_path / "yes_no.csv", index=False)
+    result = run_main("evaluate", tmp_path / "yes_no.csv", "-o", tmp_path / "report", env_extra={"COLUMNS": "80"}, check=True)
+    assert "…" not in result.stdout
+    lines = [line.split() for line in result.stdout.splitlines()]
+    first = {}  # each label's first row is its per-class row; the second, its confusion row
+    for cells in lines:
+        if cells:
+            first.setdefault(cells[0], cells[1:])
+    assert first["truth"] == ["_silence_", "_unknown_", "down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes"]
+    assert first["up"] == ["n/a", "n/a", "n/a", "0"]
+    assert first["yes"] == ["1.000", "1.000", "1.000", "3"]

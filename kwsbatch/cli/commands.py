@@ -219,12 +219,11 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args) -> int:
-    from rich.console import Console
-
     from kwsbatch.evaluate.report import render_groups, render_report
     from kwsbatch.evaluate.run import evaluate_manifest
     from kwsbatch.evaluate.wakeword import is_event_manifest
     from kwsbatch.label.config import LabelConfig
+    from kwsbatch.progress import table_console
 
     if args.min_group_clips < 1:
         args.parser.error(f"argument --min-group-clips: must be at least 1, got {args.min_group_clips}")
@@ -238,9 +237,9 @@ def run_evaluate(args) -> int:
         config=settings_from(args, LabelConfig), manifest_format=args.manifest_format, reporter=reporter(args),
         by=args.by, min_group_clips=args.min_group_clips,
     )
-    render_report(evaluation, Console())
+    render_report(evaluation, table_console())
     for group_scores in groups:
-        render_groups(group_scores, Console())
+        render_groups(group_scores, table_console())
     print(f"report written to {out_dir}", file=sys.stderr)
     if args.min_accuracy is not None and evaluation.accuracy < args.min_accuracy:
         print(f"accuracy {evaluation.accuracy:.2%} is below --min-accuracy {args.min_accuracy:.2%}", file=sys.stderr)
@@ -250,12 +249,11 @@ def run_evaluate(args) -> int:
 
 def _evaluate_recordings(args) -> int:
     """A wake-word truth list: window mode over long recordings, detections matched in time, a threshold sweep."""
-    from rich.console import Console
-
     from kwsbatch.evaluate.report import render_wakeword
     from kwsbatch.evaluate.run import evaluate_recordings
     from kwsbatch.evaluate.wakeword import WakewordConfig
     from kwsbatch.label.config import LabelConfig
+    from kwsbatch.progress import table_console
 
     if args.predictions or args.min_accuracy is not None or args.by:
         args.parser.error("--predictions, --min-accuracy and --by are for clip manifests; "
@@ -269,7 +267,7 @@ def _evaluate_recordings(args) -> int:
         args.manifest, wakeword, out_dir=args.out, model=args.model, device=args.device, config=settings_from(args, LabelConfig),
         manifest_format=args.manifest_format, reporter=reporter(args),
     )
-    render_wakeword(evaluation, Console())
+    render_wakeword(evaluation, table_console())
     print(f"report written to {out_dir}", file=sys.stderr)
     return EXIT_OK
 

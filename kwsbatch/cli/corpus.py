@@ -35,10 +35,10 @@ def add_synth(p: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from kwsbatch.corpus.synth import SynthConfig, read_word_list, speaker_notes, summarize, synthesize_corpus
+    from kwsbatch.progress import table_console
 
     config = SynthConfig(
         words=tuple(w for w in args.words.split(",") if w.strip()), per_word=args.per_word, unknown=args.unknown,
@@ -57,7 +57,7 @@ def run_synth(args) -> int:
         table.add_column(str(column), justify="left" if column in ("label", "engine") else "right")
     for row in counts.itertuples(index=False):
         table.add_row(*map(str, row))
-    Console().print(table)
+    table_console().print(table)
     for note in speaker_notes(manifest):
         print(note)
     return EXIT_OK
@@ -96,10 +96,10 @@ def run_manifest(args) -> int:
 
 
 def _write_manifests(args, data_dir, out) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from kwsbatch.corpus.speech_commands import SPLITS, ManifestConfig, write_manifests
+    from kwsbatch.progress import table_console
 
     words = ManifestConfig.words if args.words is None else None if args.words.strip() == "all" else tuple(args.words.split(","))
     config = ManifestConfig(words=words, unknown_percent=args.unknown_percent, silence_percent=args.silence_percent,
@@ -111,7 +111,7 @@ def _write_manifests(args, data_dir, out) -> None:
         table.add_column(split, justify="right")
     for label in sorted({label for counts in summary.counts.values() for label in counts}):
         table.add_row(label, *(f"{summary.counts[s].get(label, 0):,}" for s in SPLITS))
-    Console(stderr=True).print(table)
+    table_console(stderr=True).print(table)
     if summary.listed_missing:
         print(f"warning: {summary.listed_missing} files named in the split lists are not in {data_dir}", file=sys.stderr)
     print(f"wrote {', '.join(str(Path(out) / f'{s}.csv') for s in SPLITS)}", file=sys.stderr)
@@ -167,13 +167,12 @@ def add_check(p: argparse.ArgumentParser) -> None:
 def run_check(args) -> int:
     import json
 
-    from rich.console import Console
-
     from kwsbatch.corpus.check import check_corpus, render_check
     from kwsbatch.files.atomic import atomic_write
+    from kwsbatch.progress import table_console
 
     report = check_corpus(args.inputs, jobs=args.jobs, max_listed=args.max_listed, reporter=reporter(args))
-    render_check(report, Console())
+    render_check(report, table_console())
     out = Path(args.out) if args.out else Path("reports") / Path(os.path.abspath(args.inputs[0])).stem / "check.json"
     with atomic_write(out) as f:
         f.write(json.dumps(report.as_dict(), indent=2) + "\n")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from kwsbatch.cli.options import add_model, add_settings, settings_from
+from kwsbatch.extras import install_command
 
 EXIT_OK = 0
 
@@ -61,7 +62,7 @@ def run_export(args) -> int:
     model = Path(args.checkpoint) if args.checkpoint else default_model_path()
     result = export_model(model, args.out, export_format=export_format(args.out, args.to), opset=args.opset)
     if result.max_difference is None:
-        checked = "not checked: onnxruntime is not installed (pip install 'kwsbatch[onnx]')"
+        checked = f"not checked: onnxruntime is not installed ({install_command('onnx')})"
     else:
         checked = f"matches kwsbatch on {result.checked_clips} clips (max |dp| {result.max_difference:.1e} <= {TOLERANCE:g})"
     print(f"wrote {result.path} ({result.export_format}, {result.size_bytes / 1e6:.2f} MB): {checked}", file=sys.stderr)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.files.manifest import check_known_labels, read_manifest
-from kwsbatch.files.output import read_label_output
+from kwsbatch.files.output import OutputPaths, read_label_output, table_folder
 from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.pipeline import score_files
 from kwsbatch.label.rows import RowLayout, output_row_key, row_key
@@ -64,14 +64,19 @@ def read_predictions(
     classes = tuple(c[2:] for c in table.columns if c.startswith("p_"))
     if missing or not classes:
         raise KwsError(f"{predictions_csv}: not a kwsbatch predictions CSV (needs path, label and p_<class> columns)")
-    # Segments of one file (NeMo's offset and duration, carried into the output) are rows of
-    # their own: matched as a rerun of `label` matches them.
-    by_key = {output_row_key(record): record for record in table.to_dict("records")}  # a key twice: its last row
+    # A file is matched by where it is: the output's paths resolve against its own folder, the
+    # manifest's against its. Segments of one file (NeMo's offset and duration, carried into the
+    # output) are rows of their own: matched as a rerun of `label` matches them.
+    written = OutputPaths(table_folder(predictions_csv))
+    records = table.to_dict("records")
+    # A key twice: its last row. Outputs written before paths were relative to the output hold the manifest's paths as written.
+    by_key = {output_row_key({**record, "path": written.resolve(record["path"])}): record for record in records}
+    by_path_as_written = {output_row_key(record): record for record in records}
     check_known_labels(rows, classes)
     layout = RowLayout(classes)
     records = []
     for row in rows:
-        record = by_key.get(row_key(row))
+        record = by_key.get(row_key(row, os.path.abspath(row.audio_path))) or by_path_as_written.get(row_key(row, row.path))
         if record is None:
             segment = f" (offset {row.offset_s:g} s)" if row.offset_s is not None else ""
             raise ManifestError(f"{row.source}: no prediction for {row.path}{segment} in {predictions_csv}")

@@ -342,15 +342,21 @@ def _per_class_table(evaluation: Evaluation) -> Table:
     table.add_column("label")
     for name in ("precision", "recall", "F1", "support"):
         table.add_column(name, justify="right")
-    for row in evaluation.per_class.itertuples(index=False):
+    # report.json keeps 0.0 for a ratio over nothing (metrics.py); a reader of the table is told there was nothing to count.
+    predicted = evaluation.confusion.sum(axis=0)
+    for row, n_predicted in zip(evaluation.per_class.itertuples(index=False), predicted):
         table.add_row(
             Text(str(row.label)),  # Text: a label like "[noise]" is not rich markup
-            f"{row.precision:.3f}",
-            f"{row.recall:.3f}",
-            f"{row.f1:.3f}",
+            _score(row.precision, n_predicted),
+            _score(row.recall, row.support),
+            _score(row.f1, row.support + n_predicted),
             str(int(row.support)),
         )
     return table
+
+
+def _score(value: float, denominator: int) -> str:
+    return f"{value:.3f}" if denominator else "n/a"
 
 
 def _confusion_table(evaluation: Evaluation) -> Table:

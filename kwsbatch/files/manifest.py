@@ -22,6 +22,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.files.audio import is_audio_path
 from kwsbatch.files.dialects import detect_format, is_manifest_name, iter_records, read_columns, table_layout
+from kwsbatch.files.output import PREDICTED_LABEL, is_label_output, is_model_column, table_folder
 from kwsbatch.files.tree import NOISE_FOLDER, audiofolder_metadata, is_class_folder, read_split_lists, speaker_of
 
 PATH_COLUMNS = ("path", "audio_filepath", "file_name")  # kwsbatch's name, NeMo's, Hugging Face audiofolder's
@@ -130,6 +131,8 @@ def manifest_header(path: str | os.PathLike, *, manifest_format: str | None = No
     if len(named) > 1 and table_layout(path, manifest_format) != "jsonl":
         raise ManifestError(f"{path}: columns {' and '.join(map(repr, named))} both name the audio file; keep one")
     label = _label_column(columns, manifest_format)
+    if is_label_output(columns):
+        columns = [c for c in columns if c == label or not is_model_column(c)]
     header = ["path" if c in named else "label" if c == label else c for c in columns]
     if label is None and manifest_format == "audiofolder":
         header.append("label")  # from each file's folder
@@ -147,11 +150,14 @@ def iter_manifest(
         header = manifest_header(path, manifest_format=manifest_format)
         if require_label and "label" not in header:
             raise ManifestError(f"{path}: no 'label' column in the header; this command needs the true labels")
+    base = table_folder(path)
     for line, values in iter_records(path, manifest_format):
-        yield _parse_row(values, manifest_format, path.parent, f"{path} line {line}", require_label)
+        yield _parse_row(values, manifest_format, base, f"{path} line {line}", require_label)
 
 
 def _label_column(columns: Collection[str], manifest_format: str) -> str | None:
+    if is_label_output(columns) and PREDICTED_LABEL not in columns:
+        return "true_label" if "true_label" in columns else None  # its label column is the model's, not the truth
     if "label" in columns:
         return "label"
     if manifest_format == "jsonl" and NEMO_LABEL_COLUMN in columns:
@@ -171,6 +177,8 @@ def _parse_row(values: dict[str, str], manifest_format: str, base: Path, source:
         raise ManifestError(f"{source}: empty path")
     label_column = _label_column(values, manifest_format)
     label = values.pop(label_column).strip() if label_column else ""
+    if is_label_output(values):
+        values = {c: v for c, v in values.items() if not is_model_column(c)}
     if not label and manifest_format == "audiofolder":
         label = PurePosixPath(given.replace("\\", "/")).parent.name  # audiofolder's class folders
     if require_label and not label:
@@ -252,6 +260,28 @@ def input_extra_columns(inputs: Iterable[str], *, manifest_format: str | None = 
             header = manifest_header(given, manifest_format=manifest_format) if is_manifest_path(given, manifest_format) else []
         columns += [name for name in header if name != "path" and name not in columns]
     return columns
+
+
+def input_dialect(inputs: Iterable[str], *, manifest_format: str | None = None) -> tuple[str, str | None] | None:
+    """(path column, truth column or None) when every input is a manifest in one dialect, NeMo's JSON
+    lines (audio_filepath) or an audiofolder's metadata (file_name); None for kwsbatch's own names.
+    Read from each manifest's first record: a manifest names its columns one way throughout."""
+    found = set()
+    for given in inputs:
+        if os.path.isdir(given):
+            given, fmt = audiofolder_metadata(given), "audiofolder"
+            if given is None:
+                return None
+        elif is_manifest_path(given, manifest_format):
+            fmt = detect_format(given, manifest_format)
+        else:
+            return None
+        first = next(iter_records(given, fmt), (0, {}))[1]
+        path = next((c for c in PATH_COLUMNS if c in first), "path")
+        if path == "path":
+            return None
+        found.add((path, "label" if fmt == "audiofolder" else _label_column(first, fmt)))
+    return found.pop() if len(found) == 1 else None
 
 
 def _access_denied(path: str) -> bool:

@@ -33,14 +33,29 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from kwsbatch.errors import KwsError
+from kwsbatch.extras import install_command
 from kwsbatch.files.atomic import atomic_write
 
 OUTPUT_FORMATS = ("csv", "jsonl", "parquet")
+# A label output's own columns (label/rows.py lays them out, with a p_<class> column per class); the
+# others are its inputs' columns, carried through.
+BASE_COLUMNS = ("path", "label", "confidence")
+WINDOW_COLUMNS = ("path", "start_s", "end_s", "label", "confidence")  # window mode: one row per detection
+# warning: labelled all the same, but the file is odd (its header promises more audio than it holds);
+# unlike an error, a warning is not a failure: the row counts as labelled and is not retried.
+INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error", "warning")
+ADDED_COLUMNS = ("warning",)  # columns newer than some outputs: an output without them is kept, the cells empty
+FILE_COLUMNS = ("file_size", "file_mtime_ns")  # the file as it was labelled: how a rerun tells it changed
+# An output in its inputs' dialect (NeMo's JSON lines, an audiofolder's metadata.csv) keeps their names
+# for the path and the truth, so it reads back in their tools; the model's label is then pred_label.
+PREDICTED_LABEL = "pred_label"
+DIALECT_PATH_COLUMNS = ("audio_filepath", "file_name")  # NeMo's, Hugging Face audiofolder's
+_MODEL_COLUMNS = frozenset(BASE_COLUMNS + WINDOW_COLUMNS + INFO_COLUMNS + FILE_COLUMNS + (PREDICTED_LABEL,)) - {"path"}
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 PARQUET_ROWS_PER_GROUP = 65536  # rows buffered before each Parquet row group is written
 CSV_ERRORS = "surrogateescape"  # CSV cells hold a name's own bytes, UTF-8 or not
@@ -55,6 +70,12 @@ def resolve_output(out: str | os.PathLike) -> Path:
     it: renaming over the link would replace the link with a file and leave its target stale.
     """
     return Path(os.path.realpath(out)) if os.path.islink(out) else Path(out)
+
+
+def table_folder(table: str | os.PathLike) -> Path:
+    """The folder a manifest's or label output's relative paths are relative to: the table's own, or
+    for a symbolic link, the folder of the file it names (where an output written through the link is)."""
+    return resolve_output(table).parent
 
 
 def is_stream(out: str | os.PathLike) -> bool:
@@ -113,6 +134,71 @@ def _text_errors(output_format: str) -> str:
     return CSV_ERRORS if output_format == "csv" else JSON_ERRORS
 
 
+def is_label_output(columns: Collection[str]) -> bool:
+    """Whether a table with these columns is a label output (given back to label or evaluate as a manifest, say)."""
+    return all(c in columns for c in ("confidence", "model", "error"))
+
+
+def dialect_names(columns: Collection[str]) -> dict[str, str]:
+    """kwsbatch's column name -> the one an output in its inputs' dialect wrote, read from its columns (empty: kwsbatch's own names)."""
+    if PREDICTED_LABEL not in columns:
+        return {}
+    names = {"label": PREDICTED_LABEL, **{"path": c for c in DIALECT_PATH_COLUMNS if c in columns}}
+    if "label" in columns:
+        names["true_label"] = "label"
+    return names
+
+
+def _kwsbatch_names(columns: Sequence[str]) -> list[str]:
+    written = {v: k for k, v in dialect_names(columns).items()}
+    return [written.get(c, c) for c in columns]
+
+
+def is_model_column(column: str) -> bool:
+    """A label output's column that the model's run wrote (not one of its inputs'): a label output read
+    as a manifest leaves them out, so labelling it again gives the columns the first run gave."""
+    return column in _MODEL_COLUMNS or column.startswith("p_")
+
+
+class OutputPaths:
+    """How a label output in `folder` names the files it lists, so that it reads back as a manifest
+    (whose paths resolve against its own folder) from any working directory.
+
+    A path given absolute (in a manifest, or found under a folder given by one) stays as given; any
+    other is written relative to the output's folder, or absolute when no relative path leads there
+    (another drive). An output beside its manifest, or in the working directory for a folder given
+    relative, so keeps the paths it had before. A run's instance caches each folder's relative
+    path: on a rerun over millions of files this is per file.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = os.path.abspath(folder)
+        self._folders: dict[str, str] = {}  # a folder (relative to the working directory, or absolute) -> relative to self.folder
+
+    def __call__(self, given: str, location: str | os.PathLike) -> str:
+        """A file the inputs name `given`, found at `location` (relative to the working directory, or absolute), as the output names it."""
+        return given if os.path.isabs(given) else self._relative(os.fspath(location))
+
+    def rebase(self, written: str, other: OutputPaths) -> str:
+        """A path as the output in other's folder wrote it, as this output names it (merge)."""
+        return written if os.path.isabs(written) else self._relative(os.path.join(other.folder, written))
+
+    def resolve(self, written: str) -> str:
+        """A path as the output in this folder wrote it, as an absolute path (normalized)."""
+        return os.path.normpath(os.path.join(self.folder, written))
+
+    def _relative(self, path: str) -> str:
+        head, name = os.path.split(path)
+        folder = self._folders.get(head)
+        if folder is None:
+            try:
+                folder = os.path.relpath(os.path.abspath(head or os.curdir), self.folder)
+            except ValueError:  # another drive
+                folder = os.path.abspath(head or os.curdir)
+            folder = self._folders[head] = "" if folder == os.curdir else folder
+        return os.path.join(folder, name)
+
+
 def output_format(out: str | os.PathLike | None, given: str | None = None) -> str:
     """The format asked for (--output-format), else the one the output's extension names, else CSV."""
     if given is not None:
@@ -122,6 +208,21 @@ def output_format(out: str | os.PathLike | None, given: str | None = None) -> st
     if out is None or str(out) == "-":
         return "csv"
     return _EXTENSIONS.get(Path(out).suffix.lower(), "csv")
+
+
+def check_output_format(output_format: str) -> None:
+    """Fail before any work (no lock, journal, model or labelling) when writing output_format needs a package that is missing."""
+    if output_format == "parquet":
+        _parquet("parquet output")
+
+
+def _parquet(what: str):
+    """pyarrow.parquet, or a KwsError saying what needs it and how to install it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise KwsError(f"{what} needs pyarrow: {install_command('parquet')}") from None
+    return pq
 
 
 def write_label_rows(
@@ -152,7 +253,10 @@ def write_label_rows(
 
 
 def label_output_header(path: str | os.PathLike, kind: str) -> list[str]:
-    """The columns of an earlier label output in format kind (empty for an empty file)."""
+    """The columns of an earlier label output in format kind, in kwsbatch's names (empty for an empty file)."""
+    if kind == "csv":  # read directly: an output of no files still has its header line
+        with open(path, newline="", encoding="utf-8-sig", errors=CSV_ERRORS) as f:
+            return _kwsbatch_names(next(csv.reader(f), []))
     for header, _ in _iter_output(path, kind):
         return header
     return []
@@ -165,6 +269,18 @@ def iter_label_output(path: str | os.PathLike, kind: str) -> Iterator[dict[str, 
 
 
 def _iter_output(path, kind: str) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """(header, row) of each row, in kwsbatch's column names whatever the output's dialect."""
+    names: dict[tuple, list[str]] = {}
+    for header, row in _iter_written(path, kind):
+        header = tuple(header)
+        if header not in names:
+            names[header] = _kwsbatch_names(header)
+        if names[header] != list(header):
+            row = {name: row.get(written, "") for name, written in zip(names[header], header)}
+        yield names[header], row
+
+
+def _iter_written(path, kind: str) -> Iterator[tuple[list[str], dict[str, str]]]:
     if kind == "csv":
         with open(path, newline="", encoding="utf-8-sig", errors=CSV_ERRORS) as f:
             reader = csv.DictReader(f)
@@ -180,8 +296,7 @@ def _iter_output(path, kind: str) -> Iterator[tuple[list[str], dict[str, str]]]:
                         raise KwsError(f"{path} line {line}: not valid JSON ({e.msg})") from None
                     yield list(record), {k: _text(v) for k, v in record.items()}
     else:
-        import pyarrow.parquet as pq
-
+        pq = _parquet("reading Parquet")
         try:
             table = pq.ParquetFile(path)
             names = [n for n in table.schema_arrow.names if n != PATH_BYTES]
@@ -201,10 +316,13 @@ def read_label_output(path: str | os.PathLike):
 
     kind = output_format(path)
     if kind == "csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", encoding_errors=CSV_ERRORS)
-    records = _read_json_lines(path) if kind == "jsonl" else [_parquet_record(r) for r in _read_parquet(path)]
-    columns = list(dict.fromkeys(k for r in records for k in r))
-    return pd.DataFrame([[_text(r.get(c)) for c in columns] for r in records], columns=columns, dtype=str)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", encoding_errors=CSV_ERRORS)
+    else:
+        records = _read_json_lines(path) if kind == "jsonl" else [_parquet_record(r) for r in _read_parquet(path)]
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        table = pd.DataFrame([[_text(r.get(c)) for c in columns] for r in records], columns=columns, dtype=str)
+    table.columns = _kwsbatch_names(list(table.columns))
+    return table
 
 
 def _read_json_lines(path: str | os.PathLike) -> list[dict]:
@@ -220,10 +338,7 @@ def _read_json_lines(path: str | os.PathLike) -> list[dict]:
 
 
 def _read_parquet(path: str | os.PathLike) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise KwsError("reading Parquet needs pyarrow: pip install 'kwsbatch[parquet]'") from None
+    pq = _parquet("reading Parquet")
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     try:
@@ -283,11 +398,8 @@ def _write_json_lines(f: TextIO, rows: Iterable[Sequence], columns: Sequence[str
 
 
 def _write_parquet(f: BinaryIO, rows: Iterable[Sequence], columns: Sequence[str], types: dict[str, type]) -> None:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise KwsError("parquet output needs pyarrow: pip install 'kwsbatch[parquet]'") from None
+    pq = _parquet("parquet output")
+    import pyarrow as pa
     arrow_types = {str: pa.string(), float: pa.float64(), int: pa.int64()}
     schema = pa.schema([*((c, arrow_types[types.get(c, str)]) for c in columns), (PATH_BYTES, pa.binary())])
     text = [c for c in columns if types.get(c, str) is str]

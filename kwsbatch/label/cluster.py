@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kwsbatch.errors import KwsError
+from kwsbatch.extras import install_command
 from kwsbatch.files.manifest import ManifestRow, chunked
 from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.pipeline import score_files
@@ -38,7 +39,7 @@ def connect(address: str) -> Iterator[object]:
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise KwsError("--dask needs dask.distributed: pip install 'kwsbatch[dask]'") from None
+        raise KwsError(f"--dask needs dask.distributed: {install_command('dask')}") from None
     if address.startswith("local:"):
         try:
             workers = int(address.removeprefix("local:"))

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +34,19 @@ from kwsbatch.files.atomic import remove_stale_temporaries
 from kwsbatch.files.audio import file_kind
 from kwsbatch.files.lock import lock_path, output_lock
 from kwsbatch.files.manifest import ManifestRow, check_inputs_exist, iter_inputs
-from kwsbatch.files.output import iter_label_output, label_output_header, open_stream, resolve_output, write_label_rows
+from kwsbatch.files.output import (
+    ADDED_COLUMNS,
+    OutputPaths,
+    iter_label_output,
+    label_output_header,
+    open_stream,
+    resolve_output,
+    write_label_rows,
+)
 from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.journal import Journal, file_identity, journal_path, remove_journal
 from kwsbatch.label.pipeline import Score
-from kwsbatch.label.rows import ADDED_COLUMNS, FILE_COLUMNS, Key, OutputColumns, RowLayout, output_row_key, row_key
+from kwsbatch.label.rows import FILE_COLUMNS, Key, OutputColumns, RowLayout, output_row_key, row_key
 from kwsbatch.label.settle import Settle
 from kwsbatch.label.shard import Shard, select_shard
 from kwsbatch.progress import Reporter
@@ -120,7 +128,7 @@ def run_label_job(
     check_inputs_exist(inputs)
     out = resolve_output(out)
     check_run_files(out)
-    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format)
+    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format, output_format)
     summary = JobSummary(out=str(out), settle_s=settle_s)
     with output_lock(out, wait=wait, on_wait=reporter.log):
         started = time.perf_counter()
@@ -139,18 +147,33 @@ def run_label_job(
             settle = Settle(settle_s)
             hold("scan")
             rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
-            _label_new_files(score, rows, journal, config, columns, settle, summary, reporter)
+            _label_new_files(score, rows, _keys(OutputPaths(out.parent)), journal, config, columns, settle, summary, reporter)
             _write_output(out, output_format, journal, columns, summary)
         except sqlite3.Error as e:  # the journal's disk filled up (or it broke) mid-run
+            journal.close()
             raise KwsError(
                 f"{journal.path}: cannot record results ({e}); {out} is unchanged: free space and run the same command again"
             ) from None
-        finally:
-            journal.close()
-        remove_journal(journal.path)
+        except BaseException:  # an error or Ctrl-C: keep the journal only when it holds files to resume
+            _close_journal(journal, keep=_labelled_any(journal))
+            raise
+        _close_journal(journal, keep=False)
         summary.seconds = time.perf_counter() - started
     summary.peak_rss = peak_rss()
     return summary
+
+
+def _labelled_any(journal: Journal) -> bool:
+    try:
+        return journal.labelled_count() > 0
+    except sqlite3.Error:
+        return True  # cannot tell: keep what may be there
+
+
+def _close_journal(journal: Journal, *, keep: bool) -> None:
+    journal.close()
+    if not keep:
+        remove_journal(journal.path)
 
 
 def _journal_settings(layout: RowLayout, columns: OutputColumns, config: LabelConfig) -> dict:
@@ -185,9 +208,15 @@ def check_run_files(out: Path) -> None:
             raise KwsError(f"{path}: is {found}, where this run keeps its {what}; move it away and run again")
 
 
+def _keys(paths: OutputPaths) -> Callable[[ManifestRow], Key]:
+    """A row's key: its file's path as the output names it (relative to the output's folder), and its segment."""
+    return lambda row: row_key(row, paths(row.path, row.audio_path))
+
+
 def _label_new_files(
     score: Score,
     rows: Iterable[ManifestRow],
+    key_of: Callable[[ManifestRow], Key],
     journal: Journal,
     config: LabelConfig,
     columns: OutputColumns,
@@ -198,8 +227,9 @@ def _label_new_files(
     identities: dict[Key, tuple[int, int] | None] = {}  # files in flight only
     reporter.start("labelling", None)
     try:
-        for task, results in score(_new_files(rows, journal, columns, settle, identities, summary, reporter), config):
-            journal.record((row_key(row), identities.pop(row_key(row)), columns.result_values(r)) for row, r in zip(task, results))
+        for task, results in score(_new_files(rows, key_of, journal, columns, settle, identities, summary, reporter), config):
+            keys = [key_of(row) for row in task]
+            journal.record((k, identities.pop(k), columns.result_values(r)) for k, r in zip(keys, results))
             summary.labelled += len(task)
             summary.failed += sum(bool(r.error) for r in results)
             reporter.advance(len(task), skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
@@ -210,6 +240,7 @@ def _label_new_files(
 
 def _new_files(
     rows: Iterable[ManifestRow],
+    key_of: Callable[[ManifestRow], Key],
     journal: Journal,
     columns: OutputColumns,
     settle: Settle,
@@ -225,14 +256,15 @@ def _new_files(
         if n % COMMIT_EVERY == 0:
             journal.commit()
             reporter.advance(0, skipped=f"{summary.unchanged + summary.resumed:,}", failed=f"{summary.failed:,}")
-        key = row_key(row)
+        key = key_of(row)
+        audio_path = os.path.abspath(row.audio_path)  # two manifests' same relative name are two files
         identity = None if row.error else file_identity(row.audio_path)
         if settle.fresh(identity):
             summary.deferred += 1
             if journal.has_result(key):  # it keeps its row, whose size and mtime make the next run relabel it
-                journal.add_input(key, str(row.audio_path), row.source, columns.input_values(row))
+                journal.add_input(key, audio_path, row.source, columns.input_values(row))
             continue
-        if not journal.add_input(key, str(row.audio_path), row.source, columns.input_values(row)):
+        if not journal.add_input(key, audio_path, row.source, columns.input_values(row)):
             continue  # the same path given twice: one row
         known = journal.lookup(key, identity)
         if known is None:
@@ -284,7 +316,7 @@ def _previous_results(out: Path, output_format: str, columns: OutputColumns, mod
 def _write_output(out: Path, output_format: str, journal: Journal, columns: OutputColumns, summary: JobSummary) -> None:
     """Write the journal's rows to out atomically."""
     try:
-        write_label_rows(_output_values(journal, columns, summary), out, columns.all, columns.types, output_format=output_format)
+        write_label_rows(_output_values(journal, columns, summary), out, columns.written, columns.types, output_format=output_format)
     except OSError as e:  # a full disk or a read-only folder: the rename never happened
         raise KwsError(
             f"{out}: cannot write the output ({e.strerror or e}); the previous {out.name} is unchanged "
@@ -322,15 +354,16 @@ def stream_labels(
     """
     reporter = reporter or Reporter()
     check_inputs_exist(inputs)
-    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format)
+    columns = OutputColumns(layout, inputs, config.window is not None, manifest_format, output_format)
     summary = JobSummary(out="standard output" if out == "-" else out)
     started = time.perf_counter()
     rows = select_shard(iter_inputs(inputs, manifest_format=manifest_format), shard)
+    paths = OutputPaths(os.curdir)  # where a stream (a redirected standard output, a FIFO's reader) most likely lands
     with open_stream(out, output_format) as f:
         reporter.start("labelling", None)
         try:
-            write_label_rows(_scored_rows(score, rows, config, columns, summary, reporter), f, columns.all, columns.types,
-                             output_format=output_format)
+            scored = _scored_rows(score, rows, paths, config, columns, summary, reporter)
+            write_label_rows(scored, f, columns.written, columns.types, output_format=output_format)
         finally:
             reporter.stop()
     summary.seconds = time.perf_counter() - started
@@ -338,15 +371,15 @@ def stream_labels(
     return summary
 
 
-def _scored_rows(score: Score, rows: Iterable[ManifestRow], config: LabelConfig, columns: OutputColumns, summary: JobSummary,
-                 reporter: Reporter) -> Iterator[list]:
+def _scored_rows(score: Score, rows: Iterable[ManifestRow], paths: OutputPaths, config: LabelConfig, columns: OutputColumns,
+                 summary: JobSummary, reporter: Reporter) -> Iterator[list]:
     """Each input row's output rows as value lists, in input order, as the tasks finish."""
     for task, results in score(rows, config, ordered=True):
         for row, result in zip(task, results):
             size, mtime_ns = (None if row.error else file_identity(row.audio_path)) or ("", "")
             values = columns.result_values(result)
             for result_values in values:
-                yield [row.path, *result_values, size, mtime_ns, *columns.input_values(row)]
+                yield [paths(row.path, row.audio_path), *result_values, size, mtime_ns, *columns.input_values(row)]
             summary.rows += len(values)
         summary.labelled += len(task)
         summary.failed += sum(bool(r.error) for r in results)

@@ -27,9 +27,12 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kwsbatch.errors import KwsError
-from kwsbatch.label.rows import Key
+
+if TYPE_CHECKING:  # rows.py imports numpy: label/run.py reads journal_path before a locked run's heavy imports
+    from kwsbatch.label.rows import Key
 
 FORMAT = 2  # 1 keyed segments by a separator inside the path column
 _SCHEMA = """

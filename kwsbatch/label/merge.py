@@ -10,7 +10,6 @@ were given, files that no shard labelled (a task that never ran or died) are rep
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import os
@@ -20,7 +19,16 @@ from pathlib import Path
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.manifest import iter_inputs
-from kwsbatch.files.output import CSV_ERRORS, iter_label_output, output_format, write_label_rows
+from kwsbatch.files.output import (
+    OutputPaths,
+    check_output_format,
+    iter_label_output,
+    label_output_header,
+    output_format,
+    resolve_output,
+    table_folder,
+    write_label_rows,
+)
 from kwsbatch.label.rows import Key, column_types, output_row_key, row_key
 
 LISTED = 5  # example paths named per problem in the summary line
@@ -70,7 +78,9 @@ def merge_outputs(
     manifest_format: str | None = None,
 ) -> MergeSummary:
     """Write the shards' rows to out (csv, jsonl or parquet); compare against inputs when given."""
-    out = Path(out)
+    out = resolve_output(out)  # through a symbolic link: the file it names, as label writes
+    kind = output_format(out, out_format)
+    check_output_format(kind)
     if not shards:
         raise KwsError("merge needs at least one shard output")
     for shard in shards:
@@ -81,10 +91,11 @@ def merge_outputs(
     header = _common_header(shards)
     summary = MergeSummary(out=str(out), shards=len(shards))
     seen: set[bytes] = set()
-    rows = _merged_rows(shards, header, seen, summary)
-    write_label_rows(rows, out, header, column_types(header), output_format=output_format(out, out_format))
+    paths = OutputPaths(out.parent)  # each shard's paths are relative to its own folder; the merged output's, to its
+    rows = _merged_rows(shards, header, paths, seen, summary)
+    write_label_rows(rows, out, header, column_types(header), output_format=kind)
     if inputs is not None:
-        _check_inputs(inputs, manifest_format, seen, summary)
+        _check_inputs(inputs, manifest_format, paths, seen, summary)
     return summary
 
 
@@ -113,22 +124,18 @@ def _common_header(shards: list) -> list[str]:
 
 
 def _header(shard) -> list[str]:
-    kind = output_format(shard)
-    if kind == "csv":  # read directly: a shard that got no files still has its header line
-        with open(shard, newline="", encoding="utf-8-sig", errors=CSV_ERRORS) as f:
-            return next(csv.reader(f), [])
-    for row in iter_label_output(shard, kind):
-        return list(row)
-    return []
+    return label_output_header(shard, output_format(shard))
 
 
-def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: MergeSummary) -> Iterator[list[str]]:
+def _merged_rows(shards: list, header: list[str], paths: OutputPaths, seen: set[bytes], summary: MergeSummary) -> Iterator[list[str]]:
     model = None
     for shard in shards:
+        in_shard = OutputPaths(table_folder(shard))
         # Window mode writes a file's detections on consecutive rows: a file is a group of rows.
-        for key, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=output_row_key):
-            group = list(group)
-            path = key[0]
+        for written, group in itertools.groupby(iter_label_output(shard, output_format(shard)), key=output_row_key):
+            path = paths.rebase(written[0], in_shard)
+            group = [{**row, "path": path} for row in group]
+            key = (path, written[1])
             model = model or group[0]["model"]
             if group[0]["model"] != model:
                 raise KwsError(f"{shard}: {path} was labelled by model {group[0]['model']}, the shards before by {model}")
@@ -142,13 +149,14 @@ def _merged_rows(shards: list, header: list[str], seen: set[bytes], summary: Mer
             yield from ([row.get(c, "") for c in header] for row in group)
 
 
-def _check_inputs(inputs: list[str], manifest_format: str | None, seen: set[bytes], summary: MergeSummary) -> None:
+def _check_inputs(inputs: list[str], manifest_format: str | None, paths: OutputPaths, seen: set[bytes], summary: MergeSummary) -> None:
     expected: set[bytes] = set()
     for row in iter_inputs(inputs, manifest_format=manifest_format):
-        key = _digest(row_key(row))
+        path = paths(row.path, row.audio_path)
+        key = _digest(row_key(row, path))
         if key in expected:
             continue  # the same path given twice: one row, as in label
         expected.add(key)
         if key not in seen:
-            summary.note("missing", row.path)
+            summary.note("missing", path)
     summary.unexpected = len(seen - expected)

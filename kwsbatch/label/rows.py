@@ -13,16 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kwsbatch.files.manifest import ManifestRow, input_extra_columns
+from kwsbatch.files.manifest import ManifestRow, input_dialect, input_extra_columns
+from kwsbatch.files.output import BASE_COLUMNS, FILE_COLUMNS, INFO_COLUMNS, PREDICTED_LABEL, WINDOW_COLUMNS
 from kwsbatch.label.windows import Detection, WindowScores
 
-BASE_COLUMNS = ("path", "label", "confidence")
-WINDOW_COLUMNS = ("path", "start_s", "end_s", "label", "confidence")  # window mode: one row per detection
-# warning: labelled all the same, but the file is odd (its header promises more audio than it holds);
-# unlike an error, a warning is not a failure: the row counts as labelled and is not retried.
-INFO_COLUMNS = ("duration_s", "sample_rate", "channels", "model", "error", "warning")
-ADDED_COLUMNS = ("warning",)  # columns newer than some outputs: an output without them is kept, the cells empty
-FILE_COLUMNS = ("file_size", "file_mtime_ns")  # the file as it was labelled: how a rerun tells it changed
 UNKNOWN = "_unknown_"  # what --threshold writes for a clip no class is sure enough of
 _NUMBERS = {"confidence": float, "duration_s": float, "start_s": float, "end_s": float, "sample_rate": int, "channels": int,
             **{c: int for c in FILE_COLUMNS}}
@@ -123,16 +117,25 @@ class OutputColumns:
     path and the model's own columns, then FILE_COLUMNS, then the inputs' extra (manifest) columns.
     The journal stores values, not dicts, and CSV is written from value lists: on a rerun over
     millions of unchanged files, copying rows is most of the work.
+
+    `written` are the names the output gives them: kwsbatch's, or when the inputs are in NeMo's
+    dialect and the output is JSON lines, or an audiofolder's and the output is CSV, the inputs'
+    own for the path and the truth, with the model's label as pred_label: it reads back in their tools.
     """
 
-    def __init__(self, layout: RowLayout, inputs: list[str], windowed: bool, manifest_format: str | None = None):
+    def __init__(self, layout: RowLayout, inputs: list[str], windowed: bool, manifest_format: str | None = None,
+                 output_format: str = "csv"):
         self.layout = layout
         self.own = layout.columns(windowed=windowed)  # path, then the model's columns
         self.results = self.own[1:]
         extras = input_extra_columns(inputs, manifest_format=manifest_format)
         self.all = layout.columns(extras, windowed=windowed, file_columns=True)
         self.extras = self.all[len(self.own) + len(FILE_COLUMNS) :]
-        self.types = column_types(self.all, layout.classes)
+        names = _dialect_names(inputs, manifest_format, output_format)
+        self.written = [names.get(c, c) for c in self.all]
+        self.types = {names.get(c, c): kind for c, kind in column_types(self.all, layout.classes).items()}
+        if names.get("path") == "audio_filepath":  # NeMo reads its segment's seconds as numbers
+            self.types.update({c: float for c in ("duration", "offset") if c in self.written})
 
     def input_values(self, row: ManifestRow) -> list[str]:
         fields = self.layout.input_fields(row)
@@ -140,6 +143,18 @@ class OutputColumns:
 
     def result_values(self, result: FileResult) -> list[list]:
         return [[fields.get(c, "") for c in self.results] for fields in self.layout.result_fields(result)]
+
+
+_DIALECT_FORMATS = {"audio_filepath": "jsonl", "file_name": "csv"}  # NeMo manifests are JSON lines; audiofolder metadata, CSV
+
+
+def _dialect_names(inputs: list[str], manifest_format: str | None, output_format: str) -> dict[str, str]:
+    """kwsbatch's column name -> the output's, for inputs in a dialect whose own format the output is in."""
+    dialect = input_dialect(inputs, manifest_format=manifest_format)
+    if dialect is None or _DIALECT_FORMATS[dialect[0]] != output_format:
+        return {}
+    path, truth = dialect
+    return {"path": path, "label": PREDICTED_LABEL, **({"true_label": truth} if truth else {})}
 
 
 Key = tuple[str, str]  # (path, segment): what a file's result is known by
@@ -150,10 +165,11 @@ def segment_key(offset_s: float | None, duration_s: float | None) -> str:
     return "" if offset_s is None else f"{offset_s!r} {duration_s!r}"
 
 
-def row_key(row: ManifestRow) -> Key:
-    """What a result is keyed by (in the journal, by merge, and by evaluate --predictions): the path,
-    and the segment of a row with an offset; two fields, so no character of a path can blur them."""
-    return row.path, segment_key(row.offset_s, row.duration_s)
+def row_key(row: ManifestRow, path: str) -> Key:
+    """What a result is keyed by (in the journal, by merge, and by evaluate --predictions): the file's
+    path as the output names it (files/output.py's OutputPaths), and the segment of a row with an
+    offset; two fields, so no character of a path can blur them."""
+    return path, segment_key(row.offset_s, row.duration_s)
 
 
 def output_row_key(record: dict[str, str]) -> Key:

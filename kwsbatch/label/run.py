@@ -14,8 +14,9 @@ from pathlib import Path
 
 from kwsbatch.errors import Interrupted, KwsError
 from kwsbatch.files.lock import lock_path, output_lock
-from kwsbatch.files.output import output_format, resolve_output
+from kwsbatch.files.output import check_output_format, output_format, resolve_output
 from kwsbatch.label.config import LabelRequest
+from kwsbatch.label.journal import journal_path
 from kwsbatch.progress import Reporter
 from kwsbatch.sigterm import Terminated, terminating
 
@@ -28,6 +29,7 @@ def label_corpus(request: LabelRequest, reporter: Reporter | None = None):
     """
     reporter = reporter or Reporter()
     try:
+        check_output_format(output_format(request.out, request.output_format))
         _refuse_when_locked(request)
         summary = _label(request, reporter)
     except (KwsError, KeyboardInterrupt) as e:
@@ -44,8 +46,9 @@ def label_corpus(request: LabelRequest, reporter: Reporter | None = None):
 def _stopped(request: LabelRequest, reporter: Reporter, *, terminated: bool) -> KeyboardInterrupt:
     """Ctrl-C (Interrupted) or SIGTERM (Terminated), recorded in the log, saying what was kept and how to finish."""
     what = "terminated (SIGTERM)" if terminated else "interrupted"
-    if not request.to_stdout:
-        what += f"; files labelled so far are kept in {resolve_output(request.out)}.journal: run the same command again to finish"
+    journal = None if request.to_stdout else journal_path(resolve_output(request.out))
+    if journal is not None and journal.exists():  # a run stopped before it labelled a file leaves none
+        what += f"; files labelled so far are kept in {journal}: run the same command again to finish"
     reporter.record(what)
     return Terminated(what) if terminated else Interrupted(what)
 
@@ -53,8 +56,7 @@ def _stopped(request: LabelRequest, reporter: Reporter, *, terminated: bool) -> 
 def _refuse_when_locked(request: LabelRequest) -> None:
     """Fail at once, before the heavy imports, when another run holds the output's lock.
 
-    run_label_job takes the lock for the run itself; without a lock file no run holds it, and
-    this check would only leave one behind.
+    run_label_job takes the lock for the run itself; without a lock file no run holds it.
     """
     out = resolve_output(request.out)
     if not (request.to_stdout or request.wait) and lock_path(out).is_file():

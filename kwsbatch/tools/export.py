@@ -25,6 +25,7 @@ import torch
 
 import kwsbatch
 from kwsbatch.errors import KwsError
+from kwsbatch.extras import install_command
 from kwsbatch.files.atomic import atomic_write
 from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id, load_checkpoint
@@ -139,7 +140,7 @@ def _onnx_bytes(portable: PortableSpotter, example: tuple[torch.Tensor, torch.Te
     try:
         import onnx
     except ImportError:
-        raise ExportError("ONNX export needs the onnx package: pip install 'kwsbatch[onnx]'") from None
+        raise ExportError(f"ONNX export needs the onnx package: {install_command('onnx')}") from None
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy exporter warns that it is legacy, and about LSTM batch sizes; the check below is what counts.

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 from kwsbatch.errors import CheckpointError
+from kwsbatch.extras import install_command
 from kwsbatch.model.checkpoint import FORMAT, FORMAT_VERSION, checkpoint_id, load_checkpoint
 from kwsbatch.tools.export import TORCHSCRIPT_METADATA
 
@@ -47,7 +48,7 @@ def _onnx_metadata(path: Path) -> dict:
     try:
         import onnx
     except ImportError:
-        raise CheckpointError(f"{path}: an ONNX model; reading its metadata needs the onnx package: pip install 'kwsbatch[onnx]'") from None
+        raise CheckpointError(f"{path}: an ONNX model; reading its metadata needs the onnx package: {install_command('onnx')}") from None
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError, or anything a damaged file makes onnx raise

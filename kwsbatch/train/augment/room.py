@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 
+from kwsbatch.extras import install_command
 from kwsbatch.train.augment.base import WaveTransform, check_range, integers, on_rows, valid
 
 ROOM_MODELS = ("shoebox", "exponential")
@@ -65,7 +66,7 @@ class RoomReverb(WaveTransform):
             raise ValueError(f"RoomReverb: room model must be one of {ROOM_MODELS}, got {model!r}")
         if model == "shoebox" and p > 0 and importlib.util.find_spec("pyroomacoustics") is None:
             raise ValueError(
-                "RoomReverb: the shoebox room model needs pyroomacoustics (pip install 'kwsbatch[augment]'), or use --rooms exponential"
+                f"RoomReverb: the shoebox room model needs pyroomacoustics ({install_command('augment')}), or use --rooms exponential"
             )
         if n_rirs < 1:
             raise ValueError(f"RoomReverb: n_rirs must be >= 1, got {n_rirs}")
