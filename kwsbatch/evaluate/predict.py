@@ -44,7 +44,8 @@ def predict_manifest(
             results.append({**layout.input_fields(row), **fields})
         reporter.advance(len(task))
     reporter.stop()
-    predictions = pd.DataFrame(results).reindex(columns=columns).fillna("")
+    # As objects first: a numeric column with a failed row's gap refuses "" in future pandas.
+    predictions = pd.DataFrame(results).reindex(columns=columns).astype(object).fillna("")
     info = {"model": str(model), "model_id": scorer.model_id, "classes": list(checkpoint.classes), **checkpoint.provenance}
     return _typed(predictions, checkpoint.classes), checkpoint.classes, info
 
