@@ -22,10 +22,10 @@ from pathlib import Path, PurePath, PurePosixPath
 from kwsbatch.errors import KwsError, ManifestError
 from kwsbatch.files.audio import is_audio_path
 from kwsbatch.files.dialects import detect_format, is_manifest_name, iter_records, read_columns, table_layout
-from kwsbatch.files.output import PREDICTED_LABEL, is_label_output, is_model_column, table_folder
+from kwsbatch.files.output import DIALECT_PATH_COLUMNS, PREDICTED_LABEL, is_label_output, is_model_column, table_folder
 from kwsbatch.files.tree import NOISE_FOLDER, audiofolder_metadata, is_class_folder, read_split_lists, speaker_of
 
-PATH_COLUMNS = ("path", "audio_filepath", "file_name")  # kwsbatch's name, NeMo's, Hugging Face audiofolder's
+PATH_COLUMNS = ("path", *DIALECT_PATH_COLUMNS)  # kwsbatch's name, then NeMo's and Hugging Face audiofolder's
 NEMO_LABEL_COLUMN = "command"  # NeMo's speech-commands manifests name the label "command"
 
 

@@ -139,14 +139,18 @@ def is_label_output(columns: Collection[str]) -> bool:
     return all(c in columns for c in ("confidence", "model", "error"))
 
 
+def dialect_columns(path: str | None, truth: str | None) -> dict[str, str]:
+    """kwsbatch's column name -> an output's in its inputs' dialect: the path and the truth under the
+    dialect's names (path, truth; None: not written), the model's label as pred_label."""
+    return {"label": PREDICTED_LABEL, **({"path": path} if path else {}), **({"true_label": truth} if truth else {})}
+
+
 def dialect_names(columns: Collection[str]) -> dict[str, str]:
     """kwsbatch's column name -> the one an output in its inputs' dialect wrote, read from its columns (empty: kwsbatch's own names)."""
     if PREDICTED_LABEL not in columns:
         return {}
-    names = {"label": PREDICTED_LABEL, **{"path": c for c in DIALECT_PATH_COLUMNS if c in columns}}
-    if "label" in columns:
-        names["true_label"] = "label"
-    return names
+    path = next((c for c in reversed(DIALECT_PATH_COLUMNS) if c in columns), None)
+    return dialect_columns(path, "label" if "label" in columns else None)
 
 
 def _kwsbatch_names(columns: Sequence[str]) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kwsbatch.files.manifest import ManifestRow, input_dialect, input_extra_columns
-from kwsbatch.files.output import BASE_COLUMNS, FILE_COLUMNS, INFO_COLUMNS, PREDICTED_LABEL, WINDOW_COLUMNS
+from kwsbatch.files.output import BASE_COLUMNS, FILE_COLUMNS, INFO_COLUMNS, WINDOW_COLUMNS, dialect_columns
 from kwsbatch.label.windows import Detection, WindowScores
 
 UNKNOWN = "_unknown_"  # what --threshold writes for a clip no class is sure enough of
@@ -153,8 +153,7 @@ def _dialect_names(inputs: list[str], manifest_format: str | None, output_format
     dialect = input_dialect(inputs, manifest_format=manifest_format)
     if dialect is None or _DIALECT_FORMATS[dialect[0]] != output_format:
         return {}
-    path, truth = dialect
-    return {"path": path, "label": PREDICTED_LABEL, **({"true_label": truth} if truth else {})}
+    return dialect_columns(*dialect)
 
 
 Key = tuple[str, str]  # (path, segment): what a file's result is known by
