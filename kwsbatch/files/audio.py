@@ -62,6 +62,7 @@ class AudioFile:
 
     sound: sf.SoundFile
     promised_frames: int  # frames the header claims; more than sound.frames when the file is cut short
+    size_bytes: int
 
 
 def is_audio_path(path: str | os.PathLike) -> bool:
@@ -100,7 +101,7 @@ def open_audio(path: str | os.PathLike) -> Iterator[AudioFile]:
                         f"{path}: its header claims a sample rate of {sound.samplerate:,} Hz; "
                         f"kwsbatch reads {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE:,} Hz"
                     )
-                yield AudioFile(sound, _promised_frames(fd, sound, opened.st_size))
+                yield AudioFile(sound, _promised_frames(fd, sound, opened.st_size), opened.st_size)
         finally:
             os.close(fd)
 

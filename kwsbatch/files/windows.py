@@ -24,17 +24,21 @@ from kwsbatch.files.audio import block_frames, open_audio, read_mono, shortfall_
 from kwsbatch.files.windowing import WindowConfig
 
 BLOCK_SECONDS = 60.0  # audio read from disk at a time, and about the length of a piece
+# No format we read packs more frames into a byte: FLAC's smallest frame is about 12 bytes for
+# 65,535 frames, an Ogg packet a byte for at most 8,192. A header claiming more than its file can
+# hold is believed only this far when planning; the last piece reads on to the true end anyway.
+MAX_FRAMES_PER_BYTE = 8192
 
 
 def plan_pieces(path: str | os.PathLike, config: WindowConfig, *, block_s: float = BLOCK_SECONDS) -> list[tuple[int, int | None]]:
     """A file's pieces as (first grid window, stop) pairs, about block_s of audio each; the last one's stop is None.
 
-    From the header alone; a file that cannot be opened (or is not a regular file, which is never
-    opened) is one piece, whose reader then reports the error.
+    From the header alone, capped by the file's size; a file that cannot be opened (or is not a
+    regular file, which is never opened) is one piece, whose reader then reports the error.
     """
     try:
         with open_audio(path) as audio:
-            rate, frames = audio.sound.samplerate, audio.sound.frames
+            rate, frames = audio.sound.samplerate, min(audio.sound.frames, audio.size_bytes * MAX_FRAMES_PER_BYTE)
     except AudioError:
         return [(0, None)]
     window, hop = config.frames(rate)
