@@ -105,6 +105,17 @@ def tone(freq: float, seconds: float, rate: int = 16000, amplitude: float = 0.3)
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
+def flac_claiming(path: Path, total_frames: int) -> None:
+    """A 1 s FLAC whose STREAMINFO claims total_frames frames (36 bits)."""
+    sf.write(path, tone(440, 1.0), 16000, format="FLAC")
+    data = bytearray(path.read_bytes())
+    info = 8  # "fLaC", then a 4-byte block header; total samples are the low 36 bits of STREAMINFO bytes 10-17
+    packed = int.from_bytes(data[info + 10 : info + 18], "big")
+    packed = (packed & ~((1 << 36) - 1)) | total_frames
+    data[info + 10 : info + 18] = packed.to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+
+
 def speak(word: str, voice: str, rate: int, pitch: int) -> np.ndarray:
     """espeak-ng speech as float32 at 16 kHz, placed in a 1 s clip."""
     wav = subprocess.run(

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, run_cli, run_main, tone
+from conftest import REPO, flac_claiming, run_cli, run_main, tone
 from test_reliability_kill import held_pid, journaled, needs_proc_children, start_held, wait_until_gone, worker_pids
 
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_TERMINATED = 0, 1, 3, 143
@@ -51,17 +51,6 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
 def with_data_size(wav: bytes, size: int) -> bytes:
     """The WAV with its data chunk claiming size bytes (as a writer that has not finished leaves it)."""
     return wav[:40] + struct.pack("<I", size) + wav[44:]
-
-
-def flac_claiming(path: Path, total_frames: int) -> None:
-    """A 1 s FLAC whose STREAMINFO claims total_frames frames (36 bits)."""
-    sf.write(path, tone(440, 1.0), 16000, format="FLAC")
-    data = bytearray(path.read_bytes())
-    info = 8  # "fLaC", then a 4-byte block header; total samples are the low 36 bits of STREAMINFO bytes 10-17
-    packed = int.from_bytes(data[info + 10 : info + 18], "big")
-    packed = (packed & ~((1 << 36) - 1)) | total_frames
-    data[info + 10 : info + 18] = packed.to_bytes(8, "big")
-    path.write_bytes(bytes(data))
 
 
 def block_device() -> str | None:
