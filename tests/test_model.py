@@ -44,13 +44,17 @@ def reference_logits(head: KeywordLSTM, sequence: torch.Tensor) -> torch.Tensor:
     return head.classifier(pooled)
 
 
+@pytest.mark.parametrize("order", ["as given", "longest first"])  # packing with and without its own sort
 @pytest.mark.parametrize("settings", CONFIGS.values(), ids=CONFIGS.keys())
-def test_each_row_equals_the_lstm_run_on_that_sequence_alone(settings):
+def test_each_row_equals_the_lstm_run_on_that_sequence_alone(settings, order):
     head = make_head(**settings)
-    features = padded_features()
+    lengths, features = LENGTHS, padded_features()
+    if order == "longest first":
+        rows = torch.argsort(LENGTHS, descending=True)
+        lengths, features = LENGTHS[rows], features[rows]
     with torch.no_grad():
-        logits = head(features, LENGTHS)
-        expected = torch.stack([reference_logits(head, features[i, :n]) for i, n in enumerate(LENGTHS.tolist())])
+        logits = head(features, lengths)
+        expected = torch.stack([reference_logits(head, features[i, :n]) for i, n in enumerate(lengths.tolist())])
     assert logits.shape == (5, 4)
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
 

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import soundfile as sf
 from conftest import REPO, tone
 
+from kwsbatch.files.loader import collate
 from kwsbatch.files.manifest import ManifestRow
 from kwsbatch.files.windowing import WindowConfig
 from kwsbatch.files.windows import plan_pieces
@@ -151,3 +153,12 @@ def test_config_rejects_nonsense():
         LabelConfig(batch_size=0)
     with pytest.raises(ValueError):
         LabelConfig(jobs=-1)
+
+
+def test_batches_come_longest_first_so_the_model_packs_them_without_a_sort():
+    sizes = [300, 900, 50, 900, 420, 700, 10]
+    segments = [(i, 0, n, torch.ones(n)) for i, n in enumerate(sizes)]
+    batches = collate(segments, batch_size=3, min_samples=100, shared=False)
+    lengths = torch.cat([b.lengths for b in batches]).tolist()
+    assert lengths == [900, 900, 700, 420, 300, 100, 100]  # ties keep their input order; short clips pad to 100
+    assert [p for b in batches for p in b.pieces] == [1, 3, 5, 4, 0, 2, 6]

@@ -384,9 +384,10 @@ def collate(segments: list[tuple[int, int, int, torch.Tensor]], batch_size: int,
     """Sort segments by length and pad them into batches, all views of one buffer (in a worker, of shared memory when shared).
 
     Sorting makes a batch's clips alike in length, so it pads little; a clip's features do not
-    depend on its batch, so neither do its results.
+    depend on its batch, so neither do its results. Longest first is the order packing wants: the
+    model then packs a batch as it is, without a sort whose index copy to a GPU waits for the device.
     """
-    order = sorted(range(len(segments)), key=lambda i: len(segments[i][3]))
+    order = sorted(range(len(segments)), key=lambda i: -len(segments[i][3]))
     groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     widths = [max(min_samples, *(len(segments[i][3]) for i in group)) for group in groups]
     buffer = torch.empty(sum(len(g) * w for g, w in zip(groups, widths)), dtype=torch.float32)

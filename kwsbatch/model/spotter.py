@@ -103,8 +103,11 @@ class KeywordLSTM(nn.Module):
         if self.training and not self.config.bidirectional:
             return self.classifier(self._pool_unpacked(features, frame_lengths))
         # Packing makes the LSTM stop at each clip's own last frame, so padded steps never
-        # reach the hidden state; enforce_sorted=False keeps the batch in its given order.
-        packed = pack_padded_sequence(features, frame_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        # reach the hidden state. Other orders than the loader's longest-first are sorted and
+        # handed back in their order; the sort's index copy to a GPU would wait for the device.
+        lengths = frame_lengths.cpu()
+        longest_first = bool((lengths[:-1] >= lengths[1:]).all())
+        packed = pack_padded_sequence(features, lengths, batch_first=True, enforce_sorted=longest_first)
         outputs, (h_n, _) = self.lstm(packed)
         if self.config.pooling == "last":
             # h_n holds each sequence's state at its true length, already back in input order.
