@@ -48,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from kwsbatch.allocator import keep_freed_memory
     from kwsbatch.errors import KwsError
     from kwsbatch.files.lock import LockedError
     from kwsbatch.sigterm import Terminated, stop_on_sigterm
 
+    keep_freed_memory()
     try:
         with stop_on_sigterm():
             return args.run(args)

@@ -24,3 +24,14 @@ def full_float32(device: torch.device) -> None:
     """
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (lengths) on device, without the host waiting for the device.
+
+    A copy from pageable memory may wait for the work queued on the device; from pinned memory
+    it is queued behind that work instead.
+    """
+    if device.type != "cuda" or tensor.device.type == "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -16,6 +16,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from kwsbatch.model.device import to_device
 from kwsbatch.settings import SettingError, check_settings, setting
 
 CLIP_NORMS = ("none", "mean", "meanvar")
@@ -90,7 +91,7 @@ class MfccFrontend(nn.Module):
         features = self._mfcc(waveforms)
         frame_lengths = self.config.frame_count(lengths.cpu())
         if self.config.clip_norm != "none":
-            features = normalize_clips(features, frame_lengths.to(features.device, non_blocking=True), self.config.clip_norm == "meanvar")
+            features = normalize_clips(features, to_device(frame_lengths, features.device), self.config.clip_norm == "meanvar")
         return features, frame_lengths
 
     def _mfcc(self, waveforms: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from kwsbatch.model.device import to_device
 from kwsbatch.model.features import FeatureConfig, MfccFrontend
 from kwsbatch.settings import SettingError, check_settings, setting
 
@@ -114,7 +115,7 @@ class KeywordLSTM(nn.Module):
             pooled = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.config.bidirectional else h_n[-1]
         else:
             padded, lengths = pad_packed_sequence(outputs, batch_first=True)
-            pooled = _masked_mean(padded, lengths.to(padded.device, non_blocking=True))
+            pooled = _masked_mean(padded, to_device(lengths, padded.device))
         return self.classifier(pooled)
 
     def _pool_unpacked(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
@@ -126,7 +127,7 @@ class KeywordLSTM(nn.Module):
         of its outputs up to its last frame, which is all the pooling reads.
         """
         outputs, _ = self.lstm(features)
-        lengths = frame_lengths.to(outputs.device, non_blocking=True)
+        lengths = to_device(frame_lengths, outputs.device)
         if self.config.pooling == "last":
             return outputs[torch.arange(len(outputs), device=outputs.device), lengths - 1]
         return _masked_mean(outputs, lengths)

@@ -1,0 +1,35 @@
+"""Memory for batch-sized tensors: keep what the last batch freed for the next one (glibc's malloc)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # the most glibc allows: blocks up to this size come from the heap
+TRIM_THRESHOLD = 256 << 20  # free memory at the heap's top kept before any goes back to the OS
+
+
+def keep_freed_memory() -> bool:
+    """Tune glibc's malloc so that a batch's tensors reuse the memory the previous batch freed; False where it can't.
+
+    By default glibc maps each block over 128 KB (a threshold it moves with use) from the OS afresh,
+    hands it back on free, and trims the heap's top: the megabyte-sized tensors of every batch then
+    fault their pages in again, batch after batch. That was a third of the CPU time of a training
+    batch's augmentation and a fifth of its LSTM step (docs/performance.md). The price is memory the
+    process keeps after a peak, at most TRIM_THRESHOLD beyond what it uses. Loader workers, forked,
+    inherit the setting. Nothing changes off Linux or on a C library without mallopt (musl).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
