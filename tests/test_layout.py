@@ -9,9 +9,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "kwsbatch"
 
 # Each stage may import only from stages ranked below it. The foundation (errors, class names,
-# progress display, install commands of the extras, the version) is below everything; the CLI sits on top.
+# progress display, install commands of the extras, the version, malloc tuning) is below everything; the CLI sits on top.
 RANKS = {
-    "kwsbatch": 0, "errors": 0, "classes": 0, "progress": 0, "faults": 0, "settings": 0, "extras": 0, "sigterm": 0,
+    "kwsbatch": 0, "errors": 0, "classes": 0, "progress": 0, "faults": 0, "settings": 0, "extras": 0, "sigterm": 0, "allocator": 0,
     "files": 1,
     "model": 2, "corpus": 2,
     "train": 3, "label": 3,
