@@ -114,7 +114,7 @@ class KeywordLSTM(nn.Module):
             # h_n holds each sequence's state at its true length, already back in input order.
             pooled = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.config.bidirectional else h_n[-1]
         else:
-            padded, lengths = pad_packed_sequence(outputs, batch_first=True)
+            padded, _ = pad_packed_sequence(outputs, batch_first=True)
             pooled = _masked_mean(padded, to_device(lengths, padded.device))
         return self.classifier(pooled)
 

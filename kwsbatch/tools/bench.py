@@ -320,7 +320,7 @@ def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[
         spotter.load_state_dict(checkpoint.state_dict)
         optimizer = torch.optim.Adam(spotter.parameters(), lr=train.lr)
         generator = torch.Generator().manual_seed(config.seed)
-        for epoch in range(2):
+        for _ in range(2):
             order = torch.randperm(len(clips), generator=generator)
             started, cpu = time.perf_counter(), _cpu_seconds()
             if batched:
