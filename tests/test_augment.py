@@ -27,6 +27,8 @@ from kwsbatch.train.augment import (
     ZeroPad,
     load_noise,
 )
+from kwsbatch.train.augment import waveform
+from kwsbatch.train.augment.base import log_uniform
 
 
 def padded_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +90,26 @@ def test_play_speed_resamples_by_linear_interpolation():
     assert out[1, :19].tolist() == [i / 2 for i in range(19)]
     assert out[2, :9].tolist() == list(range(9))
     assert out[0, 5:].abs().sum() == 0 and out[2, 9:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_cpus_per_clip_moves_and_stretches_equal_the_devices_batched_ones(seed):
+    # The CPU copies clip by clip, a GPU gathers the whole batch: the same samples either way.
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 400, (9,), generator=g)
+    lengths[0] = 400
+    batch, lengths = padded_batch(lengths.tolist(), seed)
+    before, after = torch.randint(0, 150, (2, 9), generator=g)
+    shift = torch.randint(-500, 500, (9,), generator=g)
+    for offsets, new_lengths in ((shift, lengths), (before, lengths + before + after)):
+        width = int(new_lengths.max())
+        moved = waveform._move_rows(batch, lengths, offsets, new_lengths, width)
+        assert torch.equal(moved, waveform._move_gathered(batch, lengths, offsets, new_lengths, width))
+    rate = torch.where(torch.rand(9, generator=g) < 0.5, log_uniform(9, 0.5, 2.0, g), 1.0)
+    new_lengths = PlaySpeed(1.0, 0.5, 2.0).apply(batch, lengths, rate=rate)[1]
+    width = int(new_lengths.max())
+    stretched = waveform._stretch_rows(batch, lengths, rate, new_lengths, width)
+    assert torch.equal(stretched, waveform._stretch_batched(batch, lengths, rate, new_lengths, width))
 
 
 def test_background_noise_is_added_at_the_drawn_snr():

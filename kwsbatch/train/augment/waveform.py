@@ -43,10 +43,27 @@ def load_noise(source: str | Path, sample_rate: int) -> tuple[torch.Tensor, list
 def _move(batch: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor, new_lengths: torch.Tensor):
     """out[b, t] = batch[b, t - offsets[b]] where that is inside the clip, else 0; width fits new_lengths."""
     width = max(int(new_lengths.max()), 1)
+    if batch.device.type == "cpu":
+        return _move_rows(batch, lengths, offsets, new_lengths, width), new_lengths
+    return _move_gathered(batch, lengths, offsets, new_lengths, width), new_lengths
+
+
+def _move_rows(batch, lengths, offsets, new_lengths, width: int) -> torch.Tensor:
+    # On the CPU a slice copy per clip: a tenth of the time of building and gathering a (batch, width) index.
+    out = batch.new_zeros(len(batch), width)
+    for row, (n, offset, m) in enumerate(zip(lengths.tolist(), offsets.tolist(), new_lengths.tolist())):
+        start, stop = max(offset, 0), min(offset + n, m)
+        if start < stop:
+            out[row, start:stop] = batch[row, start - offset : stop - offset]
+    return out
+
+
+def _move_gathered(batch, lengths, offsets, new_lengths, width: int) -> torch.Tensor:
+    # On a GPU one gather for the batch, with no per-clip work on the host.
     source = torch.arange(width, device=batch.device) - offsets[:, None]
     inside = (source >= 0) & (source < lengths[:, None]) & valid(width, new_lengths)
     source = source.clamp(0, batch.shape[1] - 1)
-    return torch.gather(batch, 1, source) * inside, new_lengths
+    return torch.gather(batch, 1, source) * inside
 
 
 class TimeShift(WaveTransform):
@@ -125,14 +142,36 @@ class PlaySpeed(WaveTransform):
         # float32 positions are off by under 1% of a sample for clips up to a minute.
         new_lengths = torch.where(lengths > 0, torch.floor((lengths - 1) / rate.double()).long() + 1, lengths)
         width = max(int(new_lengths.max()), 1)
-        position = torch.arange(width, device=batch.device, dtype=torch.float32) * rate.float()[:, None]
-        left = position.floor().long()
-        frac = (position - left).to(batch.dtype)
-        last = (lengths[:, None] - 1).clamp(min=0)
-        left = torch.minimum(left, last).clamp(max=batch.shape[1] - 1)
-        right = torch.minimum(left + 1, last).clamp(max=batch.shape[1] - 1)
-        out = torch.gather(batch, 1, left) * (1 - frac) + torch.gather(batch, 1, right) * frac
-        return out * valid(width, new_lengths), new_lengths
+        stretch = _stretch_rows if batch.device.type == "cpu" else _stretch_batched
+        return stretch(batch, lengths, rate, new_lengths, width), new_lengths
+
+
+def _stretch_batched(batch, lengths, rate, new_lengths, width: int) -> torch.Tensor:
+    # On a GPU the whole batch at once, with no per-clip work on the host.
+    position = torch.arange(width, device=batch.device, dtype=torch.float32) * rate.float()[:, None]
+    return _interpolate(batch, position, (lengths[:, None] - 1).clamp(min=0)) * valid(width, new_lengths)
+
+
+def _stretch_rows(batch, lengths, rate, new_lengths, width: int) -> torch.Tensor:
+    # On the CPU each clip alone over its own new length (a clip at rate 1 is copied): the batched
+    # form reads the whole padded width for every clip, half of which the default p leaves as they are.
+    out = batch.new_zeros(len(batch), width)
+    for row, (n, r, m) in enumerate(zip(lengths.tolist(), rate.float().tolist(), new_lengths.tolist())):
+        if r == 1.0:
+            out[row, :m] = batch[row, :m]
+        elif m > 0:
+            position = torch.arange(m, dtype=torch.float32) * torch.tensor(r, dtype=torch.float32)
+            out[row, :m] = _interpolate(batch[row : row + 1], position[None], torch.tensor([[max(n - 1, 0)]]))[0]
+    return out
+
+
+def _interpolate(batch: torch.Tensor, position: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """batch linearly interpolated at (rows, k) float positions, each read no further than its row's last sample."""
+    left = position.floor().long()
+    frac = (position - left).to(batch.dtype)
+    left = torch.minimum(left, last).clamp(max=batch.shape[1] - 1)
+    right = torch.minimum(left + 1, last).clamp(max=batch.shape[1] - 1)
+    return torch.gather(batch, 1, left) * (1 - frac) + torch.gather(batch, 1, right) * frac
 
 
 class BackgroundNoise(WaveTransform):
