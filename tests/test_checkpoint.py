@@ -160,7 +160,7 @@ def _no_state_dict(path, good):
 
 
 def _bad_setting(path, good):
-    _edit(path, model_config={**make_checkpoint().model_config.to_dict(), "pooling": "max"})
+    _edit(path, model_config={**make_checkpoint().model_config.to_dict(), "pooling": "attention"})
 
 
 def _weights_for_other_classes(path, good):

@@ -122,8 +122,8 @@ def test_the_documented_program_labels_a_wav_with_onnxruntime_and_numpy_alone(ex
         assert float(confidence) == pytest.approx(float(row["confidence"]), abs=1e-3)
 
 
-@pytest.mark.parametrize("bidirectional, pooling", [(True, "last"), (True, "mean")])
-def test_bidirectional_models_export_exactly(bidirectional, pooling, tmp_path, speech_corpus):
+@pytest.mark.parametrize("bidirectional, pooling", [(True, "last"), (True, "mean"), (False, "max"), (True, "max")])
+def test_bidirectional_and_max_pooled_models_export_exactly(bidirectional, pooling, tmp_path, speech_corpus):
     """Random weights and a low temperature: sharp probabilities, so a wrong backward direction would show."""
     torch.manual_seed(7)
     config = ModelConfig(n_classes=3, hidden=16, layers=2, bidirectional=bidirectional, pooling=pooling, conv_channels=0)

@@ -15,6 +15,8 @@ CONFIGS = {
     "mean": dict(pooling="mean"),
     "last-bi": dict(pooling="last", bidirectional=True),
     "mean-bi": dict(pooling="mean", bidirectional=True),
+    "max": dict(pooling="max"),
+    "max-bi": dict(pooling="max", bidirectional=True),
     "last-1layer": dict(pooling="last", layers=1),
 }
 
@@ -36,6 +38,8 @@ def reference_logits(head: KeywordLSTM, sequence: torch.Tensor) -> torch.Tensor:
     hidden = head.config.hidden
     if head.config.pooling == "mean":
         pooled = outputs[0].mean(0)
+    elif head.config.pooling == "max":
+        pooled = outputs[0].amax(0)
     elif head.config.bidirectional:
         # Forward direction ends at the last frame; backward direction ends at the first.
         pooled = torch.cat([outputs[0, -1, :hidden], outputs[0, 0, hidden:]])
@@ -95,7 +99,7 @@ def test_spotter_maps_waveforms_to_one_logit_row_per_clip():
 
 @pytest.mark.parametrize(
     "settings",
-    [dict(n_classes=1), dict(n_classes=4, hidden=0), dict(n_classes=4, layers=0), dict(n_classes=4, pooling="max")],
+    [dict(n_classes=1), dict(n_classes=4, hidden=0), dict(n_classes=4, layers=0), dict(n_classes=4, pooling="attention")],
 )
 def test_impossible_model_settings_are_refused(settings):
     with pytest.raises(ValueError):

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from kwsbatch.model.checkpoint import Checkpoint
 from kwsbatch.model.features import LOG_OFFSET, MfccFrontend, normalize_clips
-from kwsbatch.model.spotter import KeywordLSTM
+from kwsbatch.model.spotter import KeywordLSTM, pool_steps
 
 
 def dft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,7 @@ class PaddedLSTM(nn.Module):
             # The backward direction's final state is its output at step 0, where its run ends.
             pooled = torch.cat([last[:, : self.hidden], x[:, 0, self.hidden :]], dim=1) if self.bidirectional else last
         else:
-            pooled = (x * valid[:, :, None]).sum(1) / frame_lengths[:, None]
+            pooled = pool_steps(self.pooling, x, frame_lengths)
         return self.classifier(pooled)
 
 

@@ -15,7 +15,7 @@ from kwsbatch.model.device import to_device
 from kwsbatch.model.features import FeatureConfig, MfccFrontend
 from kwsbatch.settings import SettingError, check_settings, setting
 
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "max")
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class ArchitectureConfig:
     layers: int = setting(3, "stacked LSTM layers", at_least=1)
     dropout: float = setting(0.0, "dropout between LSTM layers, training only", at_least=0, at_most=1)
     bidirectional: bool = setting(False, "run the LSTM both ways (no longer causal)")
-    # "last": the final hidden state at each clip's true length (the notebook's); "mean": the mean over valid steps.
-    pooling: str = setting("mean", "how the LSTM's states become one vector: the mean over valid frames, or the last one",
+    # "last": the final hidden state at each clip's true length (the notebook's); "mean": the mean over valid
+    # steps; "max": each unit's largest output over valid steps, which a short word late in a long clip still sets.
+    pooling: str = setting("mean", "how the LSTM's states become one vector: the mean or the max over valid frames, or the last one",
                            choices=POOLINGS)
     # A causal convolution over frames before the LSTM; 0: none (the notebook's).
     conv_channels: int = setting(64, "channels of a causal convolution before the LSTM (0: none)", at_least=0)
@@ -115,7 +116,7 @@ class KeywordLSTM(nn.Module):
             pooled = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.config.bidirectional else h_n[-1]
         else:
             padded, _ = pad_packed_sequence(outputs, batch_first=True)
-            pooled = _masked_mean(padded, to_device(lengths, padded.device))
+            pooled = pool_steps(self.config.pooling, padded, to_device(lengths, padded.device))
         return self.classifier(pooled)
 
     def _pool_unpacked(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
@@ -130,13 +131,15 @@ class KeywordLSTM(nn.Module):
         lengths = to_device(frame_lengths, outputs.device)
         if self.config.pooling == "last":
             return outputs[torch.arange(len(outputs), device=outputs.device), lengths - 1]
-        return _masked_mean(outputs, lengths)
+        return pool_steps(self.config.pooling, outputs, lengths)
 
 
-def _masked_mean(padded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(batch, steps, hidden) -> (batch, hidden): the mean over each clip's first `lengths` steps."""
-    mask = torch.arange(padded.shape[1], device=padded.device) < lengths[:, None]
-    return (padded * mask[:, :, None]).sum(1) / lengths[:, None]
+def pool_steps(pooling: str, padded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(batch, steps, hidden) -> (batch, hidden): the mean or the max over each clip's first `lengths` steps."""
+    valid = (torch.arange(padded.shape[1], device=padded.device) < lengths[:, None])[:, :, None]
+    if pooling == "max":
+        return padded.masked_fill(~valid, float("-inf")).amax(1)
+    return (padded * valid).sum(1) / lengths[:, None]
 
 
 class KeywordSpotter(nn.Module):
