@@ -113,7 +113,7 @@ def test_a_conv_model_round_trips_through_its_checkpoint(tmp_path):
         torch.testing.assert_close(loaded.build()(*pad_waveforms(waves, min_samples=400)), net(*pad_waveforms(waves, min_samples=400)))
 
 
-@pytest.mark.parametrize("model", [dict(pooling="last"), dict(pooling="mean", conv_channels=8)])
+@pytest.mark.parametrize("model", [dict(pooling="last"), dict(pooling="mean", conv_channels=8), dict(pooling="max", conv_channels=8)])
 def test_training_forward_over_padding_matches_the_packed_inference_forward(model):
     # Training runs the one-way LSTM over the padded batch (fast backward); inference packs it.
     net = spotter(**model)
