@@ -27,7 +27,7 @@ class ArchitectureConfig:
     dropout: float = setting(0.0, "dropout between LSTM layers, training only", at_least=0, at_most=1)
     bidirectional: bool = setting(False, "run the LSTM both ways (no longer causal)")
     # "last": the final hidden state at each clip's true length (the notebook's); "mean": the mean over valid
-    # steps; "max": each unit's largest output over valid steps, which a short word late in a long clip still sets.
+    # steps; "max": each unit's largest output over valid steps.
     pooling: str = setting("mean", "how the LSTM's states become one vector: the mean or the max over valid frames, or the last one",
                            choices=POOLINGS)
     # A causal convolution over frames before the LSTM; 0: none (the notebook's).
