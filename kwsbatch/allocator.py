@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 # <malloc.h>
@@ -12,6 +13,7 @@ MMAP_THRESHOLD = 32 << 20  # the most glibc allows: blocks up to this size come 
 TRIM_THRESHOLD = 256 << 20  # free memory at the heap's top kept before any goes back to the OS
 
 
+@functools.cache  # once per process: the CLI at its start, the loader engine for library callers
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc so that a batch's tensors reuse the memory the previous batch freed; False where it can't.
 

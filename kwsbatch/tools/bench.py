@@ -41,7 +41,8 @@ import torch
 
 from kwsbatch.errors import KwsError
 from kwsbatch.files.audio import decode_audio
-from kwsbatch.files.loader import keep_freed_memory, pad_waveforms, run_tasks
+from kwsbatch.allocator import keep_freed_memory
+from kwsbatch.files.loader import pad_waveforms, run_tasks
 from kwsbatch.files.manifest import ManifestRow, chunked
 from kwsbatch.label.config import LabelConfig
 from kwsbatch.model.scorer import Scorer
