@@ -39,9 +39,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from kwsbatch.allocator import keep_freed_memory
 from kwsbatch.errors import KwsError
 from kwsbatch.files.audio import decode_audio
-from kwsbatch.allocator import keep_freed_memory
 from kwsbatch.files.loader import pad_waveforms, run_tasks
 from kwsbatch.files.manifest import ManifestRow, chunked
 from kwsbatch.label.config import LabelConfig
