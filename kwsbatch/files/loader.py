@@ -198,6 +198,7 @@ def _loader(read: Callable, sampler: _TaskSampler, workers: int, ordered: bool, 
 
 def _start(loader: torch.utils.data.DataLoader):
     """The loader's iterator (which starts the workers) and a _Watch on them."""
+    _join_exiting_feeders()
     previous = signal.getsignal(signal.SIGCHLD)
     iterator = iter(loader)
     if previous is not None and threading.current_thread() is threading.main_thread():
@@ -205,6 +206,18 @@ def _start(loader: torch.utils.data.DataLoader):
         # the middle of a journal commit say; the watch notices instead, and run_tasks says so between tasks.
         signal.signal(signal.SIGCHLD, previous)
     return iterator, _Watch(iterator._workers)
+
+
+def _join_exiting_feeders() -> None:
+    """Wait for the queue threads of the loader before this one (each epoch of train has its own) to end.
+
+    Its queues are closed, so their feeder threads are exiting; a fork while one is being torn down
+    copies CPython's locked thread-list mutex into the child, which then hangs in its first step
+    (seen once in four suite runs with torchrun's short epochs).
+    """
+    for thread in threading.enumerate():
+        if thread.name == "QueueFeederThread":
+            thread.join(timeout=5)
 
 
 class _Watch:
