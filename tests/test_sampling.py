@@ -1,11 +1,12 @@
-"""Epoch orders: draws follow the per-clip weights, class balance, the same seed gives the same order."""
+"""Epoch orders: draws follow the per-clip weights, class balance, the same seed gives the same order;
+batches grouped by length pad less and keep the draws."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kwsbatch.train.sampling import epoch_order, epoch_size, loss_weights
+from kwsbatch.train.sampling import epoch_order, epoch_size, group_by_length, loss_weights
 
 
 def draws(order: torch.Tensor, n_clips: int) -> list[int]:
@@ -89,3 +90,32 @@ def test_loss_weights_are_inverse_to_each_class_draws_per_epoch(weights):
     per_class = torch.zeros(3, dtype=torch.float64).index_add_(0, targets, weights)
     expected = per_class.sum() / (3 * per_class)
     assert torch.allclose(loss_weights(targets, weights, 3).double(), expected)
+
+
+def padded_samples(order: torch.Tensor, lengths: torch.Tensor, batch_size: int) -> int:
+    """Samples the batches cut from order hold once padded to their longest clip."""
+    return sum(int(lengths[batch].max()) * len(batch) for batch in torch.split(order, batch_size))
+
+
+def test_length_groups_pad_less_and_keep_each_group_of_draws():
+    lengths = torch.randint(8_000, 24_000, (500,), generator=torch.Generator().manual_seed(0))
+    weights = torch.tensor([1.0, 2.0] * 250, dtype=torch.float64)
+    order = epoch_order(torch.zeros(500, dtype=torch.long), weights, "none", torch.Generator().manual_seed(1))
+    grouped = group_by_length(order, lengths, 16, 4)
+    for drawn, sorted_ in zip(torch.split(order, 64), torch.split(grouped, 64)):  # 750 draws: the last group is short
+        assert sorted(drawn.tolist()) == sorted(sorted_.tolist())
+        assert lengths[sorted_].tolist() == sorted(lengths[drawn].tolist(), reverse=True)
+    assert padded_samples(grouped, lengths, 16) < 0.8 * padded_samples(order, lengths, 16)
+    assert torch.equal(group_by_length(order, lengths, 16, 0), order)
+
+
+def test_equal_lengths_keep_the_order_as_drawn():
+    """On a corpus of equal-length clips grouping changes nothing: the same batches, so the same model."""
+    lengths = torch.full((300,), 16_000)
+    lengths[::7] = 12_000  # and clips of one length keep their drawn order among themselves
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(group_by_length(order, torch.full((300,), 16_000), 32, 4), order)
+    grouped = group_by_length(order, lengths, 32, 4)
+    for drawn, sorted_ in zip(torch.split(order, 128), torch.split(grouped, 128)):
+        long_ones = [i for i in drawn.tolist() if lengths[i] == 16_000]
+        assert sorted_[: len(long_ones)].tolist() == long_ones

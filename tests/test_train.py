@@ -219,3 +219,41 @@ def test_one_or_two_loader_workers_train_the_same_model(speech_corpus, noise_dir
         assert torch.equal(value, two.state_dict[key]), key
     drop_seconds = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]
     assert drop_seconds(one.training_state["history"]) == drop_seconds(two.training_state["history"])
+
+
+def trimmed_corpus(corpus: Path, out: Path) -> Path:
+    """The corpus's train clips cut to 0.4-1 s (every clip its own length), as out/train.csv."""
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    with open(corpus / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        audio, rate = sf.read(corpus / row["path"], dtype="float32")
+        row["path"] = f"clip{i:03d}.wav"
+        sf.write(out / row["path"], audio[: int(rng.integers(6_400, 16_000))], rate)
+    with open(out / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def trained_weights(run: Path) -> dict:
+    return load_checkpoint(run / "last.pt").state_dict
+
+
+def same_weights(one: dict, two: dict) -> bool:
+    return all(torch.equal(value, two[key]) for key, value in one.items())
+
+
+def test_length_groups_batch_mixed_lengths_alike_and_leave_equal_lengths_as_drawn(speech_corpus, tmp_path):
+    """Grouping by length changes a mixed corpus's batches, the same way each run; a corpus of
+    equal-length clips (as the bundled model's) trains exactly as with random batches."""
+    mixed = trimmed_corpus(speech_corpus, tmp_path / "mixed")
+    for name, corpus, groups in (("mixed-grouped", mixed, "2"), ("mixed-again", mixed, "2"), ("mixed-drawn", mixed, "0"),
+                                 ("equal-grouped", speech_corpus, "2"), ("equal-drawn", speech_corpus, "0")):
+        tiny_train(corpus, tmp_path / name, "--length-groups", groups, "--batch-size", "4", "--augment", "none", "-q")
+    weights = {name: trained_weights(tmp_path / name) for name in ("mixed-grouped", "mixed-again", "mixed-drawn", "equal-grouped", "equal-drawn")}
+    assert same_weights(weights["mixed-grouped"], weights["mixed-again"])
+    assert not same_weights(weights["mixed-grouped"], weights["mixed-drawn"])
+    assert same_weights(weights["equal-grouped"], weights["equal-drawn"])

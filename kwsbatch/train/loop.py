@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import math
 import os
 import time
@@ -41,7 +42,7 @@ from kwsbatch.train.batches import Prepared, batch_generator, epoch_batches
 from kwsbatch.train.calibrate import calibration_error, fit_temperature
 from kwsbatch.train.data import ClipSet, load_clips
 from kwsbatch.train.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
-from kwsbatch.train.sampling import BALANCES, epoch_order, epoch_size, loss_weights
+from kwsbatch.train.sampling import BALANCES, epoch_order, epoch_size, group_by_length, loss_weights
 from kwsbatch.train.sources import (
     TrainSource,
     as_list,
@@ -77,6 +78,8 @@ class TrainConfig:
     # "sample": draw each epoch's clips with probability 1 / (its class's count), so every class is
     # seen equally often; "weight": weight the loss by that instead; "none": as the manifest has them.
     balance: str = setting("none", "class-balanced sampling or loss weights", choices=BALANCES)
+    length_groups: int = setting(16, "sort each run of N batches' clips by length, so a batch pads less (0: batches as drawn)",
+                                 at_least=0)
     finetune: str | None = setting(None, "start from this checkpoint and train only its classifier (default: none, train from scratch)",
                                    metavar="CKPT")
     init: str | None = setting(None, "start from this checkpoint and train every layer; its model and feature settings win over "
@@ -196,6 +199,11 @@ class _RunData:
     train: ClipSet
     val: ClipSet
     weights: torch.Tensor  # (n_train_clips,) float64: each clip's source weight
+
+    @functools.cached_property
+    def lengths(self) -> torch.Tensor:
+        """(n_train_clips,) int64: each training clip's samples."""
+        return torch.tensor([len(wave) for wave in self.train.waveforms], dtype=torch.long)
 
     def val_names(self) -> list[str]:
         """Names of the validation sources, which val.sources index."""
@@ -322,8 +330,11 @@ def _train_epochs(run: _Run, start_epoch: int, reporter: Reporter) -> None:
         started = time.perf_counter()
         _seed_gpu_dropout(device, config.seed, epoch, run.process.rank)
         lr = run.optimizer.param_groups[0]["lr"]
-        # Every rank draws the same order from the same generator and trains on its share of it.
-        order = rank_share(epoch_order(data.train.targets, data.weights, config.balance, run.shuffle), run.process)
+        # Every rank draws the same order from the same generator and trains on its share of it:
+        # every world_size-th clip, so a group's batch on each rank comes from one of world_size * batch_size.
+        order = epoch_order(data.train.targets, data.weights, config.balance, run.shuffle)
+        order = group_by_length(order, data.lengths, config.batch_size * run.process.world_size, config.length_groups)
+        order = rank_share(order, run.process)
         train_loss, train_acc = train_epoch(
             run.spotter, data.train, order, run.optimizer, loss_fn, config, (run.augmentation, run.augment_rng), run.process, reporter, epoch
         )

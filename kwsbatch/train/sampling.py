@@ -1,4 +1,5 @@
-"""Which clips an epoch trains on, and how often: per-clip weights, class balance, a seeded order.
+"""Which clips an epoch trains on, and how often: per-clip weights, class balance, a seeded order,
+and batches of clips of like length.
 
 A clip's weight is its sampling rate: an epoch draws a clip of weight 4 four times as often as a
 clip of weight 1, and has round(sum of the weights) draws. Whole weights are exact (each clip
@@ -37,6 +38,24 @@ def epoch_order(targets: torch.Tensor, weights: torch.Tensor, balance: str, shuf
         return torch.multinomial(rate, epoch_size(weights), replacement=True, generator=shuffle)
     draws = torch.repeat_interleave(torch.arange(len(weights)), _copies(weights, shuffle))
     return draws[torch.randperm(len(draws), generator=shuffle)]
+
+
+def group_by_length(order: torch.Tensor, lengths: torch.Tensor, batch_size: int, group_batches: int) -> torch.Tensor:
+    """order with each run of group_batches * batch_size draws sorted longest first, so each batch cut
+    from it holds clips of like length; group_batches 0 leaves order as drawn.
+
+    A training batch pads its clips to the longest, and the LSTM runs over the padding too: on clips
+    of mixed lengths, random batches spend a third or more of the model's time on zeros. The
+    epoch's draws stay the same and a group's batches come in the order of their lengths, so
+    nothing random is drawn here; clips of one length keep their shuffled order (a stable sort), so
+    on a corpus of equal-length clips the order is unchanged. lengths: (n_clips,) samples.
+    """
+    if not group_batches:
+        return order
+    groups = []
+    for group in torch.split(order, batch_size * group_batches):
+        groups.append(group[torch.sort(lengths[group], descending=True, stable=True).indices])
+    return torch.cat(groups) if groups else order
 
 
 def loss_weights(targets: torch.Tensor, weights: torch.Tensor, n_classes: int) -> torch.Tensor:
