@@ -146,7 +146,8 @@ class BenchResult:
         if self.epoch is not None:
             lines += [
                 f"  {'':<22}{'':>8}{'clips/s':>10}{'cpu ms/clip':>13}",
-                line("training epoch", self.config.jobs or "all", self.epoch, "train_epoch, its second: batches, standard augmentation, loader workers"),
+                line("training epoch", self.config.jobs or "all", self.epoch,
+                     "train_epoch, its second: batches of like length, standard augmentation, loader workers"),
                 line("notebook epoch", 1, self.notebook_epoch, "its second, one clip at a time: features, forward, backward, Adam step"),
                 f"  training epoch / notebook epoch         {self.epoch.rate / self.notebook_epoch.rate:.2f}   "
                 f"(cpu per clip: {self.notebook_epoch.cpu_ms / self.epoch.cpu_ms:.2f})",
@@ -302,7 +303,7 @@ def device_floor(scorer: Scorer, paths: list[str], batch_size: int) -> Timing:
 
 
 def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[Timing, Timing]:
-    """A training epoch of the default model's architecture (batches, standard augmentation, loader workers) and the
+    """A training epoch of the default model's architecture (batches of like length, standard augmentation, loader workers) and the
     notebook's batch-1 epoch, on the same clips; labels are made up (the clip's number modulo the classes).
 
     Each is timed on its second epoch: the first pays once-per-run costs (kernels set up for each new

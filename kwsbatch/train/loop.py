@@ -330,8 +330,8 @@ def _train_epochs(run: _Run, start_epoch: int, reporter: Reporter) -> None:
         started = time.perf_counter()
         _seed_gpu_dropout(device, config.seed, epoch, run.process.rank)
         lr = run.optimizer.param_groups[0]["lr"]
-        # Every rank draws the same order from the same generator and trains on its share of it:
-        # every world_size-th clip, so a group's batch on each rank comes from one of world_size * batch_size.
+        # Every rank draws the same order from the same generator and trains on every world_size-th
+        # clip of it, so each run of world_size * batch_size clips of like length gives every rank its batch.
         order = epoch_order(data.train.targets, data.weights, config.balance, run.shuffle)
         order = group_by_length(order, data.lengths, config.batch_size * run.process.world_size, config.length_groups)
         order = rank_share(order, run.process)

@@ -52,10 +52,8 @@ def group_by_length(order: torch.Tensor, lengths: torch.Tensor, batch_size: int,
     """
     if not group_batches:
         return order
-    groups = []
-    for group in torch.split(order, batch_size * group_batches):
-        groups.append(group[torch.sort(lengths[group], descending=True, stable=True).indices])
-    return torch.cat(groups) if groups else order
+    groups = torch.split(order, batch_size * group_batches)
+    return torch.cat([group[torch.sort(lengths[group], descending=True, stable=True).indices] for group in groups]) if groups else order
 
 
 def loss_weights(targets: torch.Tensor, weights: torch.Tensor, n_classes: int) -> torch.Tensor:
