@@ -1,11 +1,11 @@
 """Training: manifests in, a run folder out (best.pt, last.pt, history.csv).
 
 Clips are decoded once into memory by the loader's workers, from one manifest or several weighted
-ones (sources.py); each epoch draws them by weight (or class-balanced) with a seeded generator
-(sampling.py), and the workers pad, augment (augment.py) and featurise each batch while the LSTM
-trains on the one before (batches.py; on a GPU augmentation and MFCCs run on the device). last.pt
-carries the optimizer, scheduler and generator
-states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
+ones (sources.py); each epoch draws them by weight (or class-balanced) with a seeded generator and
+cuts the draws into batches of like length (sampling.py), and the workers pad, augment
+(augment.py) and featurise each batch while the LSTM trains on the one before (batches.py; on a
+GPU augmentation and MFCCs run on the device). last.pt carries the optimizer, scheduler and
+generator states, so ``resume=True`` continues exactly where a run stopped. At the end the best model's
 softmax temperature is fitted on the validation clips (calibrate.py) and stored in best.pt.
 """
 
