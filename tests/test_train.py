@@ -1,4 +1,4 @@
-"""Training through the real CLI: augmentation flags, class balance, --resume and --finetune."""
+"""Training through the real CLI: augmentation flags, class balance, --resume, --finetune and batches of like length."""
 
 from __future__ import annotations
 
@@ -250,10 +250,11 @@ def test_length_groups_batch_mixed_lengths_alike_and_leave_equal_lengths_as_draw
     """Grouping by length changes a mixed corpus's batches, the same way each run; a corpus of
     equal-length clips (as the bundled model's) trains exactly as with random batches."""
     mixed = trimmed_corpus(speech_corpus, tmp_path / "mixed")
-    for name, corpus, groups in (("mixed-grouped", mixed, "2"), ("mixed-again", mixed, "2"), ("mixed-drawn", mixed, "0"),
-                                 ("equal-grouped", speech_corpus, "2"), ("equal-drawn", speech_corpus, "0")):
+    runs = {"mixed-grouped": (mixed, "2"), "mixed-again": (mixed, "2"), "mixed-drawn": (mixed, "0"),
+            "equal-grouped": (speech_corpus, "2"), "equal-drawn": (speech_corpus, "0")}
+    for name, (corpus, groups) in runs.items():
         tiny_train(corpus, tmp_path / name, "--length-groups", groups, "--batch-size", "4", "--augment", "none", "-q")
-    weights = {name: trained_weights(tmp_path / name) for name in ("mixed-grouped", "mixed-again", "mixed-drawn", "equal-grouped", "equal-drawn")}
+    weights = {name: trained_weights(tmp_path / name) for name in runs}
     assert same_weights(weights["mixed-grouped"], weights["mixed-again"])
     assert not same_weights(weights["mixed-grouped"], weights["mixed-drawn"])
     assert same_weights(weights["equal-grouped"], weights["equal-drawn"])
