@@ -13,7 +13,7 @@ It makes N clips of 0.5-1.5 s (WAV and FLAC; one in five stereo at 44.1 kHz, the
   alone) and `kwsbatch label` on the same files as whole processes, interpreter start-up included;
 - a training epoch (the real one: loader workers, batches, augmentation) beside the notebook's
   batch-1 loop (each clip's features, forward, backward and optimizer step alone) on the same clips,
-  each timed on its second epoch;
+  the median of three passes each, alternating, after a first untimed one;
 
 and prints the ratios between them, with the CPU time each spent per file: on a machine shared with
 other work, wall-clock rates move with the load, CPU per file much less. Files are read from a warm
@@ -55,6 +55,7 @@ from kwsbatch.train.loop import TrainConfig, train_epoch
 from kwsbatch.train.sampling import group_by_length
 
 CUDA_BATCH_SIZES = (64, 128, 256, 512, 1024)
+EPOCH_PASSES = 3  # timed passes of each training loop, after an untimed one
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,8 @@ class BenchResult:
             lines += [
                 f"  {'':<22}{'':>8}{'clips/s':>10}{'cpu ms/clip':>13}",
                 line("training epoch", self.config.jobs or "all", self.epoch,
-                     "train_epoch, its second: batches of like length, standard augmentation, loader workers"),
-                line("notebook epoch", 1, self.notebook_epoch, "its second, one clip at a time: features, forward, backward, Adam step"),
+                     "train_epoch, median pass: batches of like length, standard augmentation, loader workers"),
+                line("notebook epoch", 1, self.notebook_epoch, "median pass, one clip at a time: features, forward, backward, Adam step"),
                 f"  training epoch / notebook epoch         {self.epoch.rate / self.notebook_epoch.rate:.2f}   "
                 f"(cpu per clip: {self.notebook_epoch.cpu_ms / self.epoch.cpu_ms:.2f})",
             ]
@@ -306,8 +307,10 @@ def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[
     """A training epoch of the default model's architecture (batches of like length, standard augmentation, loader workers) and the
     notebook's batch-1 epoch, on the same clips; labels are made up (the clip's number modulo the classes).
 
-    Each is timed on its second epoch: the first pays once-per-run costs (kernels set up for each new
-    sequence length, memory first touched), as the first of a run's epochs does.
+    Each loop makes a first, untimed pass, which pays once-per-run costs (kernels set up for each new
+    sequence length, memory first touched) as the first of a run's epochs does; then EPOCH_PASSES
+    timed passes, alternating between the two loops so that a change in the machine's load falls
+    on both, and the median pass of each is reported.
     """
     checkpoint, device = scorer.checkpoint, scorer.device
     classes = checkpoint.classes
@@ -317,23 +320,28 @@ def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[
     augment = AugmentConfig.preset("standard")
     augmentation = replace(augment, noise=(0.0, *augment.noise[1:])).build(sample_rate=checkpoint.feature_config.sample_rate)
     lengths = torch.tensor([len(wave) for wave in clips.waveforms])
-    results = []
+    torch.manual_seed(config.seed)
+    loops = []
     for batched in (True, False):
-        torch.manual_seed(config.seed)
         spotter = KeywordSpotter(checkpoint.feature_config, checkpoint.model_config).to(device)
         spotter.load_state_dict(checkpoint.state_dict)
-        optimizer = torch.optim.Adam(spotter.parameters(), lr=train.lr)
-        generator = torch.Generator().manual_seed(config.seed)
-        for _ in range(2):
-            order = torch.randperm(len(clips), generator=generator)
-            started, cpu = time.perf_counter(), _cpu_seconds()
-            if batched:
-                order = group_by_length(order, lengths, train.batch_size, train.length_groups)
-                train_epoch(spotter, clips, order, optimizer, torch.nn.CrossEntropyLoss(), train, (augmentation, generator), Process(device=device))
-            else:
-                notebook_epoch(spotter, clips, order, optimizer, device)
-        results.append(Timing(len(clips), time.perf_counter() - started, _cpu_seconds() - cpu))
-    return results[0], results[1]
+        loops.append((batched, spotter, torch.optim.Adam(spotter.parameters(), lr=train.lr), torch.Generator().manual_seed(config.seed)))
+
+    def one_pass(batched: bool, spotter: KeywordSpotter, optimizer, generator: torch.Generator) -> Timing:
+        order = torch.randperm(len(clips), generator=generator)
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        if batched:
+            order = group_by_length(order, lengths, train.batch_size, train.length_groups)
+            train_epoch(spotter, clips, order, optimizer, torch.nn.CrossEntropyLoss(), train, (augmentation, generator), Process(device=device))
+        else:
+            notebook_epoch(spotter, clips, order, optimizer, device)
+        return Timing(len(clips), time.perf_counter() - started, _cpu_seconds() - cpu)
+
+    for loop in loops:
+        one_pass(*loop)
+    passes = [[one_pass(*loop) for loop in loops] for _ in range(EPOCH_PASSES)]
+    batched, notebook = (sorted(timings, key=lambda t: t.seconds)[len(timings) // 2] for timings in zip(*passes))
+    return batched, notebook
 
 
 def notebook_epoch(spotter: KeywordSpotter, clips, order: torch.Tensor, optimizer, device: torch.device) -> None:
