@@ -319,7 +319,6 @@ def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[
     train = TrainConfig(batch_size=config.batch_size, jobs=config.jobs, seed=config.seed)
     augment = AugmentConfig.preset("standard")
     augmentation = replace(augment, noise=(0.0, *augment.noise[1:])).build(sample_rate=checkpoint.feature_config.sample_rate)
-    lengths = torch.tensor([len(wave) for wave in clips.waveforms])
     torch.manual_seed(config.seed)
     loops = []
     for batched in (True, False):
@@ -331,7 +330,7 @@ def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[
         order = torch.randperm(len(clips), generator=generator)
         started, cpu = time.perf_counter(), _cpu_seconds()
         if batched:
-            order = group_by_length(order, lengths, train.batch_size, train.length_groups)
+            order = group_by_length(order, clips.lengths, train.batch_size, train.length_groups)
             train_epoch(spotter, clips, order, optimizer, torch.nn.CrossEntropyLoss(), train, (augmentation, generator), Process(device=device))
         else:
             notebook_epoch(spotter, clips, order, optimizer, device)

@@ -30,6 +30,11 @@ class ClipSet:
     def __len__(self) -> int:
         return len(self.waveforms)
 
+    @functools.cached_property
+    def lengths(self) -> torch.Tensor:
+        """(n_clips,) int64: each clip's samples."""
+        return torch.tensor([len(wave) for wave in self.waveforms], dtype=torch.long)
+
 
 def load_clips(
     rows: list[ManifestRow],

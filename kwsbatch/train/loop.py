@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import functools
 import math
 import os
 import time
@@ -200,11 +199,6 @@ class _RunData:
     val: ClipSet
     weights: torch.Tensor  # (n_train_clips,) float64: each clip's source weight
 
-    @functools.cached_property
-    def lengths(self) -> torch.Tensor:
-        """(n_train_clips,) int64: each training clip's samples."""
-        return torch.tensor([len(wave) for wave in self.train.waveforms], dtype=torch.long)
-
     def val_names(self) -> list[str]:
         """Names of the validation sources, which val.sources index."""
         return source_names(self.val_manifests or [s.manifest for s in self.sources])
@@ -333,7 +327,7 @@ def _train_epochs(run: _Run, start_epoch: int, reporter: Reporter) -> None:
         # Every rank draws the same order from the same generator and trains on every world_size-th
         # clip of it, so each run of world_size * batch_size clips of like length gives every rank its batch.
         order = epoch_order(data.train.targets, data.weights, config.balance, run.shuffle)
-        order = group_by_length(order, data.lengths, config.batch_size * run.process.world_size, config.length_groups)
+        order = group_by_length(order, data.train.lengths, config.batch_size * run.process.world_size, config.length_groups)
         order = rank_share(order, run.process)
         train_loss, train_acc = train_epoch(
             run.spotter, data.train, order, run.optimizer, loss_fn, config, (run.augmentation, run.augment_rng), run.process, reporter, epoch
