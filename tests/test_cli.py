@@ -433,6 +433,19 @@ def test_a_label_run_that_finds_its_output_locked_stops_before_torch_loads(tmp_p
     assert "another kwsbatch run is writing it" in result.stderr
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["label", "--help"], ["evaluate", "--help"]])
+def test_help_is_printed_without_loading_torch_or_pandas(argv):
+    # A fresh process, to see what it imported: a newcomer's first `kwsbatch --help` answers at once.
+    program = (
+        "import sys\nfrom kwsbatch.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'pandas') if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program, *argv], capture_output=True, text=True, timeout=300)
+    assert result.stdout.startswith("usage: kwsbatch")
+    assert result.stderr.strip() == "[]"
+
+
 @pytest.mark.parametrize("command", subcommands())
 def test_every_subcommand_has_a_reference_section_and_a_readme_example(command):
     reference = (REPO / "docs" / "commands.md").read_text()

@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every command; with command, only that one's flags are built, since building some
-    (train's read their defaults from the model's configs) imports torch, which takes seconds."""
+    """The parser of every command, with only the named command's flags: building some (train's read
+    their defaults from the model's configs) imports torch, which takes seconds, and `kwsbatch --help`
+    lists the commands without their flags."""
     from kwsbatch import __version__
 
     parser = argparse.ArgumentParser(prog="kwsbatch", description="Tag audio corpora with spoken keywords, in batch.")
@@ -89,7 +90,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (summary, module, examples) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=examples,
                            formatter_class=HelpFormatter)
-        if command in (None, name):
+        if command == name:
             add_common(p)
             getattr(module, f"add_{name}")(p)
             p.set_defaults(run=getattr(module, f"run_{name}"), parser=p)

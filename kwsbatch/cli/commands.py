@@ -194,7 +194,7 @@ EVALUATE_EXAMPLES = """examples:
 
 
 def add_evaluate(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.evaluate.wakeword import WakewordConfig
+    from kwsbatch.evaluate.config import WakewordConfig
 
     p.add_argument("manifest", help="manifest with path and label columns (CSV, TSV, JSON lines, audiofolder metadata.csv) or a "
                    "folder-per-label tree (its testing_list.txt clips when it has one)")
@@ -251,7 +251,7 @@ def _evaluate_recordings(args) -> int:
     """A wake-word truth list: window mode over long recordings, detections matched in time, a threshold sweep."""
     from kwsbatch.evaluate.report import render_wakeword
     from kwsbatch.evaluate.run import evaluate_recordings
-    from kwsbatch.evaluate.wakeword import WakewordConfig
+    from kwsbatch.evaluate.config import WakewordConfig
     from kwsbatch.label.config import LabelConfig
     from kwsbatch.progress import table_console
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kwsbatch.evaluate.config import WakewordConfig
 from kwsbatch.evaluate.groups import GroupScores, check_group_columns, score_groups
 from kwsbatch.evaluate.metrics import Evaluation, evaluate_predictions
 from kwsbatch.evaluate.predict import default_report_dir, predict_manifest, read_predictions
 from kwsbatch.evaluate.report import write_report, write_wakeword_report
-from kwsbatch.evaluate.wakeword import WakewordConfig, WakewordEvaluation, evaluate_wakeword
+from kwsbatch.evaluate.wakeword import WakewordEvaluation, evaluate_wakeword
 from kwsbatch.label.config import LabelConfig
 from kwsbatch.model.checkpoint import default_model_path
 from kwsbatch.progress import Reporter

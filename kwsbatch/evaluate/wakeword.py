@@ -33,9 +33,9 @@ import pandas as pd
 
 from kwsbatch.classes import is_background
 from kwsbatch.errors import ManifestError
+from kwsbatch.evaluate.config import WakewordConfig
 from kwsbatch.evaluate.sweep import SHOWN_THRESHOLDS, THRESHOLDS
 from kwsbatch.files.manifest import ManifestRow, is_manifest_name, iter_manifest, manifest_header
-from kwsbatch.files.windowing import WindowConfig
 from kwsbatch.label.config import LabelConfig
 from kwsbatch.label.pipeline import score_files
 from kwsbatch.label.rows import FileResult
@@ -45,24 +45,6 @@ from kwsbatch.model.scorer import Scorer
 from kwsbatch.progress import Reporter
 
 EVENT_COLUMNS = ("start_s", "end_s")  # what makes a manifest a wake-word truth list
-
-
-@dataclass(frozen=True)
-class WakewordConfig:
-    """Field names match `kwsbatch evaluate`'s flags."""
-
-    window: float = 1.0  # seconds of audio the model hears at once (the clips it was trained on are 1 s)
-    hop: float | None = None  # seconds between windows; None: half the window
-    target_fa_per_hour: float = 1.0  # the false accepts per hour the operating threshold may reach
-
-    def __post_init__(self):
-        if not self.target_fa_per_hour >= 0:
-            raise ValueError(f"--target-fa-per-hour must be at least 0, got {self.target_fa_per_hour:g}")
-        self.windows()  # WindowConfig checks --window and --hop
-
-    def windows(self) -> WindowConfig:
-        """The window settings, at threshold 0: every window's best class is kept, and thresholds applied after."""
-        return WindowConfig(self.window, self.hop if self.hop is not None else self.window / 2)
 
 
 @dataclass(frozen=True)
