@@ -87,7 +87,9 @@ def test_merge_reports_a_missing_shard_and_a_duplicated_one(tmp_path):
 
 
 def test_merge_to_jsonl_keeps_numbers_typed_and_refuses_shards_of_other_runs(tmp_path):
-    make_corpus(tmp_path / "corpus", 6)
+    # Shards follow a hash of the absolute paths, so tmp_path decides which shard a clip lands in:
+    # with 6 clips, 1 run in 64 found shard 0 empty; with 24, 1 in 16 million.
+    make_corpus(tmp_path / "corpus", 24)
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     assert run_main("label", tmp_path / "corpus", "-o", a, "--shard", "0/2").returncode == EXIT_OK
     assert run_main("label", tmp_path / "corpus", "-o", b, "--shard", "1/2", "--window", "0.5").returncode in (EXIT_OK, EXIT_PARTIAL)

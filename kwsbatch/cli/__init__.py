@@ -43,7 +43,8 @@ __all__ = ["COMMANDS", "build_parser", "main", "settings_from"]
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_command(argv))
+    command = _command(argv)
+    parser = build_parser(command, flags=command is not None)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
@@ -78,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every command, with only the named command's flags: building some (train's read
-    their defaults from the model's configs) imports torch, which takes seconds, and `kwsbatch --help`
-    lists the commands without their flags."""
+def build_parser(command: str | None = None, *, flags: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command; with command, only that one's flags are built, and with flags=False
+    none, as `kwsbatch --help` needs: building some (train's read their defaults from the model's
+    configs) imports torch, which takes seconds."""
     from kwsbatch import __version__
 
     parser = argparse.ArgumentParser(prog="kwsbatch", description="Tag audio corpora with spoken keywords, in batch.")
@@ -90,7 +91,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (summary, module, examples) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=examples,
                            formatter_class=HelpFormatter)
-        if command == name:
+        if flags and command in (None, name):
             add_common(p)
             getattr(module, f"add_{name}")(p)
             p.set_defaults(run=getattr(module, f"run_{name}"), parser=p)
