@@ -5,7 +5,7 @@ import os
 import signal
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_main
 from test_job import EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, make_corpus, read_rows
 
 distributed = pytest.importorskip("distributed")
@@ -41,7 +41,7 @@ def corpus_with_a_broken_file(root):
 def test_dask_local_cluster_writes_the_local_output(tmp_path):
     corpus = corpus_with_a_broken_file(tmp_path / "corpus")
     local, clustered = tmp_path / "local.csv", tmp_path / "dask.csv"
-    assert run_cli("label", corpus, "-o", local, "-j", "1").returncode == EXIT_PARTIAL
+    assert run_main("label", corpus, "-o", local, "-j", "1").returncode == EXIT_PARTIAL
     result = run_cli("label", corpus, "-o", clustered, "--batch-size", "4", env_extra={"KWSBATCH_DASK": "local:2"})
     assert result.returncode == EXIT_PARTIAL, result.stderr  # the broken file's error row, as locally
     assert "labelled 25 new or changed files (1 failed)" in result.stderr
@@ -87,9 +87,9 @@ def test_a_worker_killed_mid_run_costs_only_its_chunks(tmp_path):
 def test_dask_flag_errors_are_one_line(tmp_path):
     corpus = tmp_path / "corpus"
     make_corpus(corpus, 2)
-    usage = run_cli("label", corpus, "--dask", "local:2")
+    usage = run_main("label", corpus, "--dask", "local:2")
     assert usage.returncode == EXIT_USAGE and "argument --dask: needs an output file (-o FILE)" in usage.stderr
-    bad = run_cli("label", corpus, "-o", tmp_path / "out.csv", "--dask", "local:zero")
+    bad = run_main("label", corpus, "-o", tmp_path / "out.csv", "--dask", "local:zero")
     assert bad.returncode == EXIT_ERROR
     assert bad.stderr.strip().splitlines()[-1] == "error: --dask local:zero: expected local:N with N >= 1 worker processes"
     assert not (tmp_path / "out.csv").exists()

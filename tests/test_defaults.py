@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.cli import build_parser, settings_from
 from kwsbatch.label.config import LabelConfig, LabelRequest
@@ -33,7 +33,7 @@ def stored_settings(path) -> dict:
 def test_the_cli_and_the_library_train_the_same_model_by_default(speech_corpus, tmp_path):
     # One epoch, and the test voices for validation (a tenth of nine voices may hold none out).
     train_csv, val_csv = speech_corpus / "train.csv", speech_corpus / "test.csv"
-    run_cli("train", train_csv, "--val", val_csv, "--epochs", "1", "-o", tmp_path / "cli", "-q", check=True)
+    run_main("train", train_csv, "--val", val_csv, "--epochs", "1", "-o", tmp_path / "cli", "-q", check=True)
     train(train_csv, tmp_path / "lib", config=TrainConfig(epochs=1), val_manifest=val_csv)
     by_cli, by_library = stored_settings(tmp_path / "cli" / "last.pt"), stored_settings(tmp_path / "lib" / "last.pt")
     assert by_cli == by_library

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.classes import is_background
 from kwsbatch.evaluate.groups import score_groups
@@ -87,7 +87,7 @@ def assert_groups_match(report: Path, column: str, expected: dict[str, dict], mi
 
 
 def test_evaluate_by_speaker_counts_each_group(samples_manifest, tmp_path):
-    result = run_cli("evaluate", samples_manifest, "--by", "speaker", "-o", tmp_path / "report", "-q")
+    result = run_main("evaluate", samples_manifest, "--by", "speaker", "-o", tmp_path / "report", "-q")
     assert result.returncode == 0, result.stderr
     expected = by_hand(tmp_path / "report" / "predictions.csv", "speaker")
     # The two wrong truths land where they were put: alice misses a keyword, bob raises a false alarm.
@@ -111,9 +111,9 @@ def test_evaluate_by_speaker_counts_each_group(samples_manifest, tmp_path):
 
 def test_evaluate_by_with_predictions_takes_the_columns_from_the_manifest(samples_manifest, tmp_path):
     labels = tmp_path / "labels.csv"
-    run_cli("label", samples_manifest.parent / "clips", "-o", labels, "-q", check=True)
+    run_main("label", samples_manifest.parent / "clips", "-o", labels, "-q", check=True)
     assert "speaker" not in labels.read_text().splitlines()[0]  # a folder's labels know no speakers
-    result = run_cli(
+    result = run_main(
         "evaluate", samples_manifest, "--predictions", labels, "--by", "speaker", "--by", "label",
         "--min-group-clips", "3", "-o", tmp_path / "report", "-q",
     )
@@ -124,7 +124,7 @@ def test_evaluate_by_with_predictions_takes_the_columns_from_the_manifest(sample
 
 
 def test_evaluate_by_a_missing_column_fails_before_scoring(samples_manifest, tmp_path):
-    result = run_cli("evaluate", samples_manifest, "--by", "speaker", "--by", "engine", "-o", tmp_path / "report")
+    result = run_main("evaluate", samples_manifest, "--by", "speaker", "--by", "engine", "-o", tmp_path / "report")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {samples_manifest}: no column 'engine' to group by (its columns: path, label, speaker)"

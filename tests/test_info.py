@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, run_main
+from conftest import run_main
 
 from kwsbatch import __version__
 from kwsbatch.model.checkpoint import load_checkpoint
@@ -69,15 +69,15 @@ def test_a_missing_model_is_a_one_line_error(tmp_path):
 
 def test_an_exported_model_is_described_from_the_metadata_export_wrote(trained_model, tmp_path):
     pytest.importorskip("onnx")
-    checkpoint = json.loads(run_cli("info", trained_model, "--json", check=True).stdout)
+    checkpoint = json.loads(run_main("info", trained_model, "--json", check=True).stdout)
     for name, export_format in (("m.onnx", "onnx"), ("m.pt", "torchscript")):
-        run_cli("export", trained_model, "-o", tmp_path / name, check=True)
-        info = json.loads(run_cli("info", tmp_path / name, "--json", check=True).stdout)
+        run_main("export", trained_model, "-o", tmp_path / name, check=True)
+        info = json.loads(run_main("info", tmp_path / name, "--json", check=True).stdout)
         assert (info["format"], info["exported_by"], info["sample_rate"]) == (export_format, f"kwsbatch {__version__}", 16000)
         for key in ("model_id", "classes", "feature_config", "model_config", "temperature"):
             assert info[key] == checkpoint[key], key
         assert info["size"]["file_bytes"] == (tmp_path / name).stat().st_size
-    lines = run_cli("info", tmp_path / "m.onnx", check=True).stdout.splitlines()
+    lines = run_main("info", tmp_path / "m.onnx", check=True).stdout.splitlines()
     fields = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
     assert list(fields) == ["model", "classes", "features", "network", "calibration", "inputs", "outputs"]
     assert fields["model"].endswith(f"(id {checkpoint['model_id']}, {fields['model'].split(', ')[1]}, ONNX, opset 17, exported by kwsbatch {__version__})")
@@ -91,10 +91,10 @@ def test_a_model_kwsbatch_did_not_export_is_one_clear_line(tmp_path):
     with torch.no_grad():
         torch.onnx.export(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), tmp_path / "other.onnx", dynamo=False)
     maker = onnx.load(str(tmp_path / "other.onnx")).producer_name
-    result = run_cli("info", tmp_path / "other.onnx")
+    result = run_main("info", tmp_path / "other.onnx")
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {tmp_path / 'other.onnx'}: an ONNX model made by {maker} ")
     assert result.stderr.endswith(", not exported by kwsbatch (no kwsbatch metadata: classes, sample_rate, model_id)\n")
     torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), tmp_path / "other.pt")
-    result = run_cli("info", tmp_path / "other.pt")
+    result = run_main("info", tmp_path / "other.pt")
     assert (result.returncode, result.stderr) == (1, f"error: {tmp_path / 'other.pt'}: a TorchScript model that kwsbatch did not export (no kwsbatch.json inside)\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import run_cli, tone
+from conftest import run_main, tone
 
 from kwsbatch.errors import ManifestError
 from kwsbatch.files.manifest import check_known_labels, iter_manifest, read_manifest
@@ -177,7 +177,7 @@ def test_label_resolves_manifest_paths_from_another_working_directory(clips, tmp
     manifest = write(clips.parent / "m.csv", "path,label,speaker\nclips/a.wav,yes,v1\nclips/c.wav,no,v2\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = run_cli("label", manifest, "--model", trained_model, "-q", cwd=elsewhere)
+    result = run_main("label", manifest, "--model", trained_model, "-q", cwd=elsewhere)
     assert result.returncode == 0, result.stderr
     table = list(csv.DictReader(io.StringIO(result.stdout)))
     # Standard output names the files relative to the working directory: `> out.csv` there reads back as a manifest.
@@ -190,7 +190,7 @@ def test_label_resolves_manifest_paths_from_another_working_directory(clips, tmp
 
 def test_evaluate_with_a_label_the_model_does_not_know(trained_model, speech_corpus, tmp_path):
     manifest = write(tmp_path / "m.csv", f"path,label\n{speech_corpus / 'yes/v00.wav'},yes\n{speech_corpus / 'no/v00.wav'},maybe\n")
-    result = run_cli("evaluate", manifest, "--model", trained_model, "-o", tmp_path / "report", "-q")
+    result = run_main("evaluate", manifest, "--model", trained_model, "-o", tmp_path / "report", "-q")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"error: {manifest} line 3: label 'maybe' is not one the model knows (down, no, up, yes)"
@@ -200,7 +200,7 @@ def test_evaluate_with_a_label_the_model_does_not_know(trained_model, speech_cor
 
 def test_train_with_a_missing_clip_names_manifest_and_line(speech_corpus, tmp_path):
     manifest = write(tmp_path / "m.csv", f"path,label\n{speech_corpus / 'yes/v00.wav'},yes\ngone.wav,no\n")
-    result = run_cli("train", manifest, "-o", tmp_path / "run", "-q")
+    result = run_main("train", manifest, "-o", tmp_path / "run", "-q")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"error: {manifest} line 3: file not found: gone.wav"]
     assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.cli import main
 from kwsbatch.corpus import synth
@@ -170,7 +170,7 @@ def test_cli_writes_a_corpus_with_both_engines_split_by_voice(tmp_path):
     for name in NAMES:
         _engine(name)  # skips when an extra is absent
     out = tmp_path / "neural"
-    result = run_cli("synth", "--engines", "piper,kokoro", "--words", "yes,no", "--per-word", "4", "-o", out, "--seed", "5")
+    result = run_main("synth", "--engines", "piper,kokoro", "--words", "yes,no", "--per-word", "4", "-o", out, "--seed", "5")
     assert result.returncode == 0, result.stderr
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     assert set(manifest["engine"]) == {"piper", "kokoro", "noise"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.cli import main
 from kwsbatch.model.checkpoint import load_checkpoint
@@ -67,7 +67,7 @@ def test_weighted_manifests_train_on_the_union_of_their_classes(speech_corpus, t
     up_down, n_b = words_manifest(speech_corpus, "train", {"up", "down"}, tmp_path / "with:colon" / "b.csv")
     runs = []
     for name in ("one", "two"):
-        result = run_cli("train", yes_no, f"{up_down}:3", "-o", tmp_path / name, *TINY)
+        result = run_main("train", yes_no, f"{up_down}:3", "-o", tmp_path / name, *TINY)
         assert result.returncode == 0, result.stderr
         runs.append(load_checkpoint(tmp_path / name / "last.pt"))
     one, two = runs
@@ -96,7 +96,7 @@ def test_weighted_manifests_train_on_the_union_of_their_classes(speech_corpus, t
 def test_several_validation_manifests(speech_corpus, tmp_path):
     val_a, n_a = words_manifest(speech_corpus, "test", {"yes", "no"}, tmp_path / "va.csv")
     val_b, n_b = words_manifest(speech_corpus, "test", {"up", "down"}, tmp_path / "vb.csv")
-    result = run_cli("train", speech_corpus / "train.csv", "--val", val_a, "--val", val_b, "-o", tmp_path / "run", *TINY)
+    result = run_main("train", speech_corpus / "train.csv", "--val", val_a, "--val", val_b, "-o", tmp_path / "run", *TINY)
     assert result.returncode == 0, result.stderr
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best.provenance["val_manifest"] == "va.csv vb.csv"

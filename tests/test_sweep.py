@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import HAVE_ESPEAK, VOICES, run_cli, speak
+from conftest import HAVE_ESPEAK, VOICES, run_main, speak
 
 from kwsbatch.classes import is_background
 from kwsbatch.evaluate.sweep import clip_sweep
@@ -69,7 +69,7 @@ def clips(tmp_path_factory):
 
 
 def test_evaluate_sweeps_thresholds_as_label_threshold_tags(clips, tmp_path):
-    result = run_cli("evaluate", clips, "-o", tmp_path / "report")
+    result = run_main("evaluate", clips, "-o", tmp_path / "report")
     assert result.returncode == 0, result.stderr
     assert "Threshold sweep" in result.stdout
     report = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -81,7 +81,7 @@ def test_evaluate_sweeps_thresholds_as_label_threshold_tags(clips, tmp_path):
     assert [row["threshold"] for row in report["threshold_sweep"]] == [round(0.1 * i, 1) for i in range(10)]
     for threshold in (0.5, 0.9, 0.99):
         labels = tmp_path / f"labels{threshold}.csv"
-        run_cli("label", clips, "--threshold", str(threshold), "-o", labels, "-q", check=True)
+        run_main("label", clips, "--threshold", str(threshold), "-o", labels, "-q", check=True)
         rows = list(csv.DictReader(open(labels, newline="")))
         keyword = [r for r in rows if not is_background(r["true_label"])]
         background = [r for r in rows if is_background(r["true_label"])]

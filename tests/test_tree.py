@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import soundfile as sf
-from conftest import run_cli, tone
+from conftest import run_main, tone
 from sc_tree import make_tree
 
 from kwsbatch.model.checkpoint import load_checkpoint
@@ -35,7 +35,7 @@ def tree(tmp_path_factory):
 def tree_run(tree, tmp_path_factory):
     root, _ = tree
     run = tmp_path_factory.mktemp("runs") / "run"
-    return run, run_cli("train", root, "-o", run, *TINY)
+    return run, run_main("train", root, "-o", run, *TINY)
 
 
 def test_train_on_a_speech_commands_tree_follows_its_split_lists(tree, tree_run):
@@ -56,7 +56,7 @@ def test_train_on_a_speech_commands_tree_follows_its_split_lists(tree, tree_run)
 def test_evaluate_scores_a_trees_test_list_and_label_skips_its_noise(tree, tree_run, tmp_path):
     root, speakers = tree
     model = tree_run[0] / "best.pt"
-    result = run_cli("evaluate", root, "--model", model, "-o", tmp_path / "report", "-q")
+    result = run_main("evaluate", root, "--model", model, "-o", tmp_path / "report", "-q")
     assert result.returncode == 0, result.stderr
     predictions = read_csv(tmp_path / "report" / "predictions.csv")
     listed = (root / "testing_list.txt").read_text().split()
@@ -65,10 +65,10 @@ def test_evaluate_scores_a_trees_test_list_and_label_skips_its_noise(tree, tree_
     assert {r["true_label"] for r in predictions} == set(WORDS)
     # label reads every clip of the tree but not its noise recordings; evaluate matches its rows by path.
     labels = tmp_path / "labels.csv"
-    run_cli("label", root, "--model", model, "-o", labels, "-q", check=True)
+    run_main("label", root, "--model", model, "-o", labels, "-q", check=True)
     rows = read_csv(labels)
     assert len(rows) == 3 * 8 * 2 and not any("_background_noise_" in r["path"] for r in rows)
-    again = run_cli("evaluate", root, "--predictions", labels, "-o", tmp_path / "again", "-q")
+    again = run_main("evaluate", root, "--predictions", labels, "-o", tmp_path / "again", "-q")
     assert again.returncode == 0, again.stderr
     report, scored = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("report", "again"))
     assert (scored["n_scored"], scored["confusion"]) == (report["n_scored"], report["confusion"])
@@ -76,7 +76,7 @@ def test_evaluate_scores_a_trees_test_list_and_label_skips_its_noise(tree, tree_
 
 def test_a_tree_without_split_lists_is_evaluated_whole(speech_corpus, trained_model, tmp_path):
     # The speech corpus is a tree too (<word>/vNN.wav, with its CSV manifests beside the folders).
-    result = run_cli("evaluate", speech_corpus, "--model", trained_model, "-o", tmp_path, "-q")
+    result = run_main("evaluate", speech_corpus, "--model", trained_model, "-o", tmp_path, "-q")
     assert result.returncode == 0, result.stderr
     predictions = read_csv(tmp_path / "predictions.csv")
     assert len(predictions) == 48 and {r["true_label"] for r in predictions} == {"down", "no", "up", "yes"}
@@ -86,11 +86,11 @@ def test_a_clip_outside_any_label_folder_is_a_one_line_error(tmp_path, trained_m
     for name in ("yes/a.wav", "stray.wav"):
         (tmp_path / "t" / name).parent.mkdir(parents=True, exist_ok=True)
         sf.write(tmp_path / "t" / name, tone(440, 0.5), 16000)
-    result = run_cli("evaluate", tmp_path / "t", "--model", trained_model, "-o", tmp_path / "r")
+    result = run_main("evaluate", tmp_path / "t", "--model", trained_model, "-o", tmp_path / "r")
     assert (result.returncode, result.stderr) == (
         1, f"error: {tmp_path / 't' / 'stray.wav'}: not in a label folder (a folder-per-label tree holds {tmp_path / 't'}/<label>/<clip>)\n"
     )
     shutil.rmtree(tmp_path / "t" / "yes")
     (tmp_path / "t" / "stray.wav").unlink()
-    result = run_cli("train", tmp_path / "t", "-o", tmp_path / "run")
+    result = run_main("train", tmp_path / "t", "-o", tmp_path / "run")
     assert (result.returncode, result.stderr) == (1, f"error: {tmp_path / 't'}: no train clips in label folders (expected {tmp_path / 't'}/<label>/<clip>.wav)\n")

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import HAVE_ESPEAK, VOICES, run_cli, speak
+from conftest import HAVE_ESPEAK, VOICES, run_main, speak
 
 from kwsbatch.evaluate.wakeword import Event, match_events
 from kwsbatch.label.windows import Detection
@@ -57,7 +57,7 @@ def recordings(tmp_path_factory):
 def test_window_mode_lists_only_detections_as_probable_as_the_threshold(recordings, tmp_path):
     def detections(*threshold: str) -> list[dict]:
         out = tmp_path / f"detections{threshold}.csv"
-        run_cli("label", recordings / "kitchen.wav", recordings / "hall.wav", "--window", "1", "--hop", "0.25", *threshold, "-o", out, "-q", check=True)
+        run_main("label", recordings / "kitchen.wav", recordings / "hall.wav", "--window", "1", "--hop", "0.25", *threshold, "-o", out, "-q", check=True)
         return [row for row in read_csv(out) if row["label"]]
 
     every, sure = detections(), detections("--threshold", "0.9")
@@ -68,7 +68,7 @@ def test_window_mode_lists_only_detections_as_probable_as_the_threshold(recordin
         assert any(o["path"] == row["path"] and o["label"] == row["label"] and float(o["start_s"]) <= float(row["start_s"])
                    and float(row["end_s"]) <= float(o["end_s"]) for o in every)
     assert {r["label"] for r in sure if r["path"].endswith("kitchen.wav")} == {"yes", "no", "up", "stop"}
-    assert "--window: a window counts toward a detection only when" in run_cli("label", "--help").stdout.replace("\n", " ")
+    assert "--window: a window counts toward a detection only when" in run_main("label", "--help").stdout.replace("\n", " ")
 
 
 def hand_count(detections: list[dict], truth: list[dict]) -> tuple[int, int]:
@@ -84,7 +84,7 @@ def hand_count(detections: list[dict], truth: list[dict]) -> tuple[int, int]:
 
 def test_wakeword_evaluation_counts_false_accepts_and_misses_as_label_finds_them(recordings, tmp_path):
     out = tmp_path / "report"
-    result = run_cli("evaluate", recordings / "truth.csv", "-o", out, "--target-fa-per-hour", "200")
+    result = run_main("evaluate", recordings / "truth.csv", "-o", out, "--target-fa-per-hour", "200")
     assert result.returncode == 0, result.stderr
     assert "Wake-word evaluation" in result.stdout and "miss rate" in result.stdout
     assert {p.name for p in out.iterdir()} >= {"wakeword_sweep.csv", "detections.csv", "report.json"}
@@ -96,7 +96,7 @@ def test_wakeword_evaluation_counts_false_accepts_and_misses_as_label_finds_them
 
     truth = read_csv(recordings / "truth.csv")
     for threshold in (0.0, 0.5, 0.9):
-        run_cli("label", recordings / "kitchen.wav", recordings / "hall.wav", "--window", "1", "--threshold", str(threshold),
+        run_main("label", recordings / "kitchen.wav", recordings / "hall.wav", "--window", "1", "--threshold", str(threshold),
                 "-o", tmp_path / f"at{threshold}.csv", "-q", check=True)
         detections = [r for r in read_csv(tmp_path / f"at{threshold}.csv") if r["label"]]
         false_accepts, missed = hand_count(detections, truth)
@@ -117,7 +117,7 @@ def test_wakeword_evaluation_counts_false_accepts_and_misses_as_label_finds_them
 
 def test_det_curve_is_drawn_when_matplotlib_is_there(recordings, tmp_path):
     pytest.importorskip("matplotlib")
-    run_cli("evaluate", recordings / "truth.csv", "-o", tmp_path, "-q", check=True)
+    run_main("evaluate", recordings / "truth.csv", "-o", tmp_path, "-q", check=True)
     assert (tmp_path / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -134,14 +134,14 @@ def test_a_bad_truth_row_is_a_one_line_error(recordings, tmp_path, row, message)
     truth = tmp_path / "truth.csv"
     truth.write_text(f"path,start_s,end_s,label\n{row}\n")
     (tmp_path / "kitchen.wav").symlink_to(recordings / "kitchen.wav")
-    result = run_cli("evaluate", truth, "-o", tmp_path / "r")
+    result = run_main("evaluate", truth, "-o", tmp_path / "r")
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {tmp_path / message}") and len(result.stderr.splitlines()) == 1
 
 
 def test_clip_flags_and_wakeword_flags_do_not_mix(recordings, speech_corpus, tmp_path):
-    assert run_cli("evaluate", recordings / "truth.csv", "--min-accuracy", "0.9").returncode == 2
-    result = run_cli("evaluate", speech_corpus / "test.csv", "--target-fa-per-hour", "2")
+    assert run_main("evaluate", recordings / "truth.csv", "--min-accuracy", "0.9").returncode == 2
+    result = run_main("evaluate", speech_corpus / "test.csv", "--target-fa-per-hour", "2")
     assert result.returncode == 2 and "--target-fa-per-hour: only for a truth list of long recordings" in result.stderr
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_main
 
 from kwsbatch.cli import main
 from kwsbatch.model.checkpoint import checkpoint_id, load_checkpoint
@@ -21,7 +21,7 @@ TINY = ("--epochs", "1", "--batch-size", "8", "--val-fraction", "0.25", "--augme
 def base(speech_corpus, tmp_path_factory) -> Path:
     """A small model (16 units, 1 layer, no convolution) to start from: settings unlike the CLI defaults."""
     run = tmp_path_factory.mktemp("base")
-    run_cli("train", speech_corpus / "train.csv", "-o", run, *TINY, "--hidden", "16", "--layers", "1", "--conv-channels", "0", "-q", check=True)
+    run_main("train", speech_corpus / "train.csv", "-o", run, *TINY, "--hidden", "16", "--layers", "1", "--conv-channels", "0", "-q", check=True)
     return run / "best.pt"
 
 
@@ -37,7 +37,7 @@ def relabelled(corpus: Path, out: Path, labels: dict[str, str]) -> Path:
 
 
 def init_train(manifest: Path, out: Path, base: Path, *flags: str):
-    return run_cli("train", manifest, "-o", out, "--init", base, *TINY, *flags)
+    return run_main("train", manifest, "-o", out, "--init", base, *TINY, *flags)
 
 
 def test_init_with_zero_size_steps_is_exactly_the_checkpoint_and_records_its_id(speech_corpus, base, tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_init_maps_classifier_rows_by_class_name(speech_corpus, base, tmp_path):
 
 
 def test_init_and_finetune_together_is_a_usage_error(speech_corpus, base, tmp_path):
-    result = run_cli("train", speech_corpus / "train.csv", "--init", base, "--finetune", base, "-o", tmp_path / "run")
+    result = run_main("train", speech_corpus / "train.csv", "--init", base, "--finetune", base, "-o", tmp_path / "run")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("argument --init: start from one checkpoint: --finetune (the classifier) or --init (every layer), not both")
 
