@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from kwsbatch.errors import CheckpointError
 from kwsbatch.model.checkpoint import FORMAT, FORMAT_VERSION, Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
-from kwsbatch.model.features import FeatureConfig
-from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
+from kwsbatch.model.config import FeatureConfig, ModelConfig
+from kwsbatch.model.spotter import KeywordSpotter
 
 CLASSES = ("down", "no", "up", "yes")
 

@@ -433,9 +433,10 @@ def test_a_label_run_that_finds_its_output_locked_stops_before_torch_loads(tmp_p
     assert "another kwsbatch run is writing it" in result.stderr
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["label", "--help"], ["evaluate", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], *([command, "--help"] for command in subcommands())], ids=" ".join)
 def test_help_is_printed_without_loading_torch_or_pandas(argv):
-    # A fresh process, to see what it imported: a newcomer's first `kwsbatch --help` answers at once.
+    # A fresh process, to see what it imported: a newcomer's `kwsbatch train --help` answers at once,
+    # not after the seconds torch takes to import.
     program = (
         "import sys\nfrom kwsbatch.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"

@@ -13,7 +13,8 @@ from conftest import run_cli
 from test_cli import TINY, assert_same_weights, read_csv
 
 from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
-from kwsbatch.model.features import FeatureConfig, MfccFrontend
+from kwsbatch.model.config import FeatureConfig
+from kwsbatch.model.features import MfccFrontend
 from kwsbatch.model.scorer import Scorer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

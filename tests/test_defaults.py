@@ -10,11 +10,11 @@ from conftest import run_main
 
 from kwsbatch.cli import build_parser, settings_from
 from kwsbatch.label.config import LabelConfig, LabelRequest
-from kwsbatch.model.features import FeatureConfig
-from kwsbatch.model.spotter import ArchitectureConfig, ModelConfig
-from kwsbatch.tools.bench import BenchConfig
+from kwsbatch.model.config import ArchitectureConfig, FeatureConfig, ModelConfig
+from kwsbatch.tools.config import BenchConfig
 from kwsbatch.train.augment import AugmentConfig
-from kwsbatch.train.loop import TrainConfig, default_augmentation, train
+from kwsbatch.train.config import TrainConfig
+from kwsbatch.train.loop import default_augmentation, train
 
 TRAIN_CONFIGS = (TrainConfig, ArchitectureConfig, FeatureConfig)
 

@@ -13,9 +13,9 @@ import torch
 from conftest import REPO, run_main
 
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id, load_checkpoint, save_checkpoint
-from kwsbatch.model.features import FeatureConfig
+from kwsbatch.model.config import FeatureConfig, ModelConfig
 from kwsbatch.model.scorer import Scorer
-from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
+from kwsbatch.model.spotter import KeywordSpotter
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import load_checkpoint
-from kwsbatch.model.features import FeatureConfig, FeatureStats, MfccFrontend
+from kwsbatch.model.config import FeatureConfig, ModelConfig
+from kwsbatch.model.features import FeatureStats, MfccFrontend
 from kwsbatch.model.scorer import Scorer
-from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
+from kwsbatch.model.spotter import KeywordSpotter
 
 RATE = 16000
 

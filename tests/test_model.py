@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import NOTEBOOK
 
-from kwsbatch.model.features import FeatureConfig
-from kwsbatch.model.spotter import KeywordLSTM, KeywordSpotter, ModelConfig
+from kwsbatch.model.config import FeatureConfig, ModelConfig
+from kwsbatch.model.spotter import KeywordLSTM, KeywordSpotter
 
 # Unsorted on purpose (packing sorts internally and must hand rows back in this order); 1 is the
 # shortest a clip can be, 40 fills the batch.

@@ -10,8 +10,9 @@ from conftest import NOTEBOOK
 
 from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from kwsbatch.model.features import FeatureConfig, MfccFrontend
-from kwsbatch.model.spotter import CausalConv, KeywordSpotter, ModelConfig
+from kwsbatch.model.config import FeatureConfig, ModelConfig
+from kwsbatch.model.features import MfccFrontend
+from kwsbatch.model.spotter import CausalConv, KeywordSpotter
 
 
 def clips(n: int = 64, seed: int = 0) -> list[torch.Tensor]:

@@ -7,10 +7,11 @@ import torch
 
 from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint
-from kwsbatch.model.features import FeatureConfig, MfccFrontend
+from kwsbatch.model.config import FeatureConfig, ModelConfig
+from kwsbatch.model.features import MfccFrontend
 from kwsbatch.model.portable import DftMfcc, PaddedLSTM, PortableSpotter, dft_basis
 from kwsbatch.model.scorer import Scorer
-from kwsbatch.model.spotter import KeywordLSTM, KeywordSpotter, ModelConfig
+from kwsbatch.model.spotter import KeywordLSTM, KeywordSpotter
 
 # Frame lengths in no particular order: the longest, one frame, and lengths between.
 FRAME_LENGTHS = [50, 1, 17, 33, 2, 49]

@@ -38,9 +38,8 @@ TRAIN_EXAMPLES = """examples:
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.model.features import FeatureConfig
-    from kwsbatch.model.spotter import ArchitectureConfig
-    from kwsbatch.train.loop import TrainConfig
+    from kwsbatch.model.config import ArchitectureConfig, FeatureConfig
+    from kwsbatch.train.config import TrainConfig
 
     p.add_argument("manifests", nargs="+", type=_train_source, metavar="MANIFEST[:WEIGHT]",
                    help="manifests with path and label columns (CSV, TSV, JSON lines, audiofolder metadata.csv) or folder-per-label "
@@ -61,7 +60,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _add_augment_flags(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.train.augment import AUGMENT_PRESETS, CODECS, ROOM_MODELS, AugmentConfig
+    from kwsbatch.train.config import AUGMENT_PRESETS, CODECS, DEFAULT_CODECS, DEFAULT_ROOMS, ROOM_MODELS
 
     g = p.add_argument_group(
         "augmentation", "each transform: a probability per clip, then its range; numbers left out keep the preset's"
@@ -87,8 +86,8 @@ def _add_augment_flags(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, type=numbers, metavar=metavar, help=f"{what} (default: the preset's)")
     g.add_argument("--noise-dir", help="--noise's recordings: a folder of audio, or a manifest's _silence_ rows "
                    "(default: _background_noise_/ beside the first train manifest, or in its tree)")
-    g.add_argument("--rooms", choices=ROOM_MODELS, help=f"room model for --reverb (default: {AugmentConfig.rooms}; shoebox needs the augment extra)")
-    g.add_argument("--codecs", metavar="NAMES", help=f"codecs for --codec, from {','.join(CODECS)} (default: {AugmentConfig.codecs})")
+    g.add_argument("--rooms", choices=ROOM_MODELS, help=f"room model for --reverb (default: {DEFAULT_ROOMS}; shoebox needs the augment extra)")
+    g.add_argument("--codecs", metavar="NAMES", help=f"codecs for --codec, from {','.join(CODECS)} (default: {DEFAULT_CODECS})")
 
 
 def _train_source(text: str):
@@ -101,9 +100,9 @@ def _train_source(text: str):
 
 
 def run_train(args) -> int:
-    from kwsbatch.model.features import FeatureConfig
-    from kwsbatch.model.spotter import ArchitectureConfig
-    from kwsbatch.train.loop import TrainConfig, train
+    from kwsbatch.model.config import ArchitectureConfig, FeatureConfig
+    from kwsbatch.train.config import TrainConfig
+    from kwsbatch.train.loop import train
 
     config, model, features = (settings_from(args, c) for c in (TrainConfig, ArchitectureConfig, FeatureConfig))
     first = args.manifests[0].manifest
@@ -249,9 +248,9 @@ def run_evaluate(args) -> int:
 
 def _evaluate_recordings(args) -> int:
     """A wake-word truth list: window mode over long recordings, detections matched in time, a threshold sweep."""
+    from kwsbatch.evaluate.config import WakewordConfig
     from kwsbatch.evaluate.report import render_wakeword
     from kwsbatch.evaluate.run import evaluate_recordings
-    from kwsbatch.evaluate.config import WakewordConfig
     from kwsbatch.label.config import LabelConfig
     from kwsbatch.progress import table_console
 

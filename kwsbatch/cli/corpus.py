@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ SYNTH_EXAMPLES = """examples:
 
 
 def add_synth(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.corpus.synth import SynthConfig
+    from kwsbatch.corpus.config import SynthConfig
 
     p.add_argument("--words", required=True, help="comma-separated keywords, e.g. yes,no,up,down")
     p.add_argument("-o", "--out", required=True, help="new (or empty) corpus folder")
@@ -37,7 +36,8 @@ def add_synth(p: argparse.ArgumentParser) -> None:
 def run_synth(args) -> int:
     from rich.table import Table
 
-    from kwsbatch.corpus.synth import SynthConfig, read_word_list, speaker_notes, summarize, synthesize_corpus
+    from kwsbatch.corpus.config import SynthConfig
+    from kwsbatch.corpus.synth import read_word_list, speaker_notes, summarize, synthesize_corpus
     from kwsbatch.progress import table_console
 
     config = SynthConfig(
@@ -154,12 +154,12 @@ CHECK_EXAMPLES = """examples:
 
 
 def add_check(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.corpus.check import check_corpus
+    from kwsbatch.corpus.config import MAX_LISTED
 
     p.add_argument("inputs", nargs="+", metavar="MANIFEST|FOLDER", help="manifests, folders of train/val/test.csv, or audio folders")
     p.add_argument("-o", "--out", default=None, help="JSON report (default: reports/<first input name>/check.json)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when any problem is found")
-    p.add_argument("--max-listed", type=int, default=inspect.signature(check_corpus).parameters["max_listed"].default,
+    p.add_argument("--max-listed", type=int, default=MAX_LISTED,
                    help="problem files listed in the JSON report, per kind")
     add_jobs(p)
 

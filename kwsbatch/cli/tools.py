@@ -19,7 +19,7 @@ BENCH_EXAMPLES = """examples:
 
 
 def add_bench(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.tools.bench import BenchConfig
+    from kwsbatch.tools.config import BenchConfig
 
     add_model(p)
     add_settings(p, BenchConfig, exclude=("jobs",))  # -j is add_model's, the same field
@@ -29,7 +29,8 @@ def add_bench(p: argparse.ArgumentParser) -> None:
 def run_bench(args) -> int:
     from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
     from kwsbatch.model.scorer import Scorer
-    from kwsbatch.tools.bench import BenchConfig, run_bench
+    from kwsbatch.tools.bench import run_bench
+    from kwsbatch.tools.config import BenchConfig
 
     config = settings_from(args, BenchConfig, device=args.device, batch_size=args.batch_size)
     model = Path(args.model) if args.model else default_model_path()
@@ -47,7 +48,7 @@ EXPORT_EXAMPLES = """examples:
 
 
 def add_export(p: argparse.ArgumentParser) -> None:
-    from kwsbatch.tools.export import EXPORT_FORMATS, ONNX_OPSET
+    from kwsbatch.tools.config import EXPORT_FORMATS, ONNX_OPSET
 
     p.add_argument("checkpoint", nargs="?", default=None, metavar="CKPT", help="checkpoint (default: the bundled model)")
     p.add_argument("-o", "--out", required=True, help="model file to write: .onnx, or .pt for TorchScript")

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from kwsbatch.corpus.config import MAX_LISTED
 from kwsbatch.errors import AudioError, KwsError
 from kwsbatch.files.audio import file_kind, open_audio
 from kwsbatch.files.loader import run_tasks
@@ -210,7 +211,7 @@ class CheckReport:
         }
 
 
-def check_corpus(inputs: Sequence[str], *, jobs: int = ONE_PER_CORE, max_listed: int = 1000, chunk_size: int = 64,
+def check_corpus(inputs: Sequence[str], *, jobs: int = ONE_PER_CORE, max_listed: int = MAX_LISTED, chunk_size: int = 64,
                  reporter: Reporter | None = None) -> CheckReport:
     """Audit the files that inputs (manifests and folders) list; see the module docstring."""
     if jobs < 0:

@@ -19,8 +19,8 @@ import torch
 
 from kwsbatch.errors import CheckpointError
 from kwsbatch.files.atomic import atomic_write
-from kwsbatch.model.features import FeatureConfig
-from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
+from kwsbatch.model.config import FeatureConfig, ModelConfig
+from kwsbatch.model.spotter import KeywordSpotter
 
 FORMAT = "kwsbatch-checkpoint"
 FORMAT_VERSION = 1

@@ -10,53 +10,15 @@ would take over the whole batch. Together these make a clip's features independe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torchaudio
 from torch import nn
 
+from kwsbatch.model.config import FeatureConfig
 from kwsbatch.model.device import to_device
-from kwsbatch.settings import SettingError, check_settings, setting
 
-CLIP_NORMS = ("none", "mean", "meanvar")
-DEFAULT_F_MAX = 7600.0  # Hz: above it 16 kHz speech carries little
 LOG_OFFSET = 1e-6  # log(mel + 1e-6), torchaudio's MFCC with log_mels=True
 _CPU_BLOCK = 16  # clips whose spectrograms are computed together on the CPU: they stay in cache
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """How clips become MFCC frames; the fields with help text are `kwsbatch train` flags."""
-
-    sample_rate: int = setting(16000, "clips are resampled to this rate (Hz) before anything else", at_least=1)
-    n_mfcc: int = setting(12, "MFCC coefficients per frame", at_least=1)
-    n_mels: int = setting(40, "mel bands the coefficients are computed from", at_least=1)
-    n_fft: int = 400  # 25 ms analysis window at 16 kHz
-    hop_length: int = 160  # 10 ms between frames
-    f_min: float = 20.0
-    f_max: float | None = None  # None: 7600 Hz, or half the sample rate when that is lower
-    # Per-clip normalisation over the clip's own valid frames, before the training-set statistics:
-    # "mean" subtracts each coefficient's mean (cepstral mean normalisation: removes the channel's
-    # colouring and the recording level); "meanvar" also divides by its standard deviation.
-    clip_norm: str = setting("mean", "normalise each clip's coefficients over its own frames (none: the notebook's)", choices=CLIP_NORMS)
-
-    def __post_init__(self):
-        check_settings(self)
-        if self.f_max is None:
-            object.__setattr__(self, "f_max", min(DEFAULT_F_MAX, self.sample_rate / 2))
-        if self.n_mfcc > self.n_mels:
-            raise SettingError("n_mfcc", f"{self.n_mfcc} cannot exceed n_mels ({self.n_mels})")
-        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise SettingError("f_max", f"need 0 <= f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def frame_count(self, n_samples: torch.Tensor) -> torch.Tensor:
-        """Frames whose window lies inside a clip of n_samples (clips are padded to >= n_fft first)."""
-        n_samples = torch.clamp(n_samples, min=self.n_fft)
-        return 1 + torch.div(n_samples - self.n_fft, self.hop_length, rounding_mode="floor")
 
 
 class MfccFrontend(nn.Module):

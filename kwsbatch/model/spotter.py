@@ -5,59 +5,13 @@ No I/O here: checkpoint.py saves and rebuilds these modules from their configs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from kwsbatch.model.config import FeatureConfig, ModelConfig
 from kwsbatch.model.device import to_device
-from kwsbatch.model.features import FeatureConfig, MfccFrontend
-from kwsbatch.settings import SettingError, check_settings, setting
-
-POOLINGS = ("last", "mean", "max")
-
-
-@dataclass(frozen=True)
-class ArchitectureConfig:
-    """The model's shape, less what the data decides (classes, features); fields match `kwsbatch train`'s flags."""
-
-    hidden: int = setting(64, "LSTM units per layer", at_least=1)
-    layers: int = setting(3, "stacked LSTM layers", at_least=1)
-    dropout: float = setting(0.0, "dropout between LSTM layers, training only", at_least=0, at_most=1)
-    bidirectional: bool = setting(False, "run the LSTM both ways (no longer causal)")
-    # "last": the final hidden state at each clip's true length (the notebook's); "mean": the mean over valid
-    # steps; "max": each unit's largest output over valid steps.
-    pooling: str = setting("mean", "how the LSTM's states become one vector: the mean or the max over valid frames, or the last one",
-                           choices=POOLINGS)
-    # A causal convolution over frames before the LSTM; 0: none (the notebook's).
-    conv_channels: int = setting(64, "channels of a causal convolution before the LSTM (0: none)", at_least=0)
-    conv_kernel: int = setting(5, "frames each convolution output sees (itself and the ones before it)", at_least=1)
-    conv_stride: int = setting(2, "frames between convolution outputs: the LSTM runs this many times fewer steps", at_least=1)
-
-    def __post_init__(self):
-        check_settings(self)
-
-    def for_data(self, n_classes: int, n_features: int) -> "ModelConfig":
-        """The full model config for a data set's classes and a front end's coefficients."""
-        return ModelConfig(**asdict(self), n_classes=n_classes, n_features=n_features)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig(ArchitectureConfig):
-    """An architecture for given data: what a checkpoint stores to rebuild its model."""
-
-    n_classes: int
-    n_features: int = FeatureConfig.n_mfcc  # must equal the feature config's n_mfcc
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.n_classes < 2:
-            raise SettingError("n_classes", f"must be at least 2, got {self.n_classes}")
-
-    def to_dict(self) -> dict:
-        config = asdict(self)
-        return {"n_classes": config.pop("n_classes"), "n_features": config.pop("n_features"), **config}
+from kwsbatch.model.features import MfccFrontend
 
 
 class CausalConv(nn.Module):

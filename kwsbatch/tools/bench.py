@@ -47,32 +47,17 @@ from kwsbatch.files.manifest import ManifestRow, chunked
 from kwsbatch.label.config import LabelConfig
 from kwsbatch.model.scorer import Scorer
 from kwsbatch.model.spotter import KeywordSpotter
-from kwsbatch.settings import check_settings, setting, usable_cores, worker_count
+from kwsbatch.settings import usable_cores, worker_count
+from kwsbatch.tools.config import BenchConfig
 from kwsbatch.train.augment import AugmentConfig
+from kwsbatch.train.config import TrainConfig
 from kwsbatch.train.data import load_clips
 from kwsbatch.train.distributed import Process
-from kwsbatch.train.loop import TrainConfig, train_epoch
+from kwsbatch.train.loop import train_epoch
 from kwsbatch.train.sampling import group_by_length
 
 CUDA_BATCH_SIZES = (64, 128, 256, 512, 1024)
 EPOCH_PASSES = 3  # timed passes of each training loop, after an untimed one
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What `kwsbatch bench` measures; device, batch_size and jobs are label's, with label's defaults."""
-
-    files: int = setting(2000, "clips to make and label (0.5-1.5 s, WAV and FLAC, some stereo 44.1 kHz)", at_least=1)
-    device: str = "auto"
-    batch_size: int = LabelConfig.batch_size
-    jobs: int = setting(0, "the most loader workers the scaling table goes up to (0: one per core)", at_least=0)
-    single_files: int | None = setting(None, "clips for the whole-process run beside the notebook's pipeline (default: all of them)", at_least=1)
-    train_files: int = setting(1000, "clips for the training epoch beside the notebook's batch-1 epoch (0: none)", at_least=0)
-    seed: int = setting(0, "seeds the clips' lengths, tones and formats")
-
-    def __post_init__(self):
-        check_settings(self)
-        LabelConfig(batch_size=self.batch_size, jobs=self.jobs)  # label's limits
 
 
 @dataclass

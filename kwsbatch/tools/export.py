@@ -29,12 +29,11 @@ from kwsbatch.extras import install_command
 from kwsbatch.files.atomic import atomic_write
 from kwsbatch.files.loader import pad_waveforms
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id, load_checkpoint
-from kwsbatch.model.features import FeatureConfig
+from kwsbatch.model.config import FeatureConfig
 from kwsbatch.model.portable import PortableSpotter
+from kwsbatch.tools.config import EXPORT_FORMATS, ONNX_OPSET
 
-EXPORT_FORMATS = ("onnx", "torchscript")
 _EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
-ONNX_OPSET = 17
 TOLERANCE = 1e-4  # largest allowed |p_exported - p_kwsbatch| on the check batch
 INPUTS = ("waveforms", "lengths")
 OUTPUTS = ("probabilities",)

@@ -31,17 +31,19 @@ from kwsbatch.files.loader import one_torch_thread, pad_waveforms
 from kwsbatch.files.manifest import check_known_labels
 from kwsbatch.files.tree import NOISE_FOLDER
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from kwsbatch.model.config import ArchitectureConfig, FeatureConfig, ModelConfig
 from kwsbatch.model.device import full_float32, resolve_device
-from kwsbatch.model.features import FeatureConfig, FeatureStats
-from kwsbatch.model.spotter import ArchitectureConfig, KeywordSpotter, ModelConfig
+from kwsbatch.model.features import FeatureStats
+from kwsbatch.model.spotter import KeywordSpotter
 from kwsbatch.progress import Reporter
-from kwsbatch.settings import SettingError, check_settings, jobs_setting, setting, worker_count
+from kwsbatch.settings import worker_count
 from kwsbatch.train.augment import NOISE_LABEL, Augmentation, AugmentConfig, load_noise
 from kwsbatch.train.batches import Prepared, batch_generator, epoch_batches
 from kwsbatch.train.calibrate import calibration_error, fit_temperature
+from kwsbatch.train.config import TrainConfig
 from kwsbatch.train.data import ClipSet, load_clips
 from kwsbatch.train.distributed import Process, average_gradients, broadcast_parameters, join, leave, rank_share, sum_across
-from kwsbatch.train.sampling import BALANCES, epoch_order, epoch_size, group_by_length, loss_weights
+from kwsbatch.train.sampling import epoch_order, epoch_size, group_by_length, loss_weights
 from kwsbatch.train.sources import (
     TrainSource,
     as_list,
@@ -57,37 +59,6 @@ from kwsbatch.train.warmstart import WarmStart
 
 RUN_FILES = ("best.pt", "last.pt", "history.csv")  # what a run writes into its folder
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train; the model's shape is an ArchitectureConfig, its features a FeatureConfig."""
-
-    epochs: int = setting(30, "passes over the training clips", at_least=1)
-    batch_size: int = setting(64, "clips per optimizer batch", at_least=1)
-    lr: float = setting(1e-3, "Adam's learning rate (the notebook's; 0 moves no weight)", at_least=0)
-    weight_decay: float = setting(0.0, "Adam's weight decay", at_least=0)
-    lr_step: int = setting(5, "epochs between learning-rate decays (the notebook halves every 5)", at_least=1)
-    lr_gamma: float = setting(0.5, "factor applied to the learning rate at each decay", above=0)
-    accumulate: int = setting(1, "batches per optimizer step (gradient accumulation)", at_least=1)
-    seed: int = setting(0, "seeds the initial weights, the shuffling, dropout and augmentation")
-    val_fraction: float = setting(0.1, "share of the train manifest held out when no validation manifest is given", above=0, below=1)
-    patience: int = setting(0, "early stop after N epochs without a better validation accuracy (0: never)", at_least=0)
-    jobs: int = jobs_setting()
-    # "sample": draw each epoch's clips with probability 1 / (its class's count), so every class is
-    # seen equally often; "weight": weight the loss by that instead; "none": as the manifest has them.
-    balance: str = setting("none", "class-balanced sampling or loss weights", choices=BALANCES)
-    length_groups: int = setting(16, "sort each run of N batches' clips by length, so a batch pads less (0: batches as drawn)",
-                                 at_least=0)
-    finetune: str | None = setting(None, "start from this checkpoint and train only its classifier (default: none, train from scratch)",
-                                   metavar="CKPT")
-    init: str | None = setting(None, "start from this checkpoint and train every layer; its model and feature settings win over "
-                               "the flags (default: none, train from scratch)", metavar="CKPT")
-
-    def __post_init__(self):
-        check_settings(self)
-        if self.finetune and self.init:
-            raise SettingError("init", "start from one checkpoint: --finetune (the classifier) or --init (every layer), not both")
 
 
 @dataclass

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import torch
 
-BALANCES = ("none", "sample", "weight")
-
 
 def epoch_size(weights: torch.Tensor) -> int:
     """Draws per epoch: the (n_clips,) weights' sum, rounded, at least 1."""

@@ -16,8 +16,8 @@ from functools import cached_property
 import torch
 
 from kwsbatch.model.checkpoint import Checkpoint, checkpoint_id
-from kwsbatch.model.features import FeatureConfig
-from kwsbatch.model.spotter import KeywordSpotter, ModelConfig
+from kwsbatch.model.config import FeatureConfig, ModelConfig
+from kwsbatch.model.spotter import KeywordSpotter
 
 CLASSIFIER = "head.classifier."
 

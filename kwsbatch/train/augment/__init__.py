@@ -18,12 +18,13 @@ telephone), codec (lossy round trips), features (masks), config (AugmentConfig a
 
 from kwsbatch.train.augment.base import Augmentation, Compose
 from kwsbatch.train.augment.channel import BandLimit, Equalizer, Telephone
-from kwsbatch.train.augment.codec import CODECS, CodecRoundTrip, round_trip
-from kwsbatch.train.augment.config import AUGMENT_PRESETS, AugmentConfig
+from kwsbatch.train.augment.codec import CodecRoundTrip, round_trip
+from kwsbatch.train.augment.config import AugmentConfig
 from kwsbatch.train.augment.features import FreqMask, TimeMask
-from kwsbatch.train.augment.room import ROOM_MODELS, RoomReverb, measure_rt60
+from kwsbatch.train.augment.room import RoomReverb, measure_rt60
 from kwsbatch.train.augment.voice import PitchShift, VocalTractWarp
 from kwsbatch.train.augment.waveform import NOISE_LABEL, Amplify, BackgroundNoise, PlaySpeed, TimeShift, ZeroPad, load_noise
+from kwsbatch.train.config import AUGMENT_PRESETS, CODECS, ROOM_MODELS
 
 __all__ = [
     "AUGMENT_PRESETS", "CODECS", "NOISE_LABEL", "ROOM_MODELS",

@@ -17,16 +17,8 @@ import soundfile as sf
 import torch
 
 from kwsbatch.train.augment.base import WaveTransform, check_range, integers, uniform
+from kwsbatch.train.config import CODECS
 
-# name: (container, libsndfile subtype, the rate it is coded at: None for the clip's own)
-CODECS = {
-    "mulaw": ("WAV", "ULAW", None),  # 8-bit G.711 companding
-    "alaw": ("WAV", "ALAW", None),
-    "gsm": ("WAV", "GSM610", 8000),  # full-rate GSM is a narrowband (8 kHz) codec
-    "vorbis": ("OGG", "VORBIS", None),
-    "opus": ("OGG", "OPUS", None),
-    "mp3": ("MP3", "MPEG_LAYER_III", None),
-}
 # The codecs whose bitrate follows the compression level, and the highest level libsndfile takes:
 # its LAME setup refuses 1.0 (mp3 at 0.975 is 25 kbit/s for 16 kHz speech).
 LEVELLED = {"vorbis": 1.0, "opus": 1.0, "mp3": 0.975}

@@ -9,13 +9,12 @@ import torch
 from kwsbatch.settings import SettingError
 from kwsbatch.train.augment.base import Augmentation, Compose
 from kwsbatch.train.augment.channel import BandLimit, Equalizer, Telephone
-from kwsbatch.train.augment.codec import CODECS, CodecRoundTrip
+from kwsbatch.train.augment.codec import CodecRoundTrip
 from kwsbatch.train.augment.features import FreqMask, TimeMask
-from kwsbatch.train.augment.room import ROOM_MODELS, RoomReverb
+from kwsbatch.train.augment.room import RoomReverb
 from kwsbatch.train.augment.voice import PitchShift, VocalTractWarp
 from kwsbatch.train.augment.waveform import Amplify, BackgroundNoise, PlaySpeed, TimeShift, ZeroPad
-
-AUGMENT_PRESETS = ("none", "light", "standard", "strong", "realistic")
+from kwsbatch.train.config import AUGMENT_PRESETS, CODECS, DEFAULT_CODECS, DEFAULT_ROOMS, ROOM_MODELS
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,8 @@ class AugmentConfig:
     time_mask: tuple[float, float, float] = (0.5, 10, 1)  # --time-mask P,MAX_FRAMES,COUNT: zero runs of frames
     freq_mask: tuple[float, float, float] = (0.5, 2, 1)  # --freq-mask P,MAX_COEFFS,COUNT: zero bands of coefficients
     noise_dir: str | None = None  # --noise-dir: a folder or a manifest (its _silence_ rows); default _background_noise_/
-    rooms: str = "shoebox"  # --rooms: room model for --reverb (shoebox needs pyroomacoustics)
-    codecs: str = "mulaw,gsm,vorbis,mp3"  # --codecs: the codecs --codec draws from
+    rooms: str = DEFAULT_ROOMS  # --rooms: room model for --reverb (shoebox needs pyroomacoustics)
+    codecs: str = DEFAULT_CODECS  # --codecs: the codecs --codec draws from
 
     def __post_init__(self):
         for f in fields(self):

@@ -28,8 +28,8 @@ import torch
 
 from kwsbatch.extras import install_command
 from kwsbatch.train.augment.base import WaveTransform, check_range, integers, on_rows, valid
+from kwsbatch.train.config import ROOM_MODELS
 
-ROOM_MODELS = ("shoebox", "exponential")
 DECAY_60DB = 3 * math.log(10)  # amplitude decay exponent over one RT60 (energy falls 60 dB)
 
 
