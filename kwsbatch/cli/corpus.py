@@ -159,8 +159,7 @@ def add_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="MANIFEST|FOLDER", help="manifests, folders of train/val/test.csv, or audio folders")
     p.add_argument("-o", "--out", default=None, help="JSON report (default: reports/<first input name>/check.json)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when any problem is found")
-    p.add_argument("--max-listed", type=int, default=MAX_LISTED,
-                   help="problem files listed in the JSON report, per kind")
+    p.add_argument("--max-listed", type=int, default=MAX_LISTED, help="problem files listed in the JSON report, per kind")
     add_jobs(p)
 
 

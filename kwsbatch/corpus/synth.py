@@ -25,7 +25,7 @@ The default unknown vocabulary is the bundled assets/unknown_words.txt (5000 com
 /usr/share/dict/words, so a seed gives the same corpus on machines with and without wamerican;
 pass `read_word_list("/usr/share/dict/words")` as unknown_words for the larger, rarer vocabulary.
 
-Public API::
+Public API (SynthConfig lives in kwsbatch.corpus.config, light enough for `synth --help`)::
 
     SynthConfig(words, *, per_word=300, unknown=None, silence=None, unknown_words=None,
                 speakers=None, engines=None, seed=0, sample_rate=16000, clip_seconds=1.0,
