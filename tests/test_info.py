@@ -44,7 +44,7 @@ def test_text_names_each_part_on_one_line(trained_model, speech_corpus):
     fields = {line.split()[0]: " ".join(line.split()[1:]) for line in lines}
     assert list(fields) == ["model", "classes", "features", "network", "size", "calibration", "trained", "settings", "metrics", "resumable"]
     assert fields["classes"] == "4: down, no, up, yes"
-    assert fields["network"] == "causal conv 64 channels (kernel 5, stride 2), unidirectional LSTM, 2 layers x 32 units, mean pooling, dropout 0"
+    assert fields["network"] == "causal conv 64 channels (kernel 5, stride 3), unidirectional LSTM, 2 layers x 32 units, mean pooling, dropout 0"
     assert fields["features"].endswith(", per-clip mean normalisation")
     assert fields["size"] == "25,028 parameters (100.1 kB)"
     assert fields["calibration"].startswith(f"temperature {load_checkpoint(trained_model).temperature:g}")

@@ -90,7 +90,7 @@ def test_invalid_model_and_feature_settings_are_refused():
 
 
 def test_checkpoints_saved_before_conv_and_clip_norm_existed_still_load(tmp_path):
-    net = spotter()
+    net = spotter(conv_stride=2)  # a model of then: no conv, and the conv settings' values of then
     checkpoint = Checkpoint(("a", "b", "c", "d", "e"), net.frontend.config, net.head.config, net.state_dict())
     raw = checkpoint.to_dict()
     for key in ("conv_channels", "conv_kernel", "conv_stride"):

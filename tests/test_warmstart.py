@@ -48,7 +48,7 @@ def test_init_with_zero_size_steps_is_exactly_the_checkpoint_and_records_its_id(
     assert f"starting from {base} (model {checkpoint_id(start)}), training every layer: classifier rows kept for 4 (down, no, up, yes)" in log
     # No --hidden/--layers/--conv-channels given: the CLI's defaults lose to the checkpoint's settings, and the log says so.
     assert "--init: the model and feature settings are the checkpoint's, not this run's: " in log
-    assert "hidden 16 (not 64), layers 1 (not 3)" in log
+    assert "hidden 16 (not 128), layers 1 (not 2)" in log
     tuned = load_checkpoint(tmp_path / "run" / "last.pt")
     assert tuned.classes == start.classes and tuned.model_config == start.model_config and tuned.feature_config == start.feature_config
     assert tuned.state_dict.keys() == start.state_dict.keys()

@@ -55,8 +55,8 @@ class FeatureConfig:
 class ArchitectureConfig:
     """The model's shape, less what the data decides (classes, features); fields match `kwsbatch train`'s flags."""
 
-    hidden: int = setting(64, "LSTM units per layer", at_least=1)
-    layers: int = setting(3, "stacked LSTM layers", at_least=1)
+    hidden: int = setting(128, "LSTM units per layer", at_least=1)
+    layers: int = setting(2, "stacked LSTM layers", at_least=1)
     dropout: float = setting(0.0, "dropout between LSTM layers, training only", at_least=0, at_most=1)
     bidirectional: bool = setting(False, "run the LSTM both ways (no longer causal)")
     # "last": the final hidden state at each clip's true length (the notebook's); "mean": the mean over valid
@@ -66,7 +66,7 @@ class ArchitectureConfig:
     # A causal convolution over frames before the LSTM; 0: none (the notebook's).
     conv_channels: int = setting(64, "channels of a causal convolution before the LSTM (0: none)", at_least=0)
     conv_kernel: int = setting(5, "frames each convolution output sees (itself and the ones before it)", at_least=1)
-    conv_stride: int = setting(2, "frames between convolution outputs: the LSTM runs this many times fewer steps", at_least=1)
+    conv_stride: int = setting(3, "frames between convolution outputs: the LSTM runs this many times fewer steps", at_least=1)
 
     def __post_init__(self):
         check_settings(self)
