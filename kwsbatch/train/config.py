@@ -36,7 +36,7 @@ class TrainConfig:
     batch_size: int = setting(64, "clips per optimizer batch", at_least=1)
     lr: float = setting(1e-3, "Adam's learning rate (the notebook's; 0 moves no weight)", at_least=0)
     weight_decay: float = setting(0.0, "Adam's weight decay", at_least=0)
-    lr_step: int = setting(5, "epochs between learning-rate decays (the notebook halves every 5)", at_least=1)
+    lr_step: int = setting(10, "epochs between learning-rate decays (the notebook halves every 5)", at_least=1)
     lr_gamma: float = setting(0.5, "factor applied to the learning rate at each decay", above=0)
     accumulate: int = setting(1, "batches per optimizer step (gradient accumulation)", at_least=1)
     seed: int = setting(0, "seeds the initial weights, the shuffling, dropout and augmentation")
