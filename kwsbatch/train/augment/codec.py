@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from kwsbatch.train.augment.base import WaveTransform, check_range, integers, uniform
-from kwsbatch.train.config import CODECS
+from kwsbatch.train.config import CODECS, DEFAULT_CODECS
 
 # The codecs whose bitrate follows the compression level, and the highest level libsndfile takes:
 # its LAME setup refuses 1.0 (mp3 at 0.975 is 25 kbit/s for 16 kHz speech).
@@ -57,7 +57,7 @@ class CodecRoundTrip(WaveTransform):
         min_level: float = 0.5,
         max_level: float = 1.0,
         *,
-        codecs: tuple[str, ...] = ("mulaw", "gsm", "vorbis", "mp3"),
+        codecs: tuple[str, ...] = tuple(DEFAULT_CODECS.split(",")),
         sample_rate: int = 16000,
     ):
         super().__init__(p)

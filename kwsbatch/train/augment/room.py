@@ -28,7 +28,7 @@ import torch
 
 from kwsbatch.extras import install_command
 from kwsbatch.train.augment.base import WaveTransform, check_range, integers, on_rows, valid
-from kwsbatch.train.config import ROOM_MODELS
+from kwsbatch.train.config import DEFAULT_ROOMS, ROOM_MODELS
 
 DECAY_60DB = 3 * math.log(10)  # amplitude decay exponent over one RT60 (energy falls 60 dB)
 
@@ -55,7 +55,7 @@ class RoomReverb(WaveTransform):
         min_rt60: float = 0.2,
         max_rt60: float = 0.7,
         *,
-        model: str = "shoebox",
+        model: str = DEFAULT_ROOMS,
         n_rirs: int = 32,
         sample_rate: int = 16000,
         seed: int = 0,
