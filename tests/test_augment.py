@@ -293,3 +293,45 @@ def test_load_noise_from_a_manifest_takes_its_silence_rows_only(tmp_path):
     assert files == ["room.wav", "street.flac"]
     assert len(noise) == 24000
     assert noise[:16000].pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-3)
+
+
+# Every transform that runs on the model's device, each on for about half the clips or all of them.
+ON_DEVICE = AugmentConfig(
+    time_shift=(0.5, 0.1), zero_pad=(0.5, 0.2), amplify=(0.5, -10, 6), speed=(0.5, 0.9, 1.1), pitch=(0.5, -3, 3),
+    vtlp=(0.5, 0.9, 1.1), reverb=(0.5, 0.2, 0.6), eq=(0.5, 6), band_limit=(0.5, 50, 400, 3000, 8000), telephone=(0.5,),
+    noise=(0.5, 5, 25), codec=(0.0, 0.5, 1.0), time_mask=(0.5, 10, 1), freq_mask=(0.5, 2, 1), rooms="exponential",
+)
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0])
+def test_an_augmented_training_step_never_reads_the_device_back(p):
+    # A meta tensor has a shape and a device but no values: reading one on the host (.item(), a
+    # boolean mask, a max for a width, torch.istft's window check) raises, as mixing it with a host
+    # tensor does. A step that runs on it is one that on a GPU never makes the host wait for the
+    # device: the draws and the lengths stay on the host, and only copies go to the device.
+    from kwsbatch.model.checkpoint import default_model_path, load_checkpoint
+    from kwsbatch.model.spotter import KeywordSpotter
+    from kwsbatch.train.batches import Prepared
+    from kwsbatch.train.loop import _train_logits
+
+    config = AugmentConfig(**{k: (p, *v[1:]) if isinstance(v, tuple) and v[0] else v for k, v in ON_DEVICE.to_dict().items()})
+    augmentation = config.build(sample_rate=16000, noise=torch.randn(20000, generator=torch.Generator().manual_seed(1)))
+    assert len(augmentation.waveform.transforms) == 11 and len(augmentation.features.transforms) == 2  # all but the codec's
+    checkpoint = load_checkpoint(default_model_path())
+    spotter = KeywordSpotter(checkpoint.feature_config, checkpoint.model_config).to("meta").train()
+    lengths = torch.tensor([16000, 12000, 8000, 400, 0, 16000])
+    waves = torch.zeros(len(lengths), 16000, device="meta")
+    for seed in range(3):
+        logits = _train_logits(spotter, Prepared((waves, lengths), False), augmentation, torch.Generator().manual_seed(seed), waves.device)
+        assert logits.shape == (len(lengths), len(checkpoint.classes)) and logits.device.type == "meta"
+        torch.nn.functional.cross_entropy(logits, torch.zeros(len(lengths), dtype=torch.long, device="meta")).backward()
+
+
+def test_transforms_take_host_lengths_and_give_host_lengths():
+    batch, lengths = padded_batch([900, 700, 0, 300])
+    config = AugmentConfig(**{k: (1.0, *v[1:]) if isinstance(v, tuple) and v[0] else v for k, v in ON_DEVICE.to_dict().items()})
+    augmentation = config.build(sample_rate=16000, noise=torch.randn(5000, generator=torch.Generator().manual_seed(1)))
+    out, new_lengths = augmentation.waveform(batch, lengths, torch.Generator().manual_seed(0))
+    assert new_lengths.device.type == "cpu" and out.shape == (4, int(new_lengths.max()))
+    assert not torch.equal(new_lengths, lengths)  # padding, speed and rooms change them
+    assert out[2].abs().sum() == 0 and all(out[i, n:].abs().sum() == 0 for i, n in enumerate(new_lengths.tolist()))

@@ -119,3 +119,19 @@ def test_vtlp_warp_is_jaitly_and_hintons_piecewise_linear_map():
 def test_bad_voice_settings_are_refused(make):
     with pytest.raises(ValueError):
         make()
+
+
+@pytest.mark.parametrize("width", [300, 1000, 16000, 16127])
+def test_the_devices_overlap_add_is_torch_istft_without_its_host_check(width):
+    # On a GPU the voice transforms resynthesise with their own overlap-add (torch.istft reads a
+    # value back from the device to check the window): the same signal, to float rounding.
+    from kwsbatch.train.augment import voice
+
+    g = torch.Generator().manual_seed(width)
+    clips = torch.randn(3, width, generator=g)
+    spectrum = voice._stft(clips)
+    spectrum = spectrum * torch.rand(spectrum.shape, generator=g)  # not a spectrum any signal has
+    window = torch.hann_window(voice.N_FFT)
+    expected = torch.istft(spectrum, voice.N_FFT, voice.HOP, window=window, center=True, length=width)
+    assert torch.allclose(voice._overlap_add(spectrum, window, width), expected, atol=1e-6, rtol=0)
+    assert torch.allclose(voice._overlap_add(voice._stft(clips), window, width), clips, atol=1e-5, rtol=0)

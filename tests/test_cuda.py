@@ -89,3 +89,32 @@ def test_training_on_cuda_is_reproducible_and_resumable(speech_corpus, tmp_path)
     shutil.rmtree(tmp_path / "b")
     result = run_cli("label", speech_corpus / "test.csv", "--model", tmp_path / "a" / "best.pt", "--device", "cpu", "-q", check=True)
     assert len(read_csv(result.stdout)) == 12
+
+
+def test_an_augmented_training_step_never_waits_for_the_gpu():
+    # test_augment checks this on the meta device; here CUDA's own sync check has the last word.
+    from test_augment import ON_DEVICE
+
+    from kwsbatch.model.spotter import KeywordSpotter
+    from kwsbatch.train.batches import Prepared
+    from kwsbatch.train.loop import _train_logits
+
+    checkpoint = load_checkpoint(default_model_path())
+    spotter = KeywordSpotter(checkpoint.feature_config, checkpoint.model_config).cuda().train()
+    augmentation = ON_DEVICE.build(sample_rate=16000, noise=torch.randn(20000))
+    lengths = torch.tensor([16000, 12000, 8000, 400, 0, 16000])
+    waves = (torch.randn(len(lengths), 16000) * (torch.arange(16000) < lengths[:, None])).pin_memory()
+    targets = torch.zeros(len(lengths), dtype=torch.long, device="cuda")
+
+    def step(seed):
+        logits = _train_logits(spotter, Prepared((waves, lengths), False), augmentation, torch.Generator().manual_seed(seed), torch.device("cuda"))
+        torch.nn.functional.cross_entropy(logits, targets).backward()
+
+    step(0)  # the room bank and the noise copied to the GPU once, kernels chosen
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for seed in range(1, 4):
+            step(seed)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

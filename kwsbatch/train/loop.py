@@ -32,7 +32,7 @@ from kwsbatch.files.manifest import check_known_labels
 from kwsbatch.files.tree import NOISE_FOLDER
 from kwsbatch.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from kwsbatch.model.config import ArchitectureConfig, FeatureConfig, ModelConfig
-from kwsbatch.model.device import full_float32, resolve_device
+from kwsbatch.model.device import full_float32, resolve_device, to_device
 from kwsbatch.model.features import FeatureStats
 from kwsbatch.model.spotter import KeywordSpotter
 from kwsbatch.progress import Reporter
@@ -360,15 +360,18 @@ def evaluate_clips(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, dev
 
 
 def clip_logits(spotter: KeywordSpotter, clips: ClipSet, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n_clips, n_classes) logits on the CPU, in clip order, and the (n_clips,) targets."""
+    """(n_clips, n_classes) logits on the CPU, in clip order, and the (n_clips,) targets.
+
+    On a GPU the batches queue up on the device and come back in one copy at the end, as label's do.
+    """
     spotter.eval()
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(clips), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(clips)))
-            outputs.append(_forward(spotter, clips, idx, device)[0].float().cpu())
+            waves, lengths = pad_waveforms(clips.waveforms[start : start + batch_size], min_samples=spotter.frontend.config.n_fft)
+            outputs.append(spotter(to_device(waves, device), lengths).float())
     n_classes = spotter.head.config.n_classes
-    return (torch.cat(outputs) if outputs else torch.zeros(0, n_classes)), clips.targets
+    return (torch.cat(outputs).cpu() if outputs else torch.zeros(0, n_classes)), clips.targets
 
 
 def train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: TrainConfig, augment, process: Process, reporter=None, epoch=1):
@@ -392,7 +395,7 @@ def train_epoch(spotter, clips: ClipSet, order, optimizer, loss_fn, config: Trai
     with one_torch_thread(process.device):
         for step, idx, prepared in batches:
             logits = _train_logits(spotter, prepared, augmentation, batch_generator(seed, step), process.device)
-            targets = clips.targets[idx].to(process.device)
+            targets = to_device(clips.targets[idx], process.device)
             loss = loss_fn(logits, targets)
             (loss / config.accumulate).backward()
             if (step + 1) % config.accumulate == 0 or step + 1 == steps:
@@ -419,16 +422,11 @@ def _train_logits(spotter: KeywordSpotter, prepared: Prepared, augmentation, gen
     waves = waves.to(device, non_blocking=True)
     if not augmentation:
         return spotter(waves, lengths)
-    waves, lengths = augmentation.waveform(waves, lengths.to(device), generator)
+    # Lengths stay on the host through augmentation and features: only the waveforms live on the device.
+    waves, lengths = augmentation.waveform(waves, lengths, generator)
     features, frame_lengths = spotter.frontend(waves, lengths)
     features, frame_lengths = augmentation.features(features, frame_lengths, generator)
     return spotter.head(features, frame_lengths)
-
-
-def _forward(spotter: KeywordSpotter, clips: ClipSet, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and targets for clips idx, unaugmented."""
-    waves, lengths = pad_waveforms([clips.waveforms[i] for i in idx.tolist()], min_samples=spotter.frontend.config.n_fft)
-    return spotter(waves.to(device), lengths), clips.targets[idx].to(device)
 
 
 def default_augmentation(train_manifest) -> AugmentConfig:

@@ -7,7 +7,12 @@ batch invariance still holds. Feature transforms (SpecAugment-style masks) take
 
 Each transform draws its per-clip parameters in ``randomize_parameters`` from an explicit
 ``torch.Generator`` on the CPU (so a seed gives the same draws on any device), always the same
-number of draws per batch whatever comes out, and ``apply`` is deterministic given them. A clip
+number of draws per batch whatever comes out, and ``apply`` is deterministic given them. The
+lengths stay on the host too, whatever the batch's device: new lengths, widths and the clips a
+transform picks are worked out there, and only copies go to the device, so on a GPU a batch's
+augmentation queues up without the host ever waiting for it (tests check this on the meta
+device, which holds no values to read back). The codec round trip, whose encoders run on the
+host, is the exception. A clip
 that the probability ``p`` leaves alone gets the identity parameters (shift 0, gain 0 dB, rate 1,
 noise scale 0, no room, flat response, mask width 0), so one vectorised ``apply`` serves the batch.
 

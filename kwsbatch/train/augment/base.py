@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from kwsbatch.model.device import to_device
+
 
 class Augmentation:
     """The waveform stage and the feature stage of one configuration."""
@@ -43,8 +45,11 @@ class _Transform:
         self.p = p
 
     def __call__(self, batch: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator):
-        params = self.randomize_parameters(lengths.cpu(), generator)
-        return self.apply(batch, lengths, **{k: v.to(batch.device) for k, v in params.items()})
+        """batch on any device, lengths on the host: the parameters are drawn, and new lengths worked
+        out, on the host, and only copies of them go to the device, so on a GPU the host never waits
+        for the device (CodecRoundTrip, whose encoders run on the host, is the one exception)."""
+        lengths = lengths.cpu()
+        return self.apply(batch, lengths, **self.randomize_parameters(lengths, generator))
 
     def _applied(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.rand(n, generator=generator) < self.p
@@ -55,11 +60,20 @@ class _Transform:
 
 
 class WaveTransform(_Transform):
-    """(batch, samples) + (batch,) lengths -> the same, zero past each clip's new length."""
+    """(batch, samples) + (batch,) host lengths -> the same, zero past each clip's new length.
+
+    apply(batch, lengths, **params) gets the parameters on the host, as drawn, and moves what it
+    computes with to the batch's device itself (`on_device`).
+    """
 
 
 class FeatureTransform(_Transform):
-    """(batch, frames, n_features) + (batch,) frame lengths -> the same shapes and lengths."""
+    """(batch, frames, n_features) + (batch,) host frame lengths -> the same shapes and lengths."""
+
+
+def on_device(tensor: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """A host tensor (parameters, lengths) on batch's device, queued behind its work, not waiting for it."""
+    return to_device(tensor, batch.device)
 
 
 def uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -76,21 +90,23 @@ def integers(n: int, high: torch.Tensor | int, generator: torch.Generator) -> to
     return torch.floor(torch.rand(n, generator=generator) * (torch.as_tensor(high) + 1)).long()
 
 
-def valid(width: int, lengths: torch.Tensor) -> torch.Tensor:
-    """(batch, width) mask of the samples (or frames) inside each clip."""
-    return torch.arange(width, device=lengths.device) < lengths[:, None]
+def valid(width: int, lengths: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """(batch, width) mask, on batch's device, of the samples (or frames) inside each clip of (batch,) host lengths."""
+    return torch.arange(width, device=batch.device) < on_device(lengths, batch)[:, None]
 
 
 def on_rows(batch: torch.Tensor, chosen: torch.Tensor, change) -> torch.Tensor:
-    """batch with change((k, samples) rows) -> (k, samples) applied to the chosen (batch,) rows only.
+    """batch with change((k, samples) rows) -> (k, samples) applied to the rows of the (batch,) host mask chosen only.
 
-    The costly transforms run on the clips their probability picked, not on the whole batch.
+    The costly transforms run on the clips their probability picked, not on the whole batch. The
+    rows are chosen on the host and gathered by index: a boolean mask on a GPU would make the
+    host wait to learn how many rows it picked.
     """
-    if not bool(chosen.any()):
+    rows = chosen.nonzero().flatten()
+    if not len(rows):
         return batch
-    out = batch.clone()
-    out[chosen] = change(batch[chosen])
-    return out
+    rows = on_device(rows, batch)
+    return batch.index_copy(0, rows, change(batch.index_select(0, rows)))
 
 
 def check_range(name: str, low: float, high: float, lowest: float, highest: float, what: str) -> None:

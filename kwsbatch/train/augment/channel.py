@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from kwsbatch.train.augment.base import WaveTransform, check_range, log_uniform, on_rows, uniform, valid
+from kwsbatch.train.augment.base import WaveTransform, check_range, log_uniform, on_device, on_rows, uniform, valid
 
 RING = 4096  # samples of padding for a filter's impulse response: the steepest, 300 Hz 8th order, rings ~50 ms
 TELEPHONE_BAND = (300.0, 3400.0)  # ITU-T G.712's voice channel
@@ -33,13 +33,13 @@ class _SpectralFilter(WaveTransform):
     def apply(self, batch, lengths, **params):
         width = batch.shape[1]
         chosen = self.changes(**params)
-        if not bool(chosen.any()):
+        if not chosen.any():
             return batch, lengths
         n_fft = 1 << (width + RING - 1).bit_length()
         freqs = torch.fft.rfftfreq(n_fft, 1 / self.sample_rate, device=batch.device)
-        gain = self.response(freqs, **{name: value[chosen] for name, value in params.items()}).to(batch.dtype)
+        gain = self.response(freqs, **{name: on_device(value[chosen], batch) for name, value in params.items()}).to(batch.dtype)
         out = on_rows(batch, chosen, lambda rows: torch.fft.irfft(torch.fft.rfft(rows, n_fft) * gain, n_fft)[:, :width])
-        return out * valid(width, lengths), lengths
+        return out * valid(width, lengths, batch), lengths
 
 
 def butterworth(freqs: torch.Tensor, cutoff: torch.Tensor, order: int, *, highpass: bool) -> torch.Tensor:
@@ -76,7 +76,7 @@ class Equalizer(_SpectralFilter):
 
     def response(self, freqs, *, gains_db):
         """(batch, bins) linear gains for (batch, n_bands) gains in dB."""
-        log_bands = self.band_frequencies().to(freqs.device).log()
+        log_bands = on_device(self.band_frequencies(), freqs).log()
         position = (freqs.clamp(min=1e-3).log() - log_bands[0]) / (log_bands[1] - log_bands[0])
         position = position.clamp(0, self.n_bands - 1)
         left = position.floor().long().clamp(max=self.n_bands - 2)

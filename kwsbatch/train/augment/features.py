@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kwsbatch.train.augment.base import FeatureTransform, integers
+from kwsbatch.train.augment.base import FeatureTransform, integers, on_device
 
 
 class TimeMask(FeatureTransform):
@@ -25,6 +25,7 @@ class TimeMask(FeatureTransform):
         return {"start": start, "width": width}
 
     def apply(self, features, frame_lengths, *, start, width):
+        start, width = on_device(start, features), on_device(width, features)
         t = torch.arange(features.shape[1], device=features.device)[None, None, :]
         masked = ((t >= start[:, :, None]) & (t < (start + width)[:, :, None])).any(1)
         return features.masked_fill(masked[:, :, None], 0.0), frame_lengths
@@ -51,6 +52,7 @@ class FreqMask(FeatureTransform):
         n_features = features.shape[2]
         width = width.clamp(max=n_features)
         first = torch.floor(start * (n_features - width + 1)).long()
+        first, width = on_device(first, features), on_device(width, features)
         f = torch.arange(n_features, device=features.device)[None, None, :]
         masked = ((f >= first[:, :, None]) & (f < (first + width)[:, :, None])).any(1)
         return features.masked_fill(masked[:, None, :], 0.0), frame_lengths

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from kwsbatch.extras import install_command
-from kwsbatch.train.augment.base import WaveTransform, check_range, integers, on_rows, valid
+from kwsbatch.train.augment.base import WaveTransform, check_range, integers, on_device, on_rows, valid
 from kwsbatch.train.config import DEFAULT_ROOMS, ROOM_MODELS
 
 DECAY_60DB = 3 * math.log(10)  # amplitude decay exponent over one RT60 (energy falls 60 dB)
@@ -94,19 +94,21 @@ class RoomReverb(WaveTransform):
 
     def apply(self, batch, lengths, *, index):
         """index (batch,): the bank's response for each clip, -1 for none."""
-        rirs, rir_lengths = self.bank(batch.device)
+        rirs, _ = self.bank(batch.device)
+        _, rir_lengths = self.bank()  # the new lengths are worked out on the host
         chosen = index >= 0
         tails = torch.where(chosen & (lengths > 0), rir_lengths[index.clamp(min=0)] - 1, 0)
         new_lengths = lengths + tails
         width = max(int(new_lengths.max()), batch.shape[1])
         n_fft = 1 << (batch.shape[1] + rirs.shape[1] - 1).bit_length()
+        picked = rirs.index_select(0, on_device(index[chosen], batch))
 
         def convolve(rows):
-            spectrum = torch.fft.rfft(rows, n_fft) * torch.fft.rfft(rirs[index[chosen]].to(rows.dtype), n_fft)
+            spectrum = torch.fft.rfft(rows, n_fft) * torch.fft.rfft(picked.to(rows.dtype), n_fft)
             return torch.fft.irfft(spectrum, n_fft)[:, :width]
 
         out = on_rows(torch.nn.functional.pad(batch, (0, width - batch.shape[1])), chosen, lambda rows: convolve(rows[:, : batch.shape[1]]))
-        return out * valid(width, new_lengths), new_lengths
+        return out * valid(width, new_lengths, batch), new_lengths
 
 
 def make_rirs(model: str, n_rirs: int, rt60s: np.ndarray, sample_rate: int, seed: int) -> list[np.ndarray]:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
-from kwsbatch.train.augment.base import WaveTransform, check_range, on_rows, uniform, valid
+from kwsbatch.train.augment.base import WaveTransform, check_range, on_device, on_rows, uniform, valid
 
 N_FFT, HOP = 512, 128
 WARP_BOUNDARY_HZ = 4800.0  # Jaitly & Hinton's F_hi: the warp is a pure scaling below it
@@ -36,8 +37,31 @@ def _stft(batch: torch.Tensor) -> torch.Tensor:
 
 
 def _istft(spectrum: torch.Tensor, width: int) -> torch.Tensor:
+    """(batch, bins, frames) complex -> (batch, width), as torch.istft (center=True) makes it."""
     window = torch.hann_window(N_FFT, device=spectrum.device, dtype=spectrum.real.dtype)
-    return torch.istft(spectrum, N_FFT, HOP, window=window, center=True, length=width)
+    if spectrum.device.type == "cpu":
+        return torch.istft(spectrum, N_FFT, HOP, window=window, center=True, length=width)
+    return _overlap_add(spectrum, window, width)
+
+
+def _overlap_add(spectrum: torch.Tensor, window: torch.Tensor, width: int) -> torch.Tensor:
+    """torch.istft's weighted overlap-add, written out for devices: the same sums, within float rounding.
+
+    torch.istft also checks that the windows overlap (NOLA) by reading a value back from the
+    device, which on a GPU makes the host wait for every batch. A Hann window at a quarter hop
+    always overlaps, so that check is left out.
+    """
+    frames = (torch.fft.irfft(spectrum.transpose(1, 2), n=N_FFT) * window).transpose(1, 2)
+    n_frames = frames.shape[2]
+    total = N_FFT + HOP * (n_frames - 1)
+
+    def overlap(columns: torch.Tensor) -> torch.Tensor:
+        return nn.functional.fold(columns, output_size=(1, total), kernel_size=(1, N_FFT), stride=(1, HOP)).flatten(1)
+
+    start = N_FFT // 2  # center=True: the first frame was centred on sample 0
+    signal = overlap(frames)[:, start : start + width]
+    envelope = overlap(window.square()[None, :, None].expand(1, N_FFT, n_frames))[:, start : start + width]
+    return nn.functional.pad(signal / envelope, (0, width - signal.shape[1]))
 
 
 def _interpolate(values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
@@ -67,13 +91,19 @@ class PitchShift(WaveTransform):
     def apply(self, batch, lengths, *, factor):
         """factor (batch,): every frequency f moves to factor * f."""
         chosen = factor != 1
-        out = on_rows(batch, chosen, lambda rows: _shift_pitch(rows, factor[chosen].to(batch.dtype)))
-        return out * valid(batch.shape[1], lengths), lengths
+        if not chosen.any():
+            return batch, lengths
+        # The stretched width from the host's factors: reading it from the device's would wait for the device.
+        stretched_width = math.ceil(batch.shape[1] * float(factor[chosen].max()))
+        factor = on_device(factor[chosen], batch).to(batch.dtype)
+        out = on_rows(batch, chosen, lambda rows: _shift_pitch(rows, factor, stretched_width))
+        return out * valid(batch.shape[1], lengths, batch), lengths
 
 
-def _shift_pitch(batch: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _shift_pitch(batch: torch.Tensor, factor: torch.Tensor, stretched_width: int) -> torch.Tensor:
+    """Each row's pitch times its factor; stretched_width is at least the row's width times the largest factor."""
     width = batch.shape[1]
-    stretched = _stretch(batch, factor, math.ceil(width * float(factor.max())))
+    stretched = _stretch(batch, factor, stretched_width)
     # Play the stretched clip factor times faster: output sample t reads stretched sample t * factor.
     position = torch.arange(width, device=batch.device, dtype=batch.dtype) * factor[:, None]
     left = position.floor().long().clamp(max=stretched.shape[1] - 2)
@@ -140,8 +170,9 @@ class VocalTractWarp(WaveTransform):
 
     def apply(self, batch, lengths, *, alpha):
         chosen = alpha != 1
-        out = on_rows(batch, chosen, lambda rows: self._warp(rows, alpha[chosen].to(batch.dtype)))
-        return out * valid(batch.shape[1], lengths), lengths
+        alpha = on_device(alpha[chosen], batch).to(batch.dtype)
+        out = on_rows(batch, chosen, lambda rows: self._warp(rows, alpha))
+        return out * valid(batch.shape[1], lengths, batch), lengths
 
     def _warp(self, batch: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         width = batch.shape[1]

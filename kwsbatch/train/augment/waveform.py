@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from kwsbatch.train.augment.base import WaveTransform, check_range, integers, log_uniform, uniform, valid
+from kwsbatch.train.augment.base import WaveTransform, check_range, integers, log_uniform, on_device, uniform, valid
 
 NOISE_LABEL = "_silence_"  # the manifest rows --noise-dir takes as background noise
 
@@ -41,7 +41,7 @@ def load_noise(source: str | Path, sample_rate: int) -> tuple[torch.Tensor, list
 
 
 def _move(batch: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor, new_lengths: torch.Tensor):
-    """out[b, t] = batch[b, t - offsets[b]] where that is inside the clip, else 0; width fits new_lengths."""
+    """out[b, t] = batch[b, t - offsets[b]] where that is inside the clip, else 0; width fits new_lengths (all three on the host)."""
     width = max(int(new_lengths.max()), 1)
     if batch.device.type == "cpu":
         return _move_rows(batch, lengths, offsets, new_lengths, width), new_lengths
@@ -60,8 +60,8 @@ def _move_rows(batch, lengths, offsets, new_lengths, width: int) -> torch.Tensor
 
 def _move_gathered(batch, lengths, offsets, new_lengths, width: int) -> torch.Tensor:
     # On a GPU one gather for the batch, with no per-clip work on the host.
-    source = torch.arange(width, device=batch.device) - offsets[:, None]
-    inside = (source >= 0) & (source < lengths[:, None]) & valid(width, new_lengths)
+    source = torch.arange(width, device=batch.device) - on_device(offsets, batch)[:, None]
+    inside = (source >= 0) & (source < on_device(lengths, batch)[:, None]) & valid(width, new_lengths, batch)
     source = source.clamp(0, batch.shape[1] - 1)
     return torch.gather(batch, 1, source) * inside
 
@@ -120,7 +120,7 @@ class Amplify(WaveTransform):
         return {"gain": torch.where(applied, 10.0 ** (gain_db / 20.0), 1.0)}
 
     def apply(self, batch, lengths, *, gain):
-        return batch * gain[:, None].to(batch.dtype), lengths
+        return batch * on_device(gain, batch)[:, None].to(batch.dtype), lengths
 
 
 class PlaySpeed(WaveTransform):
@@ -148,8 +148,9 @@ class PlaySpeed(WaveTransform):
 
 def _stretch_batched(batch, lengths, rate, new_lengths, width: int) -> torch.Tensor:
     # On a GPU the whole batch at once, with no per-clip work on the host.
-    position = torch.arange(width, device=batch.device, dtype=torch.float32) * rate.float()[:, None]
-    return _interpolate(batch, position, (lengths[:, None] - 1).clamp(min=0)) * valid(width, new_lengths)
+    position = torch.arange(width, device=batch.device, dtype=torch.float32) * on_device(rate.float(), batch)[:, None]
+    last = on_device((lengths - 1).clamp(min=0), batch)[:, None]
+    return _interpolate(batch, position, last) * valid(width, new_lengths, batch)
 
 
 def _stretch_rows(batch, lengths, rate, new_lengths, width: int) -> torch.Tensor:
@@ -191,6 +192,7 @@ class BackgroundNoise(WaveTransform):
         check_range("BackgroundNoise", min_snr_db, max_snr_db, -10.0, 60.0, "snr_db")
         self.noise = noise.float()
         self.min_snr_db, self.max_snr_db = min_snr_db, max_snr_db
+        self._on_device: dict[torch.device, torch.Tensor] = {torch.device("cpu"): self.noise}  # copied once per device
 
     def __repr__(self) -> str:
         return f"BackgroundNoise(p={self.p!r}, min_snr_db={self.min_snr_db!r}, max_snr_db={self.max_snr_db!r}, noise_samples={len(self.noise)})"
@@ -206,11 +208,13 @@ class BackgroundNoise(WaveTransform):
     def apply(self, batch, lengths, *, offset, level):
         if len(self.noise) == 0:
             return batch, lengths
-        noise = self.noise.to(batch.device)
-        index = (offset[:, None] + torch.arange(batch.shape[1], device=batch.device)) % len(noise)
-        segment = noise[index] * valid(batch.shape[1], lengths)
-        n = lengths.clamp(min=1).to(batch.dtype)
+        if batch.device not in self._on_device:
+            self._on_device[batch.device] = self.noise.to(batch.device)
+        noise = self._on_device[batch.device]
+        index = (on_device(offset, batch)[:, None] + torch.arange(batch.shape[1], device=batch.device)) % len(noise)
+        segment = noise[index] * valid(batch.shape[1], lengths, batch)
+        n = on_device(lengths.clamp(min=1), batch).to(batch.dtype)
         clip_rms = (batch.pow(2).sum(1) / n).sqrt()
         noise_rms = (segment.pow(2).sum(1) / n).sqrt().clamp(min=1e-8)
-        scale = (level.to(batch.dtype) * clip_rms / noise_rms)[:, None]
+        scale = (on_device(level, batch).to(batch.dtype) * clip_rms / noise_rms)[:, None]
         return batch + segment * scale, lengths
