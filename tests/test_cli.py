@@ -415,8 +415,11 @@ def test_no_flag_means_two_things():
 
 def test_jobs_is_the_same_option_in_every_command():
     jobs = {command: (a.default, a.help) for command in subcommands() for a in subparser(command)._actions if "-j" in a.option_strings}
-    assert {"label", "evaluate", "train", "check", "bench"} <= set(jobs)
-    assert len(set(jobs.values())) == 1 and next(iter(jobs.values()))[0] == 0  # 0: one worker per core
+    assert {"label", "evaluate", "train", "check", "bench", "synth"} <= set(jobs)
+    assert {default for default, _ in jobs.values()} == {0}  # 0: one per core, everywhere
+    readers = {text for command, (_, text) in jobs.items() if command != "synth"}
+    assert len(readers) == 1 and "load and decode" in readers.pop()  # loader workers wherever audio is read
+    assert "rendered" in jobs["synth"][1]  # synth's are TTS renders, and its help says so
 
 
 def test_a_label_run_that_finds_its_output_locked_stops_before_torch_loads(tmp_path):

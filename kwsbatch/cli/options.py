@@ -20,19 +20,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def add_settings(p, config_class, *, exclude: tuple[str, ...] = ()) -> None:
+def add_settings(p, config_class, *, exclude: tuple[str, ...] = (), helps: dict[str, str] | None = None) -> None:
     """A flag for each field of config_class declared with settings.setting(): --name-with-dashes, with the
-    field's default, type, help, choices and limits, so that the command line restates none of them."""
+    field's default, type, help (unless helps words it for this command), choices and limits, so that the
+    command line restates none of them."""
     for f in dataclasses.fields(config_class):
         if "help" not in f.metadata or f.name in exclude:
             continue
         flags = [*SHORT_FLAGS.get(f.name, ()), "--" + f.name.replace("_", "-")]
         kind = _FIELD_TYPES[f.type.split(" | ")[0]]
+        text = (helps or {}).get(f.name, f.metadata["help"])
         if kind is bool:
-            p.add_argument(*flags, action="store_true", default=f.default, help=f.metadata["help"])
+            p.add_argument(*flags, action="store_true", default=f.default, help=text)
         else:
             p.add_argument(*flags, type=_checked(f, kind), default=f.default, choices=f.metadata["choices"],
-                           metavar=f.metadata["metavar"], help=f.metadata["help"])
+                           metavar=f.metadata["metavar"], help=text)
 
 
 def _checked(f: dataclasses.Field, kind: type):
@@ -115,11 +117,11 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=LabelRequest.device, choices=DEVICES, help="where features and the model run")
 
 
-def add_jobs(p: argparse.ArgumentParser) -> None:
-    """-j/--jobs alone, for commands without a model: the same field as everywhere."""
+def add_jobs(p: argparse.ArgumentParser, *, help: str | None = None) -> None:
+    """-j/--jobs alone, for commands without a model: the same field as everywhere, its help worded for the command if given."""
     from kwsbatch.label.config import LabelConfig
 
-    add_settings(p, LabelConfig, exclude=("batch_size", "max_seconds"))
+    add_settings(p, LabelConfig, exclude=("batch_size", "max_seconds"), helps={"jobs": help} if help else None)
 
 
 def numbers(text: str) -> tuple[float, ...]:
