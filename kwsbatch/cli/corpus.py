@@ -30,7 +30,7 @@ def add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", default=None, help="comma-separated engines: espeak-ng, flite, festival (default: those installed), piper, kokoro (pip extras)")
     p.add_argument("--unknown-words", default=None, help="word list file for _unknown_, one word per line (default: the bundled list)")
     p.add_argument("--seed", type=int, default=SynthConfig.seed, help="seeds the voices, words and placements")
-    add_jobs(p, help="clips rendered at once, each by its engine's own process (0: one per core)")
+    add_jobs(p, help="clips rendered at once (0: one per core)")
 
 
 def run_synth(args) -> int:
