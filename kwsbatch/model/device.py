@@ -27,10 +27,12 @@ def full_float32(device: torch.device) -> None:
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor (lengths) on device, without the host waiting for the device.
+    """A host tensor (lengths, augmentation parameters, targets, a validation batch) on device,
+    without the host waiting for the device.
 
     A copy from pageable memory may wait for the work queued on the device; from pinned memory
-    it is queued behind that work instead.
+    it is queued behind that work instead. Pinning copies the tensor once more on the host, which
+    for the large ones the loader has not pinned already is what a pageable copy's staging costs too.
     """
     if device.type != "cuda" or tensor.device.type == "cuda":
         return tensor.to(device)
