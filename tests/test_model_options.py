@@ -114,12 +114,46 @@ def test_a_conv_model_round_trips_through_its_checkpoint(tmp_path):
         torch.testing.assert_close(loaded.build()(*pad_waveforms(waves, min_samples=400)), net(*pad_waveforms(waves, min_samples=400)))
 
 
-@pytest.mark.parametrize("model", [dict(pooling="last"), dict(pooling="mean", conv_channels=8), dict(pooling="max", conv_channels=8)])
+TRAINING_PATHS = {
+    "last": dict(pooling="last"),
+    "mean-conv": dict(pooling="mean", conv_channels=8),
+    "max-conv": dict(pooling="max", conv_channels=8),
+    "last-bi": dict(pooling="last", bidirectional=True),
+    "mean-bi-conv": dict(pooling="mean", bidirectional=True, conv_channels=8),
+    "max-bi-3layers": dict(pooling="max", bidirectional=True, layers=3),
+}
+
+
+@pytest.mark.parametrize("model", TRAINING_PATHS.values(), ids=TRAINING_PATHS.keys())
 def test_training_forward_over_padding_matches_the_packed_inference_forward(model):
-    # Training runs the one-way LSTM over the padded batch (fast backward); inference packs it.
+    # Training runs the LSTM over the padded batch (fast backward; a two-way one reads each clip
+    # reversed within its length); inference packs it. Same logits, same gradients.
     net = spotter(**model)
     batch, lengths = pad_waveforms(clips(16, seed=2), min_samples=400)
-    with torch.no_grad():
-        packed = net.eval()(batch, lengths)
-        unpacked = net.train()(batch, lengths)
+    assert len(set(lengths.tolist())) > 8  # the padding differs from clip to clip
+    targets = torch.arange(16) % 5
+    results = []
+    for mode in (net.eval, net.train):
+        mode()
+        net.zero_grad()
+        logits = net(batch, lengths)
+        torch.nn.functional.cross_entropy(logits, targets).backward()
+        results.append((logits.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}))
+    (packed, packed_grads), (unpacked, unpacked_grads) = results
     torch.testing.assert_close(unpacked, packed, atol=1e-5, rtol=0)
+    assert packed_grads.keys() == unpacked_grads.keys()
+    for name, grad in packed_grads.items():
+        assert grad.abs().max() > 0, name  # every layer learns through both paths
+        torch.testing.assert_close(unpacked_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_two_way_model_trained_over_padding_drops_out_between_layers_only_in_training():
+    net = spotter(bidirectional=True, layers=2, dropout=0.5, pooling="mean").train()
+    batch, lengths = pad_waveforms(clips(4, seed=3), min_samples=400)
+    torch.manual_seed(1)
+    first = net(batch, lengths)
+    torch.manual_seed(1)
+    assert torch.equal(net(batch, lengths), first)  # seeded draws, the same model
+    assert not torch.allclose(net(batch, lengths), first)  # other draws, other units dropped
+    net.eval()
+    assert torch.equal(net(batch, lengths), net(batch, lengths))

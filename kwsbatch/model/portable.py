@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from kwsbatch.model.checkpoint import Checkpoint
 from kwsbatch.model.features import LOG_OFFSET, MfccFrontend, normalize_clips
-from kwsbatch.model.spotter import KeywordLSTM, pool_steps
+from kwsbatch.model.spotter import KeywordLSTM, gather_steps, pool_steps, reversal_index
 
 
 def dft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:
@@ -109,29 +109,21 @@ class PaddedLSTM(nn.Module):
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         if self.conv is not None:
             features, frame_lengths = self.conv(features, frame_lengths)
-        steps = torch.arange(features.shape[1], device=features.device)[None, :]
-        valid = steps < frame_lengths[:, None]  # (batch, frames)
-        # Step t of a clip of length L reads step L-1-t; padding stays put. Applied twice, it is the identity.
-        reverse = torch.where(valid, frame_lengths[:, None] - 1 - steps, steps)
+        reverse = reversal_index(frame_lengths, features.shape[1])
         x = features
         for directions in self.layers:
             outputs, _ = directions[0](x)
             if self.bidirectional:
-                backward, _ = directions[1](_gather_steps(x, reverse))
-                outputs = torch.cat([outputs, _gather_steps(backward, reverse)], dim=2)
+                backward, _ = directions[1](gather_steps(x, reverse))
+                outputs = torch.cat([outputs, gather_steps(backward, reverse)], dim=2)
             x = outputs
         if self.pooling == "last":
-            last = _gather_steps(x, (frame_lengths - 1)[:, None]).squeeze(1)  # (batch, directions * hidden)
+            last = gather_steps(x, (frame_lengths - 1)[:, None]).squeeze(1)  # (batch, directions * hidden)
             # The backward direction's final state is its output at step 0, where its run ends.
             pooled = torch.cat([last[:, : self.hidden], x[:, 0, self.hidden :]], dim=1) if self.bidirectional else last
         else:
             pooled = pool_steps(self.pooling, x, frame_lengths)
         return self.classifier(pooled)
-
-
-def _gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[b, index[b, t], :] for (batch, frames, channels) x and (batch, steps) index."""
-    return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
 
 
 class PortableSpotter(nn.Module):

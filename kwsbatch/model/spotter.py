@@ -56,7 +56,8 @@ class KeywordLSTM(nn.Module):
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         if self.config.conv_channels:
             features, frame_lengths = self.conv(features, frame_lengths)
-        if self.training and not self.config.bidirectional:
+        # On a GPU cuDNN runs a packed two-way LSTM well; on the CPU its backward pass is slow.
+        if self.training and (not self.config.bidirectional or features.device.type == "cpu"):
             return self.classifier(self._pool_unpacked(features, frame_lengths))
         # Packing makes the LSTM stop at each clip's own last frame, so padded steps never
         # reach the hidden state. Other orders than the loader's longest-first are sorted and
@@ -79,13 +80,55 @@ class KeywordLSTM(nn.Module):
         Training only: on the CPU, backpropagating through a packed LSTM whose clips differ in
         length costs a full-size gradient buffer per time step (about 10x slower once augmentation
         varies the lengths). A one-way LSTM is causal, so the padding after a clip changes none
-        of its outputs up to its last frame, which is all the pooling reads.
+        of its outputs up to its last frame, which is all the pooling reads. A two-way LSTM's
+        backward direction reads each clip reversed within its own length, padding left after it,
+        which makes it causal too (as the exports run it: portable.py).
         """
-        outputs, _ = self.lstm(features)
-        lengths = to_device(frame_lengths, outputs.device)
+        lengths = to_device(frame_lengths, features.device)
+        if self.config.bidirectional:
+            outputs = self._both_ways_over_padding(features, lengths)
+        else:
+            outputs, _ = self.lstm(features)
         if self.config.pooling == "last":
-            return outputs[torch.arange(len(outputs), device=outputs.device), lengths - 1]
+            last = gather_steps(outputs, (lengths - 1)[:, None]).squeeze(1)
+            if not self.config.bidirectional:
+                return last
+            # The backward direction's final state is its output at the first frame, where its run ends.
+            hidden = self.config.hidden
+            return torch.cat([last[:, :hidden], outputs[:, 0, hidden:]], dim=1)
         return pool_steps(self.config.pooling, outputs, lengths)
+
+    def _both_ways_over_padding(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, n_in) -> (batch, frames, 2 * hidden): the stacked two-way LSTM, layer by layer and
+        direction by direction, with its own parameters (and its dropout between layers)."""
+        reverse = reversal_index(lengths, features.shape[1])
+        zeros = features.new_zeros(1, len(features), self.config.hidden)
+        x = features
+        for layer in range(self.config.layers):
+            if layer:
+                x = nn.functional.dropout(x, self.lstm.dropout, self.training)
+            directions = []
+            for suffix in ("", "_reverse"):
+                weights = [getattr(self.lstm, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                steps = gather_steps(x, reverse) if suffix else x
+                out, _, _ = torch.lstm(steps, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)
+                directions.append(gather_steps(out, reverse) if suffix else out)
+            x = torch.cat(directions, dim=2)
+        return x
+
+
+def reversal_index(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """(batch, frames) index that turns each clip's first lengths[b] frames around and leaves its padding in place.
+
+    Applied twice it is the identity, so the same gather reverses a backward direction's outputs back.
+    """
+    steps = torch.arange(frames, device=lengths.device)[None, :]
+    return torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
+
+
+def gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b, t], :] for (batch, frames, channels) x and (batch, steps) index."""
+    return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
 
 
 def pool_steps(pooling: str, padded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
