@@ -98,3 +98,18 @@ def test_a_model_kwsbatch_did_not_export_is_one_clear_line(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), tmp_path / "other.pt")
     result = run_main("info", tmp_path / "other.pt")
     assert (result.returncode, result.stderr) == (1, f"error: {tmp_path / 'other.pt'}: a TorchScript model that kwsbatch did not export (no kwsbatch.json inside)\n")
+
+
+def test_a_one_layer_two_way_network_is_named_in_the_singular(trained_model, tmp_path):
+    from dataclasses import replace
+
+    from kwsbatch.model.checkpoint import save_checkpoint
+    from kwsbatch.model.spotter import KeywordSpotter
+
+    checkpoint = load_checkpoint(trained_model)
+    config = replace(checkpoint.model_config, layers=1, bidirectional=True)
+    weights = KeywordSpotter(checkpoint.feature_config, config).state_dict()  # fresh weights of that shape
+    save_checkpoint(replace(checkpoint, model_config=config, state_dict=weights), tmp_path / "bi.pt")
+    lines = run_main("info", tmp_path / "bi.pt", check=True).stdout.splitlines()
+    network = next(line for line in lines if line.startswith("network"))
+    assert network.endswith("bidirectional LSTM, 1 layer x 32 units, mean pooling, dropout 0")

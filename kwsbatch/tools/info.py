@@ -151,7 +151,7 @@ def _network_lines(info: dict) -> list[tuple[str, str]]:
                 if model.get("conv_channels")
                 else ""
             )
-            + f"{directions} LSTM, {model['layers']} layers x {model['hidden']} units, {model['pooling']} pooling, "
+            + f"{directions} LSTM, {model['layers']} layer{'s' if model['layers'] > 1 else ''} x {model['hidden']} units, {model['pooling']} pooling, "
             f"dropout {model['dropout']:g}",
         ),
     ]
