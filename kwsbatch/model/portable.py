@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from kwsbatch.model.checkpoint import Checkpoint
 from kwsbatch.model.features import LOG_OFFSET, MfccFrontend, normalize_clips
-from kwsbatch.model.spotter import KeywordLSTM, gather_steps, pool_steps, reversal_index
+from kwsbatch.model.spotter import KeywordLSTM, gather_steps, last_states, pool_steps, reversal_index
 
 
 def dft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:
@@ -118,9 +118,7 @@ class PaddedLSTM(nn.Module):
                 outputs = torch.cat([outputs, gather_steps(backward, reverse)], dim=2)
             x = outputs
         if self.pooling == "last":
-            last = gather_steps(x, (frame_lengths - 1)[:, None]).squeeze(1)  # (batch, directions * hidden)
-            # The backward direction's final state is its output at step 0, where its run ends.
-            pooled = torch.cat([last[:, : self.hidden], x[:, 0, self.hidden :]], dim=1) if self.bidirectional else last
+            pooled = last_states(x, frame_lengths, self.hidden, self.bidirectional)
         else:
             pooled = pool_steps(self.pooling, x, frame_lengths)
         return self.classifier(pooled)

@@ -90,12 +90,7 @@ class KeywordLSTM(nn.Module):
         else:
             outputs, _ = self.lstm(features)
         if self.config.pooling == "last":
-            last = gather_steps(outputs, (lengths - 1)[:, None]).squeeze(1)
-            if not self.config.bidirectional:
-                return last
-            # The backward direction's final state is its output at the first frame, where its run ends.
-            hidden = self.config.hidden
-            return torch.cat([last[:, :hidden], outputs[:, 0, hidden:]], dim=1)
+            return last_states(outputs, lengths, self.config.hidden, self.config.bidirectional)
         return pool_steps(self.config.pooling, outputs, lengths)
 
     def _both_ways_over_padding(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -129,6 +124,15 @@ def reversal_index(lengths: torch.Tensor, frames: int) -> torch.Tensor:
 def gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x[b, index[b, t], :] for (batch, frames, channels) x and (batch, steps) index."""
     return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def last_states(outputs: torch.Tensor, lengths: torch.Tensor, hidden: int, bidirectional: bool) -> torch.Tensor:
+    """(batch, steps, directions * hidden) LSTM outputs over padding -> each clip's final states.
+
+    The forward direction ends at the clip's last frame; the backward one at its first, where its run ends.
+    """
+    last = gather_steps(outputs, (lengths - 1)[:, None]).squeeze(1)
+    return torch.cat([last[:, :hidden], outputs[:, 0, hidden:]], dim=1) if bidirectional else last
 
 
 def pool_steps(pooling: str, padded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
