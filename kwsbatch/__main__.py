@@ -1,3 +1,3 @@
-from kwsbatch.cli import main
+from kwsbatch.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 import kwsbatch.cli.commands as commands
 import kwsbatch.cli.corpus as corpus
 import kwsbatch.cli.tools as tools
+from kwsbatch.cli.exit import exit_now
 from kwsbatch.cli.options import HelpFormatter, add_common, settings_from
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_LOCKED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 75, 130, 143
@@ -38,7 +40,13 @@ COMMANDS = {
     "info": ("show what a checkpoint is: classes, settings, size, provenance", tools, tools.INFO_EXAMPLES),
     "merge": ("join the outputs of a sharded label run (label --shard K/N)", commands, commands.MERGE_EXAMPLES),
 }
-__all__ = ["COMMANDS", "build_parser", "main", "settings_from"]
+__all__ = ["COMMANDS", "build_parser", "entry", "main", "settings_from"]
+
+
+def entry() -> NoReturn:
+    """The `kwsbatch` program (console script and `python -m kwsbatch`): main(), then the process ends
+    without the interpreter's teardown (exit.py)."""
+    exit_now(main())
 
 
 def main(argv: list[str] | None = None) -> int:
