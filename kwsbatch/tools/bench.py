@@ -12,8 +12,9 @@ It makes N clips of 0.5-1.5 s (WAV and FLAC; one in five stereo at 44.1 kHz, the
 - the notebook's pipeline (tools/notebook.py: each file decoded, resampled, featurised and scored
   alone) and `kwsbatch label` on the same files as whole processes, interpreter start-up included;
 - a training epoch (the real one: loader workers, batches, augmentation) beside the notebook's
-  batch-1 loop (each clip's features, forward, backward and optimizer step alone) on the same clips,
-  the median of three passes each, alternating, after a first untimed one;
+  batch-1 loop (each clip augmented, as the notebook's Dataset did, then its features, forward,
+  backward and optimizer step alone) on the same clips, with the same transforms, the median of
+  three passes each, alternating, after a first untimed one;
 
 and prints the ratios between them, with the CPU time each spent per file: on a machine shared with
 other work, wall-clock rates move with the load, CPU per file much less. Files are read from a warm
@@ -49,7 +50,7 @@ from kwsbatch.model.scorer import Scorer
 from kwsbatch.model.spotter import KeywordSpotter
 from kwsbatch.settings import usable_cores, worker_count
 from kwsbatch.tools.config import BenchConfig
-from kwsbatch.train.augment import AugmentConfig
+from kwsbatch.train.augment import Augmentation, AugmentConfig
 from kwsbatch.train.config import TrainConfig
 from kwsbatch.train.data import load_clips
 from kwsbatch.train.distributed import Process
@@ -134,7 +135,7 @@ class BenchResult:
                 f"  {'':<22}{'':>8}{'clips/s':>10}{'cpu ms/clip':>13}",
                 line("training epoch", self.config.jobs or "all", self.epoch,
                      "train_epoch, median pass: batches of like length, standard augmentation, loader workers"),
-                line("notebook epoch", 1, self.notebook_epoch, "median pass, one clip at a time: features, forward, backward, Adam step"),
+                line("notebook epoch", 1, self.notebook_epoch, "median pass, one clip at a time: augmentation, features, forward, backward, Adam step"),
                 f"  training epoch / notebook epoch         {self.epoch.rate / self.notebook_epoch.rate:.2f}   "
                 f"(cpu per clip: {self.notebook_epoch.cpu_ms / self.epoch.cpu_ms:.2f})",
             ]
@@ -318,7 +319,7 @@ def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[
             order = group_by_length(order, clips.lengths, train.batch_size, train.length_groups)
             train_epoch(spotter, clips, order, optimizer, torch.nn.CrossEntropyLoss(), train, (augmentation, generator), Process(device=device))
         else:
-            notebook_epoch(spotter, clips, order, optimizer, device)
+            notebook_epoch(spotter, clips, order, optimizer, device, augmentation, generator)
         return Timing(len(clips), time.perf_counter() - started, _cpu_seconds() - cpu)
 
     for loop in loops:
@@ -328,11 +329,15 @@ def time_epochs(scorer: Scorer, paths: list[str], config: BenchConfig) -> tuple[
     return batched, notebook
 
 
-def notebook_epoch(spotter: KeywordSpotter, clips, order: torch.Tensor, optimizer, device: torch.device) -> None:
-    """The notebook's training loop: each clip alone through features, forward, backward and an Adam step.
+def notebook_epoch(
+    spotter: KeywordSpotter, clips, order: torch.Tensor, optimizer, device: torch.device, augmentation: Augmentation, generator: torch.Generator
+) -> None:
+    """The notebook's training loop: each clip alone augmented, then through features, forward, backward and an Adam step.
 
-    In one torch thread, as label and train compute: on a busy machine torch's thread pool made
-    small ops many times slower, and one clip's ops are too small for it to help.
+    The notebook's Dataset augmented every clip as it was read (shift, zero padding, gain, noise),
+    in the training process, so this loop augments too, with the training epoch's transforms. In one
+    torch thread, as label and train compute: on a busy machine torch's thread pool made small ops
+    many times slower, and one clip's ops are too small for it to help.
     """
     spotter.train()
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -340,8 +345,11 @@ def notebook_epoch(spotter: KeywordSpotter, clips, order: torch.Tensor, optimize
     torch.set_num_threads(1)
     try:
         for i in order.tolist():
-            wave = clips.waveforms[i]
-            logits = spotter(wave[None].to(device), torch.tensor([len(wave)]))
+            wave = clips.waveforms[i][None].to(device)
+            with torch.no_grad():
+                wave, length = augmentation.waveform(wave, torch.tensor([wave.shape[1]]), generator)
+                features, frames = augmentation.features(*spotter.frontend(wave, length), generator)
+            logits = spotter.head(features, frames)
             loss = loss_fn(logits, clips.targets[i : i + 1].to(device))
             optimizer.zero_grad()
             loss.backward()
