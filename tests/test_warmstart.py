@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,25 @@ def test_init_with_zero_size_steps_is_exactly_the_checkpoint_and_records_its_id(
     assert str(base.parent) not in json.dumps(provenance)  # the model id, not the path
     assert main(["info", str(tmp_path / "run" / "last.pt")]) == 0
     assert f"started from  model {checkpoint_id(start)}, every layer trained" in capsys.readouterr().out
+
+
+def test_init_takes_the_runs_dropout_and_no_other_model_flag(speech_corpus, tmp_path):
+    start = tmp_path / "start"  # two layers, so dropout acts between them
+    run_main("train", speech_corpus / "train.csv", "-o", start, *TINY, "--hidden", "16", "--layers", "2", "--conv-channels", "0",
+             "--dropout", "0.3", "-q", check=True)
+    runs = {dropout: tmp_path / f"dropout-{dropout}" for dropout in ("0", "0.5")}
+    for dropout, run in runs.items():
+        result = init_train(speech_corpus / "train.csv", run, start / "best.pt", "--lr", "0", "--dropout", dropout, "--hidden", "32")
+        assert result.returncode == 0, result.stderr
+        ignored = re.search(r"the model and feature settings are the checkpoint's, not this run's: (.*?)(?:starting from|$)", result.stderr.replace("\n", ""))
+        assert ignored and "hidden 16 (not 32)" in ignored[1] and "dropout" not in ignored[1]
+        tuned = load_checkpoint(run / "last.pt")
+        assert tuned.model_config.dropout == float(dropout) and tuned.model_config.hidden == 16
+        for key, value in load_checkpoint(start / "best.pt").state_dict.items():  # lr 0: no weight moved
+            assert torch.equal(value, tuned.state_dict[key]), key
+    # The same weights, batches and seed: only dropout, acting in training, makes the losses differ.
+    losses = {d: [row["train_loss"] for row in csv.DictReader(open(run / "history.csv"))] for d, run in runs.items()}
+    assert losses["0"] != losses["0.5"]
 
 
 def test_init_trains_every_layer_and_keeps_the_normalisation(speech_corpus, base, tmp_path):

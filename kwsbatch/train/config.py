@@ -49,7 +49,7 @@ class TrainConfig:
     finetune: str | None = setting(None, "start from this checkpoint and train only its classifier (default: none, train from scratch)",
                                    metavar="CKPT")
     init: str | None = setting(None, "start from this checkpoint and train every layer; its model and feature settings win over "
-                               "the flags (default: none, train from scratch)", metavar="CKPT")
+                               "the flags, --dropout aside (default: none, train from scratch)", metavar="CKPT")
 
     def __post_init__(self):
         check_settings(self)

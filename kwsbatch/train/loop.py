@@ -521,14 +521,14 @@ def _warm_start(config: TrainConfig) -> WarmStart | None:
 
 
 def _settings(model: ArchitectureConfig, features: FeatureConfig, n_classes: int, start: WarmStart | None, reporter: Reporter):
-    """The run's feature and model settings: a starting checkpoint's, else from the configs."""
+    """The run's feature and model settings: a starting checkpoint's (with the run's dropout), else from the configs."""
     model_config = model.for_data(n_classes, features.n_mfcc)
     if start is None:
         return features, model_config
     ignored = start.ignored_settings(features, model_config)
     if ignored:
         reporter.log(ignored)
-    return start.settings(n_classes)
+    return start.settings(n_classes, model.dropout)
 
 
 def _recorded_config(config: TrainConfig, start: WarmStart | None) -> dict:

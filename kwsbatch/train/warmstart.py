@@ -3,7 +3,8 @@
 
 Either way the new model is the checkpoint's: its feature settings, its architecture and its
 feature normalisation statistics, so before the first step it computes exactly what the
-checkpoint does on the classes they share. Only the classes come from the new manifests: the
+checkpoint does on the classes they share. Dropout is the run's own: it acts only while
+training, so like the learning rate it is a choice of the run, not of the model. Only the classes come from the new manifests: the
 classifier's rows (weights and bias) are matched by class name, so a kept class keeps its row
 wherever it now sits and a new class gets a freshly initialised one.
 """
@@ -37,9 +38,9 @@ class WarmStart:
     def model_id(self) -> str:
         return checkpoint_id(self.checkpoint)
 
-    def settings(self, n_classes: int) -> tuple[FeatureConfig, ModelConfig]:
-        """The checkpoint's feature and model settings, with n_classes outputs."""
-        return self.checkpoint.feature_config, replace(self.checkpoint.model_config, n_classes=n_classes)
+    def settings(self, n_classes: int, dropout: float) -> tuple[FeatureConfig, ModelConfig]:
+        """The checkpoint's feature and model settings, with n_classes outputs and the run's dropout."""
+        return self.checkpoint.feature_config, replace(self.checkpoint.model_config, n_classes=n_classes, dropout=dropout)
 
     def provenance(self) -> dict:
         """What the run records about its start: the checkpoint's model id, never a path that names one machine."""
@@ -70,7 +71,8 @@ class WarmStart:
         """The run's own feature and model settings that differ from the checkpoint's, which win; None when none do."""
         pairs = [(features, self.checkpoint.feature_config)]
         if model is not None:
-            pairs.append((replace(model, n_classes=self.checkpoint.model_config.n_classes), self.checkpoint.model_config))
+            theirs = self.checkpoint.model_config
+            pairs.append((replace(model, n_classes=theirs.n_classes, dropout=theirs.dropout), theirs))
         differ = [f"{k} {getattr(theirs, k)!r} (not {v!r})" for ours, theirs in pairs for k, v in asdict(ours).items() if getattr(theirs, k) != v]
         if not differ:
             return None
