@@ -4,9 +4,10 @@
 Either way the new model is the checkpoint's: its feature settings, its architecture and its
 feature normalisation statistics, so before the first step it computes exactly what the
 checkpoint does on the classes they share. Dropout is the run's own: it acts only while
-training, so like the learning rate it is a choice of the run, not of the model. Only the classes come from the new manifests: the
-classifier's rows (weights and bias) are matched by class name, so a kept class keeps its row
-wherever it now sits and a new class gets a freshly initialised one.
+training, so like the learning rate it is a choice of the run, not of the model. Only the
+classes come from the new manifests: the classifier's rows (weights and bias) are matched by
+class name, so a kept class keeps its row wherever it now sits and a new class gets a freshly
+initialised one.
 """
 
 from __future__ import annotations
