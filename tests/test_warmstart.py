@@ -78,7 +78,7 @@ def test_init_takes_the_runs_dropout_and_no_other_model_flag(speech_corpus, tmp_
         for key, value in load_checkpoint(start / "best.pt").state_dict.items():  # lr 0: no weight moved
             assert torch.equal(value, tuned.state_dict[key]), key
     # The same weights, batches and seed: only dropout, acting in training, makes the losses differ.
-    losses = {d: [row["train_loss"] for row in csv.DictReader(open(run / "history.csv"))] for d, run in runs.items()}
+    losses = {d: [row["train_loss"] for row in csv.DictReader((run / "history.csv").read_text().splitlines())] for d, run in runs.items()}
     assert losses["0"] != losses["0.5"]
 
 

@@ -347,9 +347,8 @@ def notebook_epoch(
         for i in order.tolist():
             wave = clips.waveforms[i][None].to(device)
             with torch.no_grad():
-                wave, length = augmentation.waveform(wave, torch.tensor([wave.shape[1]]), generator)
-                features, frames = augmentation.features(*spotter.frontend(wave, length), generator)
-            logits = spotter.head(features, frames)
+                features = augmentation.featurize(spotter.frontend, wave, torch.tensor([wave.shape[1]]), generator)
+            logits = spotter.head(*features)
             loss = loss_fn(logits, clips.targets[i : i + 1].to(device))
             optimizer.zero_grad()
             loss.backward()

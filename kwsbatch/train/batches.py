@@ -69,13 +69,8 @@ def _prepare(waveforms, n_fft: int, frontend, augmentation: Augmentation | None,
     inputs = pad_waveforms([waveforms[i] for i in idx.tolist()], min_samples=n_fft)
     if frontend is None:
         return Prepared(inputs, False)
-    generator = batch_generator(seed, step)
     with torch.no_grad():
-        if augmentation:
-            inputs = augmentation.waveform(*inputs, generator)
-        inputs = frontend(*inputs)
-        if augmentation:
-            inputs = augmentation.features(*inputs, generator)
+        inputs = augmentation.featurize(frontend, *inputs, batch_generator(seed, step)) if augmentation else frontend(*inputs)
     return Prepared(inputs, True)
 
 

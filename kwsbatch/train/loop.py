@@ -423,10 +423,7 @@ def _train_logits(spotter: KeywordSpotter, prepared: Prepared, augmentation, gen
     if not augmentation:
         return spotter(waves, lengths)
     # Lengths stay on the host through augmentation and features: only the waveforms live on the device.
-    waves, lengths = augmentation.waveform(waves, lengths, generator)
-    features, frame_lengths = spotter.frontend(waves, lengths)
-    features, frame_lengths = augmentation.features(features, frame_lengths, generator)
-    return spotter.head(features, frame_lengths)
+    return spotter.head(*augmentation.featurize(spotter.frontend, waves, lengths, generator))
 
 
 def default_augmentation(train_manifest) -> AugmentConfig:

@@ -19,6 +19,12 @@ class Augmentation:
     def __bool__(self) -> bool:
         return bool(self.waveform.transforms or self.features.transforms)
 
+    def featurize(self, frontend, waves: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator):
+        """(batch, samples) waves + (batch,) lengths -> augmented (features, frame_lengths): the waveform
+        stage, frontend, then the feature stage, in the one order every training path uses."""
+        waves, lengths = self.waveform(waves, lengths, generator)
+        return self.features(*frontend(waves, lengths), generator)
+
     def __repr__(self) -> str:
         return f"Augmentation(waveform={self.waveform!r}, features={self.features!r})"
 
